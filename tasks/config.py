@@ -1,0 +1,191 @@
+"""Typed, frozen, strict pipeline configuration: parsed once from params.yaml at the edge."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tasks.errors import TunegateError
+
+# Order is the DAG: every runner (dvc.yaml, the Prefect flow, the CLI) follows it.
+STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "export", "quantize", "gate")
+
+# params.yaml sections that are not stages: read by several stages.
+SHARED_SECTIONS: tuple[str, ...] = ("seed", "data")
+
+
+class ConfigError(TunegateError, ValueError):
+    """params.yaml (or an override) is missing, malformed or fails validation."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class DataConfig(_Section):
+    path: str
+    text_column: str
+    label_column: str
+    labels: list[int | str] = Field(min_length=2)
+    label_names: list[str]
+    source_column: str | None
+
+    @model_validator(mode="after")
+    def _names_match_labels(self) -> DataConfig:
+        if len(self.label_names) != len(self.labels):
+            raise ValueError("data.label_names must have one name per entry of data.labels")
+        if len(set(self.labels)) != len(self.labels) or len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("data.labels and data.label_names must not repeat")
+        return self
+
+
+class ValidateConfig(_Section):
+    suite: str
+    min_rows: int = Field(ge=1)
+    max_rows: int = Field(ge=1)
+    min_text_chars: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
+    sample_bad_rows: int = Field(ge=0)
+
+
+class PrepareConfig(_Section):
+    sources: list[str]
+    dev_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+    max_train_rows: int | None = Field(ge=1)
+    max_dev_rows: int | None = Field(ge=1)
+    max_test_rows: int | None = Field(ge=1)
+
+
+class TrainConfig(_Section):
+    base_model: str
+    max_length: int = Field(ge=8)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    early_stopping_patience: int = Field(ge=0)
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(ge=1)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(ge=14)
+    parity_atol: float = Field(gt=0)
+    parity_rows: int = Field(ge=1)
+
+
+class QuantizeConfig(_Section):
+    per_channel: bool
+    max_accuracy_drop: float = Field(ge=0, le=1)
+    batch_size: int = Field(ge=1)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, le=1)
+    max_quantization_drop: float = Field(ge=0, le=1)
+
+
+class PipelineConfig(_Section):
+    seed: int
+    data: DataConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    prepare: PrepareConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    quantize: QuantizeConfig
+    gate: GateConfig
+
+    # `validate` shadows a pydantic method, hence the alias.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+    def section(self, name: str) -> _Section:
+        """The config section of a stage or shared section, by its params.yaml name."""
+        return self.validate_ if name == "validate" else getattr(self, name)
+
+    def dump(self) -> dict[str, Any]:
+        """Plain dict in params.yaml shape (for stamps and reports)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def parse_config(raw: dict[str, Any]) -> PipelineConfig:
+    """Validate a params mapping; every problem is reported with its dotted key."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid params: {problems}") from exc
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """The raw params.yaml mapping."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run tunegate from the project root")
+    raw = _yaml().load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return raw
+
+
+def load_config(path: Path) -> PipelineConfig:
+    """Load and validate params.yaml."""
+    return parse_config(read_params(path))
+
+
+def _yaml(round_trip: bool = False) -> Any:
+    """YAML 1.2 like DVC (`5e-5` is a float); round-trip mode keeps comments when rewriting."""
+    from ruamel.yaml import YAML
+
+    return YAML() if round_trip else YAML(typ="safe", pure=True)
+
+
+def _set_keys(doc: dict[str, Any], overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = doc
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: no section {part!r} in params")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {key!r}")
+        node[parts[-1]] = _yaml().load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of raw params with `section.key=value` overrides (the syntax of `dvc exp run -S`)."""
+    updated = json.loads(json.dumps(raw))
+    _set_keys(updated, overrides)
+    return updated
+
+
+def write_overrides(path: Path, overrides: list[str]) -> None:
+    """Apply overrides to params.yaml itself (as `dvc exp run -S` does), keeping its comments.
+
+    Writing them there keeps dvc.lock truthful: the params a stage ran with are the file's.
+    """
+    parse_config(apply_overrides(read_params(path), overrides))  # fail before writing anything
+    editor = _yaml(round_trip=True)
+    doc = editor.load(path.read_text(encoding="utf-8"))
+    _set_keys(doc, overrides)
+    buffer = io.StringIO()
+    editor.dump(doc, buffer)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp.replace(path)

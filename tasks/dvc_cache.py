@@ -1,0 +1,34 @@
+"""DVC owns the cache: ask it whether a stage is up to date, and record stages run outside `dvc repro`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager
+from pathlib import Path
+
+
+class DvcStageCache:
+    """Stage freshness and bookkeeping through DVC's Python API, on the repo at `root`."""
+
+    def __init__(self, root: Path):
+        if not (root / ".dvc").is_dir():
+            raise FileNotFoundError(f"{root} is not a DVC repository: run `dvc init` (make run does)")
+        self.root = root
+
+    @contextmanager
+    def _repo(self) -> Iterator:
+        from dvc.repo import Repo
+
+        # DVC resolves stage paths against the working directory: work from the repo root.
+        with chdir(self.root), Repo(str(self.root)) as repo:
+            yield repo
+
+    def is_up_to_date(self, stage: str) -> bool:
+        """True when dvc.lock matches the stage's current deps, params and outs."""
+        with self._repo() as repo:
+            return not repo.status(targets=[stage])
+
+    def record(self, stage: str) -> None:
+        """Write the stage's deps/params/outs hashes to dvc.lock and its outs to the cache."""
+        with self._repo() as repo:
+            repo.commit(stage, force=True)

@@ -1,0 +1,64 @@
+"""evaluate: test-set metrics of the trained model, as DVC metrics and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig
+from tasks.io import staged_dir, write_json
+from tasks.metrics import classification_metrics, softmax
+from tasks.modeling import load_classifier, pick_device, torch_logits
+from tasks.paths import ArtifactPaths
+from tasks.stage import StageResult, stage_task, write_result
+
+
+def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> pd.DataFrame:
+    """One row per test example (actual, predicted): the shape DVC's confusion template reads."""
+    return pd.DataFrame({"actual": [label_names[i] for i in y_true], "predicted": [label_names[i] for i in y_pred]})
+
+
+def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(label_names) + 2, 1.2 * len(label_names) + 1.5))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(label_names)), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > counts.max() / 2 else "black")
+    ax.set_title("Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@stage_task("evaluate")
+def evaluate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
+    """Score the trained model on the test split; write metrics, predictions and the confusion matrix."""
+    device = pick_device(cfg.train.device)
+    model, tokenizer = load_classifier(paths.model_dir, device)
+    test = pd.read_parquet(paths.split("test"))
+    logits = torch_logits(model, tokenizer, list(test["text"]), cfg.train.max_length, cfg.evaluate.batch_size, device)
+    probs = softmax(logits)
+    y_true = test["label"].to_numpy()
+    metrics = classification_metrics(y_true, probs, cfg.data.label_names)
+    predictions = test.assign(predicted=probs.argmax(axis=1), confidence=probs.max(axis=1))
+    key = f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    with staged_dir(paths.stage_dir("evaluate")) as out:
+        write_json(out / "metrics.json", metrics)
+        predictions.to_parquet(out / "predictions.parquet", index=False)
+        confusion_rows(y_true, predictions["predicted"].to_numpy(), cfg.data.label_names).to_csv(
+            out / "confusion.csv", index=False)
+        plot_confusion(metrics["confusion_matrix"], cfg.data.label_names, out / "confusion.png")
+        return write_result(out, StageResult(stage="evaluate", key_figure=key, accuracy=metrics["accuracy"],
+                                             macro_f1=metrics["macro_f1"]))

@@ -1,0 +1,100 @@
+"""File helpers: atomic writes, whole-directory swaps, tables in any supported format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tasks.errors import TunegateError
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+
+class DataFormatError(TunegateError, ValueError):
+    """An input table cannot be read (unknown format, unreadable bytes, no rows)."""
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temp file + rename), so readers never see half a file."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically (temp file in the same folder + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `final`; on success it replaces `final` whole.
+
+    On any error the temp folder is removed and `final` keeps its previous content,
+    so a failed stage never leaves a half-written artifact behind.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old.{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSONL file, or every such file in a folder (concatenated)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
+        if not files:
+            raise DataFormatError(f"{path} holds no {'/'.join(TABLE_SUFFIXES)} files")
+        return pd.concat([read_table(p) for p in files], ignore_index=True)
+    if not path.is_file():
+        raise DataFormatError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, encoding="utf-8")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8")
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise DataFormatError(f"cannot read {path}: {exc}") from exc
+    raise DataFormatError(f"{path}: unsupported format {suffix!r} (use {', '.join(TABLE_SUFFIXES)})")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, or of a folder's files (names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""Serving side: an exported folder run with onnxruntime + tokenizers alone (no torch, no transformers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks.batching import length_sorted_batches
+from tasks.io import read_json
+
+SERVING_FILE = "serving.json"  # max_length, labels, input names, padding token
+MODEL_FILE = "model.onnx"
+
+
+def execution_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it and an NVIDIA device exists, else CPU.
+
+    Asking onnxruntime-gpu for CUDA on a host without a GPU logs a long CUDA error before it
+    falls back; checking for the device first keeps that to nothing.
+    """
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and Path("/dev/nvidia0").exists():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxClassifier:
+    """A text classifier from an exported folder: model.onnx (or another .onnx), tokenizer.json, serving.json."""
+
+    def __init__(self, folder: Path, model_file: str = MODEL_FILE):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.serving = read_json(folder / SERVING_FILE)
+        self.labels: list[str] = self.serving["labels"]
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.serving["max_length"])
+        self.tokenizer.enable_padding(pad_id=self.serving["pad_id"], pad_token=self.serving["pad_token"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(folder / model_file), options, providers=execution_providers())
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Tokenise and pad one batch into the model's int64 inputs."""
+        encodings = self.tokenizer.encode_batch(texts)
+        fields = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
+        return {name: np.asarray(fields[name], dtype=np.int64) for name in self.input_names}
+
+    def logits(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """[n, classes] float32 logits in input order (batched by length)."""
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for idx in length_sorted_batches([len(t) for t in texts], batch_size):
+            (batch_logits,) = self.session.run(["logits"], self.encode([texts[i] for i in idx]))
+            out[idx] = batch_logits
+        return out

@@ -1,0 +1,66 @@
+"""Where every stage reads and writes: one home for artifact file names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    """Paths under a project root; stage outputs live in artifacts/<stage>/."""
+
+    root: Path
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "artifacts" / stage
+
+    def result(self, stage: str) -> Path:
+        """The stage's small result (what the summary table shows for it)."""
+        return self.stage_dir(stage) / "result.json"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    # validate
+    @property
+    def validation_report(self) -> Path:
+        return self.stage_dir("validate") / "report.json"
+
+    # prepare
+    def split(self, name: str) -> Path:
+        return self.stage_dir("prepare") / f"{name}.parquet"
+
+    # train
+    @property
+    def model_dir(self) -> Path:
+        return self.stage_dir("train") / "model"
+
+    @property
+    def train_stamp(self) -> Path:
+        return self.stage_dir("train") / "stamp.json"
+
+    # evaluate
+    @property
+    def metrics(self) -> Path:
+        return self.stage_dir("evaluate") / "metrics.json"
+
+    # export
+    @property
+    def onnx_dir(self) -> Path:
+        return self.stage_dir("export") / "onnx"
+
+    # quantize
+    @property
+    def int8_dir(self) -> Path:
+        return self.stage_dir("quantize") / "onnx"
+
+    @property
+    def quantization_report(self) -> Path:
+        return self.stage_dir("quantize") / "quantization.json"
+
+    # gate
+    @property
+    def decision(self) -> Path:
+        return self.stage_dir("gate") / "decision.json"

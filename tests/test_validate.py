@@ -1,0 +1,77 @@
+"""validate: the GX suite passes good data and stops bad data with a readable report."""
+
+import numpy as np
+import pytest
+
+from tasks.config import parse_config
+from tasks.paths import ArtifactPaths
+from tasks.validate import DataValidationError, require_validated, validate, validate_table
+from tests.conftest import REPO, tiny_params
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "expectations").symlink_to(REPO / "expectations")
+    return tmp_path, parse_config(tiny_params(tiny_model_dir))
+
+
+def failing(report):
+    return {c["expectation"]: c for c in report["checks"] if not c["success"]}
+
+
+def test_validate_passes_real_reviews(project, reviews_frame):
+    root, cfg = project
+    reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    result = validate.fn(cfg, ArtifactPaths(root))
+    report = ArtifactPaths(root).validation_report
+    assert report.is_file() and (report.parent / "report.md").is_file()
+    assert "7/7 checks pass" in result.key_figure
+    require_validated(ArtifactPaths(root))
+
+
+def test_validate_reports_each_broken_rule_with_sample_rows(project, reviews_frame):
+    root, cfg = project
+    bad = reviews_frame.copy()
+    bad.loc[3, "text"] = "   "
+    bad.loc[5, "text"] = np.nan
+    bad.loc[7, "label"] = 9
+    bad.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    with pytest.raises(DataValidationError) as caught:
+        validate.fn(cfg, ArtifactPaths(root))
+    broken = failing(caught.value.report)
+    assert set(broken) == {"expect_column_values_to_not_be_null", "expect_column_values_to_not_match_regex",
+                           "expect_column_values_to_be_in_set"}
+    assert broken["expect_column_values_to_be_in_set"]["unexpected_count"] == 1
+    assert broken["expect_column_values_to_be_in_set"]["sample_rows"][0]["row"] == 7
+    assert broken["expect_column_values_to_not_match_regex"]["sample_rows"][0]["row"] == 3
+    message = str(caught.value)
+    assert "FAILED (3 of 7 checks)" in message and "expect_column_values_to_be_in_set" in message
+    with pytest.raises(DataValidationError):
+        require_validated(ArtifactPaths(root))
+
+
+def test_validate_names_a_missing_column(project, reviews_frame):
+    root, cfg = project
+    reviews_frame.rename(columns={"label": "sentiment"}).to_csv(root / "data" / "movie_reviews.csv", index=False)
+    report = validate_table(root, cfg)
+    assert not report["success"]
+    columns_check = failing(report)["expect_table_columns_to_match_set"]
+    assert "sentiment" in str(columns_check["observed_value"])
+
+
+def test_validate_bounds_row_count_and_text_length(project, reviews_frame):
+    root, cfg = project
+    small = reviews_frame.head(10).copy()
+    small.loc[0, "text"] = "x" * (cfg.validate_.max_text_chars + 1)
+    small.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    broken = failing(validate_table(root, cfg))
+    assert broken["expect_table_row_count_to_be_between"]["observed_value"] == 10
+    assert broken["expect_column_value_lengths_to_be_between"]["unexpected_count"] == 1
+
+
+def test_validate_reports_an_unreadable_file(project):
+    root, cfg = project
+    (root / "data" / "movie_reviews.csv").write_bytes(b"")
+    with pytest.raises(DataValidationError, match="readable_table"):
+        validate.fn(cfg, ArtifactPaths(root))
