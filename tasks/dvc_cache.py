@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import chdir, contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ class DvcStageCache:
         if not (root / ".dvc").is_dir():
             raise FileNotFoundError(f"{root} is not a DVC repository: run `dvc init` (make run does)")
         self.root = root
+        # DVC announces each dvc.lock update at INFO; the flow's summary already says what ran.
+        logging.getLogger("dvc").setLevel(logging.WARNING)
 
     @contextmanager
     def _repo(self) -> Iterator:

@@ -75,10 +75,19 @@ def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, 
     return out
 
 
+def quiet_transformers() -> None:
+    """No weight-loading bars or load reports: a fresh classifier head is expected here, not news."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_classifier(model_dir: Path, device: torch.device) -> tuple[Any, Any]:
     """The fine-tuned model and tokenizer saved by the train stage."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
     return model, tokenizer

@@ -16,7 +16,7 @@ from tasks.batching import shuffled_length_batches
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.io import staged_dir, write_json
 from tasks.metrics import classification_metrics, softmax
-from tasks.modeling import bf16_enabled, pick_device, resolve_base_model, torch_logits
+from tasks.modeling import bf16_enabled, pick_device, quiet_transformers, resolve_base_model, torch_logits
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, build_stamp, stage_task, write_result
 
@@ -46,9 +46,8 @@ def seed_everything(seed: int) -> None:
 def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]:
     """Pretrained encoder with a fresh, seeded classification head for our labels."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # the "classifier newly initialised" notice is expected here
+    quiet_transformers()
     seed_everything(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(

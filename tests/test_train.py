@@ -31,7 +31,7 @@ def tiny_train_cfg(tiny_model_dir, **changes):
 
 
 def test_fit_learns_a_separable_task(tiny_model_dir):
-    cfg = tiny_train_cfg(tiny_model_dir, epochs=3, learning_rate=2.0e-3)
+    cfg = tiny_train_cfg(tiny_model_dir, epochs=3, learning_rate=1.0e-2, early_stopping_patience=3)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
     outcome = fit(model, tokenizer, toy_split(48, 0), toy_split(16, 1), cfg.train, cfg.data.label_names,
                   cfg.seed, torch.device("cpu"))
