@@ -66,5 +66,8 @@ run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-c
 test: setup  ## set up, then run the test suite (offline, tiny models)
 	$(BIN)/python -m pytest
 
+bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
+	$(BIN)/python benchmarks/inference.py
+
 clean:  ## remove stage outputs (the DVC cache keeps them)
 	rm -rf artifacts

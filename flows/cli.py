@@ -14,7 +14,7 @@ from tasks.config import STAGES
 from tasks.errors import TunegateError
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _prefect_defaults() -> None:
@@ -77,6 +77,29 @@ def cmd_data_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
+    from tasks.predict import PredictInputError, load_served_model, predict_file, predict_texts
+
+    if bool(args.texts) == bool(args.input):
+        raise PredictInputError("give texts as arguments or --input FILE (one of the two)")
+    model = load_served_model(Path(args.model))
+    if args.input:
+        output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.csv")
+        rows = predict_file(model, Path(args.input), output, args.text_column, args.batch_size)
+        console.print(f"{rows} rows classified -> {output}", soft_wrap=True)
+        return 0
+    frame = predict_texts(model, args.texts, args.batch_size)
+    table = Table(title=f"{args.model} ({model.model_file})")
+    for column in ("text", "label", *[c for c in frame.columns if c.startswith("p_")]):
+        table.add_column(column)
+    for text, row in zip(args.texts, frame.itertuples(index=False)):
+        probs = [f"{getattr(row, c):.4f}" for c in frame.columns if c.startswith("p_")]
+        table.add_row(text, row.predicted_label, *probs)
+    console.print(table)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from flows.pipeline import training_pipeline
@@ -122,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--data-dir", default="data", help="target folder (default: data)")
     default.add_argument("--force", action="store_true", help="overwrite a different file of the same name")
     default.set_defaults(func=cmd_data_default)
+
+    predict = sub.add_parser("predict", help="classify texts with a shipped ONNX folder (no torch needed)",
+                             description="Load an exported or quantized model folder (model + tokenizer + "
+                                         "serving.json) with onnxruntime and tokenizers only, and print or write "
+                                         "each text's label and class probabilities.")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    predict.add_argument("--model", default="artifacts/quantize/onnx",
+                         help="model folder (default: artifacts/quantize/onnx, the shipped INT8 model)")
+    predict.add_argument("--input", help="CSV, Parquet or JSONL file to classify instead of TEXT arguments")
+    predict.add_argument("--output", help="where to write --input with predictions added (.csv or .jsonl; "
+                                          "default: INPUT with suffix .predictions.csv)")
+    predict.add_argument("--text-column", default="text", help="text column of --input (default: text)")
+    predict.add_argument("--batch-size", type=int, default=32, help="texts per batch, grouped by length")
+    predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", parents=[overrides],
                            help="serve training_pipeline as a scheduled Prefect deployment (blocks)",

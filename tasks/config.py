@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tasks.errors import TunegateError
@@ -79,15 +79,33 @@ class EvaluateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    opset: int = Field(ge=14)
+    opset: int = Field(ge=17)
     parity_atol: float = Field(gt=0)
     parity_rows: int = Field(ge=1)
+    external_data_mb: int = Field(ge=0)
+    target: Literal["cpu", "cuda"]
+
+
+# The quantization ladder's rungs, roughly fastest first; fp32 (no quantization) always keeps accuracy.
+QuantizationRung = Literal["dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_entropy",
+                           "static_percentile", "static_sensitive_fp32", "fp32"]
+QUANTIZATION_RUNGS: tuple[str, ...] = get_args(QuantizationRung)
 
 
 class QuantizeConfig(_Section):
-    per_channel: bool
+    ladder: list[QuantizationRung] = Field(min_length=1)
     max_accuracy_drop: float = Field(ge=0, le=1)
+    min_agreement: float = Field(ge=0, le=1)
+    calibration_rows: int = Field(ge=1)
+    sensitive_nodes: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    latency_rows: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ends_with_fp32(self) -> QuantizeConfig:
+        if self.ladder[-1] != "fp32":
+            raise ValueError("quantize.ladder must end with fp32, the rung that always keeps accuracy")
+        return self
 
 
 class GateConfig(_Section):

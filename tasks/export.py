@@ -1,4 +1,4 @@
-"""export: ONNX with dynamic batch and sequence axes, checked against PyTorch logits."""
+"""export: ONNX with dynamic batch and sequence axes, graph-optimised offline, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.config import PipelineConfig
+from tasks.config import ExportConfig, PipelineConfig
+from tasks.errors import TunegateError
 from tasks.io import staged_dir, write_json
 from tasks.modeling import load_classifier, torch_logits
-from tasks.onnx_model import MODEL_FILE, SERVING_FILE, OnnxClassifier
+from tasks.onnx_model import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, external_data_name
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
-from tasks.errors import TunegateError
+
+PROTOBUF_LIMIT_MB = 2048  # a single .onnx file cannot exceed 2 GB
 
 
 class ExportParityError(TunegateError):
-    """ONNX logits differ from PyTorch logits by more than export.parity_atol."""
+    """An ONNX model's logits differ from PyTorch's beyond export.parity_atol, or flip a prediction."""
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -33,7 +35,7 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
-def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, opset: int) -> Path:
+def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg: ExportConfig) -> Path:
     """Write model.onnx (dynamic batch/sequence axes), tokenizer files, config and serving.json."""
     model = model.to("cpu").eval()
     sample = tokenizer(["a short example", "and a slightly longer second example"], padding=True,
@@ -48,23 +50,74 @@ def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, opse
         input_names=input_names,
         output_names=["logits"],
         dynamic_axes={**{name: {0: "batch", 1: "sequence"} for name in input_names}, "logits": {0: "batch"}},
-        opset_version=opset,
+        opset_version=cfg.opset,
         dynamo=False,  # the TorchScript exporter: its graphs quantize cleanly on onnxruntime 1.31 and 1.32
     )
+    if uses_external_data(path, cfg.external_data_mb):
+        save_onnx(load_onnx(path), path, external=True)
     tokenizer.save_pretrained(out_dir)
     model.config.save_pretrained(out_dir)
-    write_serving_config(out_dir, tokenizer, model.config, max_length)
+    write_serving_config(out_dir, tokenizer, model.config, max_length, MODEL_FILE)
     return path
 
 
-def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length: int) -> None:
+def load_onnx(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path))  # pulls in external data beside it, if any
+
+
+def save_onnx(model: Any, path: Path, external: bool) -> None:
+    """Save a ModelProto; with external=True all weights go to one `<name>.data` file beside it."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=external_data_name(path.name), size_threshold=1024)
+
+
+def uses_external_data(path: Path, threshold_mb: int) -> bool:
+    """Whether weights must (or, per export.external_data_mb, should) live outside the .onnx file."""
+    total_mb = sum(p.stat().st_size for p in (path, path.with_name(external_data_name(path.name))) if p.exists())
+    return total_mb / 2**20 > min(threshold_mb, PROTOBUF_LIMIT_MB)
+
+
+def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length: int, model_file: str) -> None:
     labels = [config.id2label[i] for i in range(config.num_labels)]
     write_json(out_dir / SERVING_FILE, {
+        "model_file": model_file,
         "max_length": max_length,
         "labels": labels,
         "pad_token": tokenizer.pad_token,
         "pad_id": tokenizer.pad_token_id,
     })
+
+
+def optimise_onnx(source: Path, target: Path, config: Any, external: bool) -> dict[str, Any]:
+    """Save an offline-optimised copy: onnxruntime's transformer fusions where it knows the
+    architecture (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), else
+    onnxruntime's extended graph optimisations. Returns what was done."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    if config.model_type in MODEL_TYPES:
+        optimised = optimize_model(str(source), model_type=config.model_type, num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size)
+        optimised.save_model_to_file(str(target), use_external_data_format=external)
+        fused = {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}
+        return {"method": f"onnxruntime transformer fusions ({config.model_type})", "fused_operators": fused}
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return {"method": "onnxruntime extended graph optimisation", "fused_operators": {}}
+
+
+def convert_fp16(source: Path, target: Path, external: bool) -> None:
+    """FP16 weights and compute for the CUDA execution provider; inputs/outputs stay int64/float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    save_onnx(convert_float_to_float16(load_onnx(source), keep_io_types=True), target, external)
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -75,27 +128,51 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
-def check_parity(report: dict[str, float], atol: float) -> None:
-    if report["max_abs_diff"] > atol:
+def check_parity(name: str, report: dict[str, float], atol: float) -> None:
+    if report["max_abs_diff"] > atol or report["argmax_agreement"] < 1.0:
         raise ExportParityError(
-            f"ONNX vs PyTorch max abs logit difference {report['max_abs_diff']:.3g} exceeds "
-            f"export.parity_atol {atol:.3g} (argmax agreement {report['argmax_agreement']:.4f})"
+            f"{name}: max abs logit difference vs PyTorch {report['max_abs_diff']:.3g} "
+            f"(export.parity_atol {atol:.3g}), argmax agreement {report['argmax_agreement']:.4f} (must be 1)"
         )
 
 
 @stage_task("export", retries=1)
 def export(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Export the trained model to ONNX and prove it matches PyTorch on real test texts."""
-    model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"))
+    """Export the trained model to ONNX, optimise it offline and prove both match PyTorch on test texts."""
+    # Eager attention traces to the plain MatMul/Softmax pattern onnxruntime fuses into Attention.
+    model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"), attn_implementation="eager")
     texts = list(pd.read_parquet(paths.split("test"))["text"][: cfg.export.parity_rows])
     reference = torch_logits(model, tokenizer, texts, cfg.train.max_length, cfg.evaluate.batch_size,
                              torch.device("cpu"))
     with staged_dir(paths.stage_dir("export")) as out:
         onnx_dir = out / paths.onnx_dir.name
-        export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export.opset)
-        report = {"rows": len(texts), "atol": cfg.export.parity_atol,
-                  **parity(reference, OnnxClassifier(onnx_dir).logits(texts, cfg.evaluate.batch_size))}
-        check_parity(report, cfg.export.parity_atol)
+        raw = export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export)
+        external = uses_external_data(raw, cfg.export.external_data_mb)
+        report: dict[str, Any] = {"rows": len(texts), "atol": cfg.export.parity_atol, "opset": cfg.export.opset,
+                                  "external_data": external, "models": {}}
+        report["optimisation"] = optimise_onnx(raw, onnx_dir / OPTIMIZED_FILE, model.config, external)
+        for name in (MODEL_FILE, OPTIMIZED_FILE):
+            logits = OnnxClassifier(onnx_dir, model_file=name).logits(texts, cfg.evaluate.batch_size)
+            report["models"][name] = parity(reference, logits)
+            check_parity(name, report["models"][name], cfg.export.parity_atol)
+        write_serving_config(onnx_dir, tokenizer, model.config, cfg.train.max_length, OPTIMIZED_FILE)
+        if cfg.export.target == "cuda":
+            convert_fp16(onnx_dir / OPTIMIZED_FILE, onnx_dir / FP16_FILE, external)
+            report["fp16"] = fp16_parity(onnx_dir, texts, reference, cfg)
         write_json(out / "parity.json", report)
-        key = f"max |Δlogit| {report['max_abs_diff']:.2e} on {len(texts)} test rows"
-        return write_result(out, StageResult(stage="export", key_figure=key, **report))
+        worst = max(m["max_abs_diff"] for m in report["models"].values())
+        key = f"max |Δlogit| {worst:.2e} on {len(texts)} test rows, {len(report['optimisation']['fused_operators'])} fusion kinds"
+        return write_result(out, StageResult(stage="export", key_figure=key, max_abs_diff=worst))
+
+
+def fp16_parity(onnx_dir: Path, texts: list[str], reference: np.ndarray, cfg: PipelineConfig) -> dict[str, Any]:
+    """Parity of the FP16 model on the CUDA provider (FP16 tolerance: argmax must agree)."""
+    from tasks.onnx_model import execution_providers
+
+    if "CUDAExecutionProvider" not in execution_providers():
+        raise ExportParityError("export.target is cuda but this onnxruntime has no usable CUDA provider: "
+                                "install onnxruntime-gpu on a GPU host (make setup does), or set export.target: cpu")
+    result = parity(reference, OnnxClassifier(onnx_dir, model_file=FP16_FILE).logits(texts, cfg.evaluate.batch_size))
+    if result["argmax_agreement"] < 1.0:  # FP16 logits differ by design; predictions must not
+        raise ExportParityError(f"{FP16_FILE}: argmax agreement with PyTorch {result['argmax_agreement']:.4f} (must be 1)")
+    return result

@@ -24,7 +24,7 @@ def decide(metrics: dict[str, Any], quantization: dict[str, Any], cfg: GateConfi
     checks = [
         check("test accuracy", metrics["accuracy"], cfg.min_accuracy, at_least=True),
         check("test macro-F1", metrics["macro_f1"], cfg.min_macro_f1, at_least=True),
-        check("INT8 accuracy drop", quantization["accuracy_drop"], cfg.max_quantization_drop, at_least=False),
+        check("quantized accuracy drop", quantization["accuracy_drop"], cfg.max_quantization_drop, at_least=False),
     ]
     return {"decision": PROMOTE if all(c["passed"] for c in checks) else REJECT, "checks": checks}
 

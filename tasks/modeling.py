@@ -83,11 +83,11 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_classifier(model_dir: Path, device: torch.device) -> tuple[Any, Any]:
-    """The fine-tuned model and tokenizer saved by the train stage."""
+def load_classifier(model_dir: Path, device: torch.device, **options: Any) -> tuple[Any, Any]:
+    """The fine-tuned model and tokenizer saved by the train stage (options go to from_pretrained)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, **options).to(device)
     return model, tokenizer

@@ -9,8 +9,15 @@ import numpy as np
 from tasks.batching import length_sorted_batches
 from tasks.io import read_json
 
-SERVING_FILE = "serving.json"  # max_length, labels, input names, padding token
-MODEL_FILE = "model.onnx"
+SERVING_FILE = "serving.json"  # model_file, max_length, labels, padding token
+MODEL_FILE = "model.onnx"  # as exported (and, in a quantized folder, the chosen model)
+OPTIMIZED_FILE = "model.optimized.onnx"  # after onnxruntime's offline graph optimisation
+FP16_FILE = "model.fp16.onnx"  # for the CUDA execution provider
+
+
+def external_data_name(model_file: str) -> str:
+    """Where a model's weights go when stored outside the .onnx file."""
+    return f"{model_file}.data"
 
 
 def execution_providers() -> list[str]:
@@ -27,12 +34,13 @@ def execution_providers() -> list[str]:
 
 
 class OnnxClassifier:
-    """A text classifier from an exported folder: model.onnx (or another .onnx), tokenizer.json, serving.json."""
+    """A text classifier from an exported folder: an .onnx model, tokenizer.json and serving.json."""
 
-    def __init__(self, folder: Path, model_file: str = MODEL_FILE):
+    def __init__(self, folder: Path, model_file: str | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        self.folder = folder
         self.serving = read_json(folder / SERVING_FILE)
         self.labels: list[str] = self.serving["labels"]
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -40,7 +48,8 @@ class OnnxClassifier:
         self.tokenizer.enable_padding(pad_id=self.serving["pad_id"], pad_token=self.serving["pad_token"])
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(str(folder / model_file), options, providers=execution_providers())
+        self.model_file = model_file or self.serving["model_file"]
+        self.session = ort.InferenceSession(str(folder / self.model_file), options, providers=execution_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ def test_gate_rejects_and_names_each_failed_check():
     decision = decide({"accuracy": 0.79, "macro_f1": 0.80}, {"accuracy_drop": 0.02}, GATE)
     assert decision["decision"] == REJECT
     failed = {c["check"]: c for c in decision["checks"] if not c["passed"]}
-    assert set(failed) == {"test accuracy", "INT8 accuracy drop"}
+    assert set(failed) == {"test accuracy", "quantized accuracy drop"}
     assert failed["test accuracy"] == {"check": "test accuracy", "value": 0.79, "threshold": 0.8,
                                        "rule": ">=", "passed": False}
     assert "| test accuracy | 0.7900 | >= | 0.8000 | FAIL |" in render_report(decision)

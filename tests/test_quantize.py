@@ -1,39 +1,87 @@
-"""quantize: INT8 model written, compared with FP32 on test, refused when it loses too much."""
+"""quantize: the ladder keeps the first rung within limits, records every rung, falls back to FP32."""
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from tasks.config import parse_config
-from tasks.quantize import QuantizationAccuracyError, quantize
+import tasks.quantize as stage
+from tasks.config import QUANTIZATION_RUNGS, ConfigError, parse_config
+from tasks.onnx_model import OnnxClassifier
 from tests.conftest import tiny_params
 
 
-def test_quantize_stage_reports_int8_against_fp32(staged_pipeline):
-    _, paths = staged_pipeline
+def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
+    cfg, paths = staged_pipeline
     report = json.loads(paths.quantization_report.read_text())
-    assert report["int8_mb"] < report["fp32_mb"]
-    assert report["accuracy_drop"] == pytest.approx(report["fp32_accuracy"] - report["int8_accuracy"])
-    assert 0.0 <= report["agreement"] <= 1.0 and report["int8_latency_ms_b1"] > 0
-    assert (paths.int8_dir / "model.onnx").is_file() and (paths.int8_dir / "tokenizer.json").is_file()
+    assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_tensor"
+    assert [r["rung"] for r in report["rungs"]] == ["dynamic_per_tensor"]
+    assert report["size_ratio"] < 0.6
+    assert report["accuracy_drop"] == pytest.approx(report["fp32_accuracy"] - report["accuracy"])
+    served = OnnxClassifier(paths.int8_dir)
+    assert served.model_file == "model.onnx" and served.logits(["fine"], 1).shape == (1, 2)
 
 
-def test_quantize_fails_and_keeps_previous_output_when_drop_exceeds_limit(staged_pipeline, tiny_model_dir,
-                                                                        monkeypatch):
-    import tasks.quantize as stage
+@pytest.mark.parametrize("rung", [r for r in QUANTIZATION_RUNGS])
+def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
+    cfg, paths = staged_pipeline
+    work = tmp_path / "work"
+    test = pd.read_parquet(paths.split("test")).head(8)
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, work, test, list(test["text"]), cfg.data.label_names,
+                                       cfg.quantize.model_copy(update={"ladder": [rung]}))
+    assert tried[0]["rung"] == rung and "error" not in tried[0], tried[0]
+    logits = OnnxClassifier(work, model_file=chosen).logits(["a test"], 1)
+    assert np.isfinite(logits).all()
 
-    _, paths = staged_pipeline
-    before = paths.quantization_report.read_bytes()
-    real_compare = stage.compare
 
-    def lossy_compare(*args, **kwargs):
-        """The real comparison, with INT8 reported 5 points below FP32."""
-        report = real_compare(*args, **kwargs)
-        return {**report, "int8_accuracy": report["fp32_accuracy"] - 0.05, "accuracy_drop": 0.05}
+def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline, tmp_path, monkeypatch):
+    cfg, paths = staged_pipeline
+    real_measure = stage.measure_rung
+    calls = []
 
-    monkeypatch.setattr(stage, "compare", lossy_compare)
+    def measure_with_first_rung_broken(model, *args, **kwargs):
+        figures = real_measure(model, *args, **kwargs)
+        calls.append(model.model_file)
+        if model.model_file == "dynamic_per_tensor.onnx":  # forced: this rung "loses" 10 points
+            figures.update(accuracy_drop=0.10, passed=False)
+        return figures
+
+    monkeypatch.setattr(stage, "measure_rung", measure_with_first_rung_broken)
+    test = pd.read_parquet(paths.split("test"))
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"][:8]),
+                                       cfg.data.label_names, cfg.quantize)
+    assert [r["rung"] for r in tried] == ["dynamic_per_tensor", "dynamic_per_channel"]
+    assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "dynamic_per_channel.onnx"
+
+
+def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeline, tmp_path, monkeypatch):
+    cfg, paths = staged_pipeline
+    real_measure = stage.measure_rung
+
+    def only_fp32_passes(model, *args, **kwargs):
+        figures = real_measure(model, *args, **kwargs)
+        return {**figures, "passed": model.model_file == "fp32.onnx"}
+
+    monkeypatch.setattr(stage, "measure_rung", only_fp32_passes)
+    test = pd.read_parquet(paths.split("test"))
+    quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "static_minmax", "fp32"]})
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"][:8]),
+                                       cfg.data.label_names, quick)
+    assert chosen == "fp32.onnx" and [r["passed"] for r in tried] == [False, False, True]
+    assert tried[-1]["accuracy_drop"] == 0.0 and tried[-1]["agreement"] == 1.0
+
+
+def test_ladder_must_end_with_fp32(tiny_model_dir):
     raw = tiny_params(tiny_model_dir)
-    raw["quantize"]["max_accuracy_drop"] = 0.04
-    with pytest.raises(QuantizationAccuracyError, match="max_accuracy_drop"):
-        quantize.fn(parse_config(raw), paths)
-    assert paths.quantization_report.read_bytes() == before, "a failed quantize must not touch its last output"
+    raw["quantize"]["ladder"] = ["dynamic_per_tensor"]
+    with pytest.raises(ConfigError, match="must end with fp32"):
+        parse_config(raw)
+
+
+def test_weight_sqnr_ranks_outlier_heavy_weights_as_sensitive():
+    rng = np.random.default_rng(0)
+    smooth = rng.normal(size=(64, 64))
+    spiky = smooth.copy()
+    spiky[0, 0] = 500.0  # one outlier stretches the scale: everything else rounds coarsely
+    assert stage.weight_sqnr(spiky) < stage.weight_sqnr(smooth) - 10
