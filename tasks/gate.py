@@ -37,19 +37,21 @@ def render_report(decision: dict[str, Any]) -> str:
                      f"{'pass' if c['passed'] else 'FAIL'} |")
     candidate = decision.get("candidate", {})
     if candidate:
-        lines += ["", f"Candidate: `{candidate['model']}` (sha256 {candidate['sha256'][:12]}…), "
-                      f"trained at git {candidate.get('git_sha') or 'unknown'}."]
+        lines += ["", f"Candidate: `{candidate['model']}` ({candidate['precision']}, "
+                      f"sha256 {candidate['sha256'][:12]}…), trained at git {candidate.get('git_sha') or 'unknown'}."]
     return "\n".join(lines) + "\n"
 
 
 @stage_task("gate")
 def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Write decision.json and report.md; never moves the production pointer itself."""
-    decision = decide(read_json(paths.metrics), read_json(paths.quantization_report), cfg.gate)
-    int8_model = paths.int8_dir / MODEL_FILE
+    quantization = read_json(paths.quantization_report)
+    decision = decide(read_json(paths.metrics), quantization, cfg.gate)
+    shipped = paths.int8_dir / MODEL_FILE
     decision["candidate"] = {
-        "model": str(int8_model.relative_to(paths.root)),
-        "sha256": file_sha256(int8_model),
+        "model": str(shipped.relative_to(paths.root)),
+        "precision": quantization["chosen"],
+        "sha256": file_sha256(shipped),
         "git_sha": read_json(paths.train_stamp)["git"]["sha"],
     }
     failed = [c["check"] for c in decision["checks"] if not c["passed"]]

@@ -183,7 +183,10 @@ def validate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
 
 def require_validated(paths: ArtifactPaths) -> None:
     """Refuse to go on unless the last validation of the data passed."""
-    report = paths.validation_report
-    if not report.is_file() or not read_json(report).get("success"):
-        raise DataValidationError(read_json(report) if report.is_file() else unreadable_report(
-            report, FileNotFoundError("no passing validation report: run the validate stage first")))
+    path = paths.validation_report
+    if not path.is_file():
+        raise DataValidationError(unreadable_report(
+            path, FileNotFoundError("no validation report: run the validate stage first")))
+    report = read_json(path)
+    if not report.get("success"):
+        raise DataValidationError(report)

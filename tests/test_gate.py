@@ -33,4 +33,5 @@ def test_gate_stage_writes_decision_and_report(staged_pipeline):
     decision = json.loads(paths.decision.read_text())
     assert decision["decision"] in (PROMOTE, REJECT) and len(decision["checks"]) == 3
     assert decision["candidate"]["model"] == "artifacts/quantize/onnx/model.onnx"
+    assert decision["candidate"]["precision"] == "dynamic_per_tensor"
     assert (paths.stage_dir("gate") / "report.md").read_text().startswith(f"# Gate: {decision['decision']}")
