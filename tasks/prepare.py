@@ -98,7 +98,7 @@ def split_stats(splits: dict[str, pd.DataFrame], data: DataConfig) -> dict:
 @stage_task("prepare")
 def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Write train/dev/test Parquet and stats.json from the validated data."""
-    require_validated(paths)
+    require_validated(paths, paths.root / cfg.data.path)
     frame = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
     splits, dropped = split_frame(frame, cfg.prepare, cfg.seed)
     limits = {"train": cfg.prepare.max_train_rows, "dev": cfg.prepare.max_dev_rows, "test": cfg.prepare.max_test_rows}

@@ -10,7 +10,7 @@ import pandas as pd
 
 from tasks.config import DataConfig, PipelineConfig, ValidateConfig
 from tasks.data import load_dataset
-from tasks.io import DataFormatError, read_json, staged_dir, write_json, write_text
+from tasks.io import DataFormatError, file_sha256, read_json, staged_dir, write_json, write_text
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
 from tasks.errors import TunegateError
@@ -156,7 +156,11 @@ def _evidence(check: dict[str, Any]) -> str:
 
 
 def validate_table(root: Path, cfg: PipelineConfig) -> dict[str, Any]:
-    """Read the configured data and run the suite; never raises for bad data, only reports it."""
+    """Read the configured data and run the suite; never raises for bad data, only reports it.
+
+    The report names the bytes it judged (`data_sha256`), so a later stage can tell whether it
+    still speaks for the data on disk.
+    """
     source = root / cfg.data.path
     try:
         df = load_dataset(root, cfg.data)
@@ -164,7 +168,7 @@ def validate_table(root: Path, cfg: PipelineConfig) -> dict[str, Any]:
         return unreadable_report(source, exc)
     spec = load_suite_spec(root / cfg.validate_.suite, cfg.data)
     params = suite_parameters(cfg.validate_, cfg.data)
-    return run_suite(df, spec, params, cfg.validate_.sample_bad_rows)
+    return {**run_suite(df, spec, params, cfg.validate_.sample_bad_rows), "data_sha256": file_sha256(source)}
 
 
 @stage_task("validate")
@@ -181,8 +185,8 @@ def validate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     return result
 
 
-def require_validated(paths: ArtifactPaths) -> None:
-    """Refuse to go on unless the last validation of the data passed."""
+def require_validated(paths: ArtifactPaths, data_path: Path) -> None:
+    """Refuse to go on unless the last validation passed, and was of the data now at data_path."""
     path = paths.validation_report
     if not path.is_file():
         raise DataValidationError(unreadable_report(
@@ -190,3 +194,6 @@ def require_validated(paths: ArtifactPaths) -> None:
     report = read_json(path)
     if not report.get("success"):
         raise DataValidationError(report)
+    if report.get("data_sha256") != file_sha256(data_path):
+        raise DataValidationError(unreadable_report(data_path, ValueError(
+            "the data changed since it was last validated: run the validate stage first")))

@@ -27,7 +27,17 @@ def test_validate_passes_real_reviews(project, reviews_frame):
     report = ArtifactPaths(root).validation_report
     assert report.is_file() and (report.parent / "report.md").is_file()
     assert "7/7 checks pass" in result.key_figure
-    require_validated(ArtifactPaths(root))
+    require_validated(ArtifactPaths(root), root / cfg.data.path)
+
+
+def test_a_passing_report_does_not_vouch_for_changed_data(project, reviews_frame):
+    root, cfg = project
+    data = root / "data" / "movie_reviews.csv"
+    reviews_frame.to_csv(data, index=False)
+    validate.fn(cfg, ArtifactPaths(root))
+    reviews_frame.head(300).to_csv(data, index=False)
+    with pytest.raises(DataValidationError, match="data changed since it was last validated"):
+        require_validated(ArtifactPaths(root), data)
 
 
 def test_validate_reports_each_broken_rule_with_sample_rows(project, reviews_frame):
@@ -48,7 +58,7 @@ def test_validate_reports_each_broken_rule_with_sample_rows(project, reviews_fra
     message = str(caught.value)
     assert "FAILED (3 of 7 checks)" in message and "expect_column_values_to_be_in_set" in message
     with pytest.raises(DataValidationError):
-        require_validated(ArtifactPaths(root))
+        require_validated(ArtifactPaths(root), root / cfg.data.path)
 
 
 def test_validate_names_a_missing_column(project, reviews_frame):
