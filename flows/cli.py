@@ -77,6 +77,38 @@ def cmd_data_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from tasks.config import load_config
+    from tasks.io import DataFormatError, read_table
+    from tasks.validate import check_table, outcome_word, evidence, unreadable_report, verdict, write_reports
+
+    root = Path.cwd()
+    cfg = load_config(root / "params.yaml")
+    source = Path(args.path)
+    try:
+        report = check_table(read_table(source), root, cfg)
+    except DataFormatError as exc:
+        report = unreadable_report(source, exc)
+    table = Table(title=f"{source}: {verdict(report)}")
+    for column in ("check", "column", "severity", "result", "evidence"):
+        table.add_column(column)
+    styles = {"pass": "green", "warn": "yellow", "FAIL": "bold red"}
+    for check in report["checks"]:
+        word = outcome_word(check)
+        table.add_row(check["expectation"], str(check["column"] or ""), check["severity"],
+                      f"[{styles[word]}]{word}[/]", evidence(check))
+    console.print(table)
+    for check in report["checks"]:
+        for row in check.get("sample_rows", [])[:3]:
+            console.print(f"  {check['expectation']} ({check['column']}): {row}", markup=False, highlight=False)
+    if args.report_dir:
+        write_reports(Path(args.report_dir), report)
+        console.print(f"reports written to {args.report_dir}/report.json, .md, .html", soft_wrap=True)
+    return 0 if report["success"] else 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
     from tasks.predict import PredictInputError, load_served_model, predict_file, predict_texts
@@ -145,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--data-dir", default="data", help="target folder (default: data)")
     default.add_argument("--force", action="store_true", help="overwrite a different file of the same name")
     default.set_defaults(func=cmd_data_default)
+
+    vet = sub.add_parser("validate", help="check a data file against the data contract before adding it",
+                         description="Run the suite in validate.suite (with the columns, labels and bounds in "
+                                     "params.yaml) on any CSV, Parquet or JSONL file. Prints every check; exits 1 "
+                                     "when an error-severity check fails (warnings do not fail). Writes nothing "
+                                     "unless --report-dir is given.")
+    vet.add_argument("path", help="the file (or folder of files) to check")
+    vet.add_argument("--report-dir", help="also write report.json, report.md and report.html here")
+    vet.set_defaults(func=cmd_validate)
 
     predict = sub.add_parser("predict", help="classify texts with a shipped ONNX folder (no torch needed)",
                              description="Load an exported or quantized model folder (model + tokenizer + "

@@ -48,6 +48,10 @@ class ValidateConfig(_Section):
     max_rows: int = Field(ge=1)
     min_text_chars: int = Field(ge=1)
     max_text_chars: int = Field(ge=1)
+    min_clean_share: float = Field(ge=0, le=1)
+    min_unique_share: float = Field(ge=0, le=1)
+    min_class_share: float = Field(ge=0, le=1)
+    max_class_share: float = Field(ge=0, le=1)
     sample_bad_rows: int = Field(ge=0)
 
 

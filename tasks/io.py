@@ -75,6 +75,11 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataFormatError(f"{path} does not exist")
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl"):
+        with path.open("rb") as handle:
+            if handle.read(3) == b"\xef\xbb\xbf":
+                raise DataFormatError(f"{path} starts with a UTF-8 byte-order mark (BOM), which would become part "
+                                      "of the first column's name: save it as UTF-8 without BOM")
     try:
         if suffix == ".csv":
             return pd.read_csv(path, encoding="utf-8")

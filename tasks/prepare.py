@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
-
 import numpy as np
 import pandas as pd
 
@@ -13,20 +10,15 @@ from tasks.data import load_dataset
 from tasks.io import staged_dir, write_json
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
+from tasks.text import normalise_text
 from tasks.validate import require_validated
 from tasks.errors import TunegateError
 
 SPLITS = ("train", "dev", "test")
-_SPACES = re.compile(r"\s+")
 
 
 class PrepareError(TunegateError, ValueError):
     """The data cannot be split as configured (unknown source, empty split...)."""
-
-
-def normalise_text(text: str) -> str:
-    """Key under which near-identical texts are grouped: NFKC, case-folded, spaces collapsed."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
 
 
 def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.DataFrame:

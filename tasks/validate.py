@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from tasks.data import load_dataset
 from tasks.io import DataFormatError, file_sha256, read_json, staged_dir, write_json, write_text
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
+from tasks.text import normalise_text
 from tasks.errors import TunegateError
 
 
@@ -24,9 +27,29 @@ class DataValidationError(TunegateError):
         super().__init__(render_markdown(report))
 
 
+UNIQUENESS_CHECKS = ("expect_column_proportion_of_unique_values_to_be_between", "expect_column_values_to_be_unique")
+
+# Columns computed before validation so GX's stock expectations can check them row by row.
+DERIVED = {"$text_is_string": "__text_is_string", "$normalised_text": "__normalised_text",
+           "$class_share": "__class_share"}
+
+
+def with_derived_columns(df: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
+    """df plus the derived columns the suite names (only those whose source columns exist)."""
+    derived = {}
+    if data.text_column in df.columns:
+        texts = df[data.text_column]
+        derived[DERIVED["$text_is_string"]] = texts.map(lambda v: isinstance(v, str) or bool(pd.isna(v)))
+        derived[DERIVED["$normalised_text"]] = texts.map(lambda v: normalise_text(v) if isinstance(v, str) else v)
+    if data.label_column in df.columns:
+        labels = df[data.label_column]
+        derived[DERIVED["$class_share"]] = labels.map(labels.value_counts(normalize=True)).astype(float)
+    return df.assign(**derived)
+
+
 def load_suite_spec(path: Path, data: DataConfig) -> dict[str, Any]:
-    """Our reviewed suite JSON with '$text_column'/'$label_column' replaced by configured names."""
-    names = {"$text_column": data.text_column, "$label_column": data.label_column}
+    """Our reviewed suite JSON with '$text_column'/'$label_column' (and derived names) resolved."""
+    names = {"$text_column": data.text_column, "$label_column": data.label_column, **DERIVED}
 
     def resolve(value: Any) -> Any:
         if isinstance(value, str):
@@ -48,6 +71,10 @@ def suite_parameters(cfg: ValidateConfig, data: DataConfig) -> dict[str, Any]:
         "max_rows": cfg.max_rows,
         "min_text_chars": cfg.min_text_chars,
         "max_text_chars": cfg.max_text_chars,
+        "min_clean_share": cfg.min_clean_share,
+        "min_unique_share": cfg.min_unique_share,
+        "min_class_share": cfg.min_class_share,
+        "max_class_share": cfg.max_class_share,
     }
 
 
@@ -73,12 +100,15 @@ def run_suite(df: pd.DataFrame, spec: dict[str, Any], parameters: dict[str, Any]
         result_format={"result_format": "COMPLETE"},
     )
     checks = [_check_record(r, df, sample_rows) for r in outcome.results]
+    failed = [c for c in checks if not c["success"]]
+    errors = sum(c["severity"] == "error" for c in failed)
     return {
         "suite": spec["name"],
-        "success": bool(outcome.success),
+        "success": errors == 0,  # failed warnings are reported, not fatal
         "rows": len(df),
-        "columns": [str(c) for c in df.columns],
-        "failed": sum(not c["success"] for c in checks),
+        "columns": [str(c) for c in df.columns if not str(c).startswith("__")],
+        "failed": errors,
+        "warnings": len(failed) - errors,
         "checks": checks,
     }
 
@@ -89,6 +119,7 @@ def _check_record(result: Any, df: pd.DataFrame, sample_rows: int) -> dict[str, 
     details = result.result or {}
     record: dict[str, Any] = {
         "expectation": config.type,
+        "severity": (config.meta or {}).get("severity", "error"),
         "column": kwargs.get("column"),
         "kwargs": kwargs,
         "success": bool(result.success),
@@ -100,10 +131,14 @@ def _check_record(result: Any, df: pd.DataFrame, sample_rows: int) -> dict[str, 
     if exception.get("raised_exception"):
         record["error"] = str(exception.get("exception_message")).splitlines()[0]
     bad_index = details.get("unexpected_index_list") or []
+    if not result.success and config.type in UNIQUENESS_CHECKS and record["column"] in df.columns:
+        # An aggregate check lists no bad rows; the duplicated ones are its evidence.
+        bad_index = df.index[df[record["column"]].duplicated(keep=False)].tolist()
     if not result.success and bad_index and sample_rows:
         rows = df.loc[list(bad_index)[:sample_rows]]
         record["sample_rows"] = [
-            {"row": int(i), **{str(k): _short(v) for k, v in row.items()}} for i, row in rows.iterrows()
+            {"row": int(i), **{str(k): _short(v) for k, v in row.items() if not str(k).startswith("__")}}
+            for i, row in rows.iterrows()
         ]
     return record
 
@@ -124,20 +159,20 @@ def unreadable_report(source: Path, error: Exception) -> dict[str, Any]:
         "rows": 0,
         "columns": [],
         "failed": 1,
-        "checks": [{"expectation": "readable_table", "column": None, "kwargs": {"path": str(source)},
-                    "success": False, "error": str(error)}],
+        "warnings": 0,
+        "checks": [{"expectation": "readable_table", "severity": "error", "column": None,
+                    "kwargs": {"path": str(source)}, "success": False, "error": str(error)}],
     }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report for people: one line per check, failing ones with sample rows."""
-    verdict = "PASSED" if report["success"] else f"FAILED ({report['failed']} of {len(report['checks'])} checks)"
-    lines = [f"# Data validation: {verdict}", "",
+    lines = [f"# Data validation: {verdict(report)}", "",
              f"Suite `{report['suite']}` on {report['rows']} rows; columns: {', '.join(report['columns']) or '-'}", "",
-             "| check | column | result | evidence |", "|---|---|---|---|"]
+             "| check | column | severity | result | evidence |", "|---|---|---|---|---|"]
     for check in report["checks"]:
-        lines.append(f"| {check['expectation']} | {check['column'] or ''} | "
-                     f"{'pass' if check['success'] else 'FAIL'} | {_evidence(check)} |")
+        lines.append(f"| {check['expectation']} | {check['column'] or ''} | {check['severity']} | "
+                     f"{outcome_word(check)} | {evidence(check)} |")
     for check in report["checks"]:
         if check.get("sample_rows"):
             lines += ["", f"Sample bad rows for {check['expectation']} ({check['column']}):", ""]
@@ -145,7 +180,43 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _evidence(check: dict[str, Any]) -> str:
+def verdict(report: dict[str, Any]) -> str:
+    if not report["success"]:
+        return f"FAILED ({report['failed']} of {len(report['checks'])} checks)"
+    return "PASSED" + (f" with {report['warnings']} warning(s)" if report["warnings"] else "")
+
+
+def outcome_word(check: dict[str, Any]) -> str:
+    if check["success"]:
+        return "pass"
+    return "FAIL" if check["severity"] == "error" else "warn"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (inline style, no scripts, everything escaped)."""
+    colours = {"pass": "#e6f4ea", "warn": "#fff4ce", "FAIL": "#fde7e9"}
+    rows = "".join(
+        f"<tr style='background:{colours[outcome_word(c)]}'><td>{escape(c['expectation'])}</td>"
+        f"<td>{escape(str(c['column'] or ''))}</td><td>{c['severity']}</td><td>{outcome_word(c)}</td>"
+        f"<td>{escape(evidence(c))}</td></tr>"
+        for c in report["checks"])
+    samples = "".join(
+        f"<h3>Sample bad rows: {escape(c['expectation'])} ({escape(str(c['column']))})</h3><ul>"
+        + "".join(f"<li><code>{escape(json.dumps(r, ensure_ascii=False, default=str))}</code></li>"
+                  for r in c["sample_rows"]) + "</ul>"
+        for c in report["checks"] if c.get("sample_rows"))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Data validation</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+        f"<h1>Data validation: {escape(verdict(report))}</h1>"
+        f"<p>Suite <code>{escape(report['suite'])}</code> on {report['rows']} rows; columns: "
+        f"{escape(', '.join(report['columns']) or '-')}</p>"
+        f"<table><tr><th>check</th><th>column</th><th>severity</th><th>result</th><th>evidence</th></tr>{rows}"
+        f"</table>{samples}</body></html>\n")
+
+
+def evidence(check: dict[str, Any]) -> str:
     if check.get("error"):
         return f"error: {check['error']}".replace("|", "/")
     if check.get("unexpected_count"):
@@ -153,6 +224,13 @@ def _evidence(check: dict[str, Any]) -> str:
     if check.get("observed_value") is not None:
         return f"observed {check['observed_value']}".replace("|", "/")
     return ""
+
+
+def write_reports(folder: Path, report: dict[str, Any]) -> None:
+    """report.json (machines), report.md (people), report.html (a page to share)."""
+    write_json(folder / "report.json", report)
+    write_text(folder / "report.md", render_markdown(report))
+    write_text(folder / "report.html", render_html(report))
 
 
 def validate_table(root: Path, cfg: PipelineConfig) -> dict[str, Any]:
@@ -166,19 +244,24 @@ def validate_table(root: Path, cfg: PipelineConfig) -> dict[str, Any]:
         df = load_dataset(root, cfg.data)
     except DataFormatError as exc:
         return unreadable_report(source, exc)
+    return {**check_table(df, root, cfg), "data_sha256": file_sha256(source)}
+
+
+def check_table(df: pd.DataFrame, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the configured suite on an in-memory table."""
     spec = load_suite_spec(root / cfg.validate_.suite, cfg.data)
     params = suite_parameters(cfg.validate_, cfg.data)
-    return {**run_suite(df, spec, params, cfg.validate_.sample_bad_rows), "data_sha256": file_sha256(source)}
+    return run_suite(with_derived_columns(df, cfg.data), spec, params, cfg.validate_.sample_bad_rows)
 
 
 @stage_task("validate")
 def validate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Validate the raw data; write report.json/.md; raise DataValidationError on failure."""
     report = validate_table(paths.root, cfg)
-    key = f"{report['rows']} rows, {len(report['checks']) - report['failed']}/{len(report['checks'])} checks pass"
+    passed = sum(c["success"] for c in report["checks"])
+    key = f"{report['rows']} rows, {passed}/{len(report['checks'])} checks pass, {report['warnings']} warning(s)"
     with staged_dir(paths.stage_dir("validate")) as out:
-        write_json(out / "report.json", report)
-        write_text(out / "report.md", render_markdown(report))
+        write_reports(out, report)
         result = write_result(out, StageResult(stage="validate", key_figure=key, success=report["success"]))
     if not report["success"]:
         raise DataValidationError(report)

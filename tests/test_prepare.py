@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from tasks.config import parse_config
-from tasks.prepare import PrepareError, cap_rows, normalise_text, split_frame, to_canonical
+from tasks.prepare import PrepareError, cap_rows, split_frame, to_canonical
+from tasks.text import normalise_text
 from tests.conftest import tiny_params
 
 

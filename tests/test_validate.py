@@ -17,7 +17,8 @@ def project(tmp_path, tiny_model_dir):
 
 
 def failing(report):
-    return {c["expectation"]: c for c in report["checks"] if not c["success"]}
+    """Failed checks keyed by 'expectation:column' (one expectation type may check several columns)."""
+    return {f"{c['expectation']}:{c['column']}": c for c in report["checks"] if not c["success"]}
 
 
 def test_validate_passes_real_reviews(project, reviews_frame):
@@ -26,7 +27,8 @@ def test_validate_passes_real_reviews(project, reviews_frame):
     result = validate.fn(cfg, ArtifactPaths(root))
     report = ArtifactPaths(root).validation_report
     assert report.is_file() and (report.parent / "report.md").is_file()
-    assert "7/7 checks pass" in result.key_figure
+    assert "12/12 checks pass, 0 warning(s)" in result.key_figure
+    assert (report.parent / "report.html").read_text().startswith("<!doctype html>")
     require_validated(ArtifactPaths(root), root / cfg.data.path)
 
 
@@ -50,13 +52,15 @@ def test_validate_reports_each_broken_rule_with_sample_rows(project, reviews_fra
     with pytest.raises(DataValidationError) as caught:
         validate.fn(cfg, ArtifactPaths(root))
     broken = failing(caught.value.report)
-    assert set(broken) == {"expect_column_values_to_not_be_null", "expect_column_values_to_not_match_regex",
-                           "expect_column_values_to_be_in_set"}
-    assert broken["expect_column_values_to_be_in_set"]["unexpected_count"] == 1
-    assert broken["expect_column_values_to_be_in_set"]["sample_rows"][0]["row"] == 7
-    assert broken["expect_column_values_to_not_match_regex"]["sample_rows"][0]["row"] == 3
+    assert set(broken) == {"expect_column_values_to_not_be_null:text", "expect_column_values_to_not_match_regex:text",
+                           "expect_column_values_to_be_in_set:label",
+                           "expect_column_values_to_be_between:__class_share"}  # label 9 is 1 row in 440
+    assert broken["expect_column_values_to_be_in_set:label"]["unexpected_count"] == 1
+    assert broken["expect_column_values_to_be_in_set:label"]["sample_rows"][0]["row"] == 7
+    assert broken["expect_column_values_to_not_match_regex:text"]["sample_rows"][0]["row"] == 3
+    assert all(c["severity"] == "error" for c in broken.values())
     message = str(caught.value)
-    assert "FAILED (3 of 7 checks)" in message and "expect_column_values_to_be_in_set" in message
+    assert "FAILED (4 of 12 checks)" in message and "expect_column_values_to_be_in_set" in message
     with pytest.raises(DataValidationError):
         require_validated(ArtifactPaths(root), root / cfg.data.path)
 
@@ -66,7 +70,7 @@ def test_validate_names_a_missing_column(project, reviews_frame):
     reviews_frame.rename(columns={"label": "sentiment"}).to_csv(root / "data" / "movie_reviews.csv", index=False)
     report = validate_table(root, cfg)
     assert not report["success"]
-    columns_check = failing(report)["expect_table_columns_to_match_set"]
+    columns_check = failing(report)["expect_table_columns_to_match_set:None"]
     assert "sentiment" in str(columns_check["observed_value"])
 
 
@@ -76,8 +80,8 @@ def test_validate_bounds_row_count_and_text_length(project, reviews_frame):
     small.loc[0, "text"] = "x" * (cfg.validate_.max_text_chars + 1)
     small.to_csv(root / "data" / "movie_reviews.csv", index=False)
     broken = failing(validate_table(root, cfg))
-    assert broken["expect_table_row_count_to_be_between"]["observed_value"] == 10
-    assert broken["expect_column_value_lengths_to_be_between"]["unexpected_count"] == 1
+    assert broken["expect_table_row_count_to_be_between:None"]["observed_value"] == 10
+    assert broken["expect_column_value_lengths_to_be_between:text"]["unexpected_count"] == 1
 
 
 def test_validate_reports_an_unreadable_file(project):

@@ -1,0 +1,108 @@
+"""Bad input never gets past validation: each case names its problem, shows rows, exits 1, writes nothing."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from ruamel.yaml import YAML
+
+from flows.cli import main
+from tests.conftest import REPO, tiny_params
+
+
+def frame_case(change):
+    """A case built by changing a copy of the real reviews slice."""
+    def write(path, reviews):
+        change(reviews).to_csv(path, index=False)
+    return write
+
+
+def bytes_case(content: bytes):
+    def write(path, reviews):
+        path.write_bytes(content)
+    return write
+
+
+def with_rows(reviews, rows, column, values):
+    out = reviews.copy()
+    out.loc[rows, column] = values
+    return out
+
+
+BAD = {
+    "missing_column": (frame_case(lambda r: r.rename(columns={"label": "sentiment"})),
+                       "expect_table_columns_to_match_set"),
+    "wrong_types": (frame_case(lambda r: r.assign(text=[str(i) if i % 2 else i for i in range(len(r))])),
+                    "__text_is_string"),
+    "empty_file": (bytes_case(b""), "readable_table"),
+    "header_only": (bytes_case(b"text,label,source\n"), "expect_table_row_count_to_be_between"),
+    "invalid_utf8": (bytes_case(b"text,label\n\xff\xfe\xfa broken bytes,1\n"), "readable_table"),
+    "byte_order_mark": (bytes_case("\ufefftext,label\nfine,1\n".encode()), "byte-order mark"),
+    "null_labels": (frame_case(lambda r: with_rows(r, [1, 2], "label", np.nan)),
+                    "expect_column_values_to_not_be_null | label"),
+    "unknown_labels": (frame_case(lambda r: with_rows(r, [4], "label", 3)),
+                       "expect_column_values_to_be_in_set | label"),
+    "single_class": (frame_case(lambda r: r.assign(label=1)), "__class_share"),
+    "blank_texts": (frame_case(lambda r: with_rows(r, [0, 9], "text", " \t ")),
+                    "expect_column_values_to_not_match_regex | text"),
+    "huge_single_row": (frame_case(lambda r: with_rows(r, [5], "text", "very long " * 5000)),
+                        "expect_column_value_lengths_to_be_between"),
+    "duplicates": (frame_case(lambda r: pd.concat([r, r.head(150).assign(text=r.head(150)["text"].str.upper())],
+                                                  ignore_index=True)),
+                   "__normalised_text"),
+    "extreme_imbalance": (frame_case(lambda r: pd.concat([r[r.label == 1], r[r.label == 0].head(5)],
+                                                         ignore_index=True)), "__class_share"),
+    "malformed_quoting": (bytes_case(b'text,label\n"an unclosed quote,1\nnext row,0\n'), "readable_table"),
+    "control_characters": (frame_case(lambda r: with_rows(r, list(range(0, 40, 4)), "text", "bad\x07bytes\x00here")),
+                           "expect_column_values_to_not_match_regex | text"),
+}
+
+
+# Problems of the whole file (unreadable, wrong shape): no single row to quote.
+FILE_LEVEL = {"missing_column", "empty_file", "header_only", "invalid_utf8", "byte_order_mark", "malformed_quoting"}
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_model_dir, monkeypatch):
+    """A project folder with params.yaml and the suites; the tests run `tunegate validate` in it."""
+    shutil.copytree(REPO / "expectations", tmp_path / "expectations")
+    with (tmp_path / "params.yaml").open("w") as handle:
+        YAML().dump(tiny_params(tiny_model_dir), handle)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_dataset_is_refused_with_its_problem_named(case, workdir, reviews_frame, capsys):
+    write, problem = BAD[case]
+    path = workdir / "incoming" / "reviews.csv"
+    path.parent.mkdir()
+    write(path, reviews_frame)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    check, _, column = problem.partition(" | ")
+    failing = [line for line in out.splitlines() if check in line and "FAIL" in line and column in line]
+    assert failing or (check in out and "FAILED" in out), out
+    if case not in FILE_LEVEL:
+        assert "{'row': " in out, "row-level problems quote example rows"
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before, "vetting must write nothing"
+
+
+def test_good_data_with_embedded_newlines_passes(workdir, reviews_frame, capsys):
+    path = workdir / "reviews.csv"
+    with_rows(reviews_frame, [3], "text", 'a review "quoted",\nover two lines').to_csv(path, index=False)
+    assert main(["validate", str(path)]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_mojibake_is_a_warning_that_does_not_stop(workdir, reviews_frame, capsys):
+    path = workdir / "reviews.csv"
+    with_rows(reviews_frame, list(range(0, 40, 4)), "text", "itâ€™s a fine film").to_csv(path, index=False)
+    assert main(["validate", str(path), "--report-dir", str(workdir / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED with 1 warning(s)" in out and "warn" in out
+    html = (workdir / "report" / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "itâ€™s a fine film" in html
