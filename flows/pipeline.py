@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from tasks.config import STAGES, PipelineConfig, load_config, write_overrides
@@ -50,6 +51,19 @@ def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcSt
     return StageOutcome(name, "completed", time.perf_counter() - started, result.key_figure)
 
 
+# Reports people read in the Prefect UI: (stage, file in its artifact folder, artifact key).
+PUBLISHED_REPORTS = (("validate", "report.md", "data-validation"), ("gate", "report.md", "gate-decision"))
+
+
+def publish_reports(stage: str, paths: ArtifactPaths) -> None:
+    """Publish the stage's Markdown report (if it wrote one) as a Prefect artifact of this flow run."""
+    for name, filename, key in PUBLISHED_REPORTS:
+        report = paths.stage_dir(name) / filename
+        if name == stage and report.is_file():
+            create_markdown_artifact(markdown=report.read_text(encoding="utf-8"), key=key,
+                                     description=f"{name} report, {paths.root.name}")
+
+
 @flow(name="training_pipeline")
 def training_pipeline(overrides: list[str] | None = None, project: str = ".") -> list[StageOutcome]:
     """validate -> prepare -> train -> evaluate -> export -> quantize -> gate, on the project at `project`.
@@ -68,5 +82,8 @@ def training_pipeline(overrides: list[str] | None = None, project: str = ".") ->
             outcomes.append(run_stage(name, cfg, paths, cache))
         except Exception as exc:
             outcomes.append(StageOutcome(name, "failed", time.perf_counter() - started, type(exc).__name__))
+            publish_reports(name, paths)  # a failed validation's report is the one people need
             raise PipelineFailed(outcomes, exc) from exc
+        if outcomes[-1].status == "completed":
+            publish_reports(name, paths)
     return outcomes

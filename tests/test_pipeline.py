@@ -10,6 +10,19 @@ from tasks.validate import DataValidationError
 from tests.conftest import BIN, run
 
 
+def latest_artifact(key: str):
+    """The newest version of a Prefect artifact, read back through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no Prefect artifact {key!r}"
+    return found[0]
+
+
 def dvc(root, *args, check=True):
     return run([str(BIN / "dvc"), *args], root, check=check)
 
@@ -33,6 +46,7 @@ def test_flow_runs_stages_records_them_in_dvc_and_skips_them_next_time(make_proj
     assert "dev accuracy" in outcomes[2].key_figure
     # DVC now agrees nothing is stale: dvc repro would run nothing.
     assert dvc(root, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert latest_artifact("gate-decision").data.startswith("# Gate: ")
     again = training_pipeline(project=str(root))
     assert [o.status for o in again] == ["skipped"] * len(STAGES)
     assert [o.key_figure for o in again] == [o.key_figure for o in outcomes]
@@ -59,6 +73,8 @@ def test_bad_data_stops_the_flow_at_validate_with_nothing_downstream(make_projec
     report = json.loads((root / "artifacts" / "validate" / "report.json").read_text())
     assert not report["success"]
     assert sorted(p.name for p in (root / "artifacts").iterdir()) == ["validate"]
+    published = latest_artifact("data-validation")
+    assert published.type == "markdown" and "# Data validation: FAILED" in published.data
 
 
 def test_bad_data_stops_dvc_repro_at_validate(make_project, reviews_frame):
