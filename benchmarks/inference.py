@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.io import read_json, write_json  # noqa: E402
 from tasks.metrics import softmax  # noqa: E402
 from tasks.modeling import load_classifier, torch_logits  # noqa: E402
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, external_data_name  # noqa: E402
+from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, model_mb  # noqa: E402
 from tasks.paths import ArtifactPaths  # noqa: E402
 
 SHAPES = {"b1": (1, 32), "b32x128": (32, 128)}  # (batch, tokens)
@@ -49,10 +49,6 @@ def time_call(call, runs: int) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean())}
-
-
-def file_mb(*paths: Path) -> float:
-    return round(sum(p.stat().st_size for p in paths if p.exists()) / 2**20, 2)
 
 
 def main() -> None:
@@ -84,7 +80,7 @@ def main() -> None:
         results["pytorch_eager_fp32"] = {
             **{shape: time_call(lambda f=feeds[shape]: model(**f).logits, runs)
                for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32))},
-            "mb": file_mb(paths.model_dir / "model.safetensors"),
+            "mb": round((paths.model_dir / "model.safetensors").stat().st_size / 2**20, 2),
             "accuracy": float((torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"))
                                .argmax(axis=1) == labels).mean()),
         }
@@ -93,8 +89,7 @@ def main() -> None:
         results[name] = {
             **{shape: time_call(lambda f=inputs[shape]: session.run(["logits"], {k: f[k] for k in onnx_model.input_names}), runs)
                for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32))},
-            "mb": file_mb(onnx_model.folder / onnx_model.model_file,
-                          onnx_model.folder / external_data_name(onnx_model.model_file)),
+            "mb": model_mb(onnx_model.folder / onnx_model.model_file),
             "accuracy": float((softmax(onnx_model.logits(texts, 64)).argmax(axis=1) == labels).mean()),
         }
     for name, figures in results.items():

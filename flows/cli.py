@@ -122,12 +122,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         console.print(f"{rows} rows classified -> {output}", soft_wrap=True)
         return 0
     frame = predict_texts(model, args.texts, args.batch_size)
+    prob_columns = [c for c in frame.columns if c.startswith("p_")]
     table = Table(title=f"{args.model} ({model.model_file})")
-    for column in ("text", "label", *[c for c in frame.columns if c.startswith("p_")]):
+    for column in ("text", "label", *prob_columns):
         table.add_column(column)
-    for text, row in zip(args.texts, frame.itertuples(index=False)):
-        probs = [f"{getattr(row, c):.4f}" for c in frame.columns if c.startswith("p_")]
-        table.add_row(text, row.predicted_label, *probs)
+    for text, (_, row) in zip(args.texts, frame.iterrows()):
+        table.add_row(text, row["predicted_label"], *[f"{row[c]:.4f}" for c in prob_columns])
     console.print(table)
     return 0
 

@@ -13,7 +13,8 @@ from tasks.config import ExportConfig, PipelineConfig
 from tasks.errors import TunegateError
 from tasks.io import staged_dir, write_json
 from tasks.modeling import load_classifier, torch_logits
-from tasks.onnx_model import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, external_data_name
+from tasks.onnx_model import (FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, load_onnx, model_mb,
+                              save_onnx)
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
 
@@ -61,24 +62,9 @@ def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg:
     return path
 
 
-def load_onnx(path: Path) -> Any:
-    import onnx
-
-    return onnx.load(str(path))  # pulls in external data beside it, if any
-
-
-def save_onnx(model: Any, path: Path, external: bool) -> None:
-    """Save a ModelProto; with external=True all weights go to one `<name>.data` file beside it."""
-    import onnx
-
-    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=external_data_name(path.name), size_threshold=1024)
-
-
 def uses_external_data(path: Path, threshold_mb: int) -> bool:
     """Whether weights must (or, per export.external_data_mb, should) live outside the .onnx file."""
-    total_mb = sum(p.stat().st_size for p in (path, path.with_name(external_data_name(path.name))) if p.exists())
-    return total_mb / 2**20 > min(threshold_mb, PROTOBUF_LIMIT_MB)
+    return model_mb(path) > min(threshold_mb, PROTOBUF_LIMIT_MB)
 
 
 def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length: int, model_file: str) -> None:

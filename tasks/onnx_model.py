@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,38 @@ FP16_FILE = "model.fp16.onnx"  # for the CUDA execution provider
 def external_data_name(model_file: str) -> str:
     """Where a model's weights go when stored outside the .onnx file."""
     return f"{model_file}.data"
+
+
+def has_external_data(path: Path) -> bool:
+    return path.with_name(external_data_name(path.name)).exists()
+
+
+def model_mb(path: Path) -> float:
+    """Size of a model on disk: the .onnx file plus its external weights, if any."""
+    files = [path, path.with_name(external_data_name(path.name))]
+    return round(sum(p.stat().st_size for p in files if p.exists()) / 2**20, 2)
+
+
+def load_onnx(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path))  # pulls in external data beside it, if any
+
+
+def save_onnx(model: Any, path: Path, external: bool) -> None:
+    """Save a ModelProto; with external=True all weights go to one `<name>.data` file beside it."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=external_data_name(path.name), size_threshold=1024)
+
+
+def copy_model(source: Path, target: Path) -> None:
+    """Copy a model under a new name; external weights are re-saved, since the .onnx names its data file."""
+    if has_external_data(source):
+        save_onnx(load_onnx(source), target, external=True)
+    else:
+        shutil.copy2(source, target)
 
 
 def execution_providers() -> list[str]:

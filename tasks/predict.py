@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from tasks.errors import TunegateError
-from tasks.io import read_table
+from tasks.io import atomic_file, read_table
 from tasks.metrics import softmax
 from tasks.onnx_model import SERVING_FILE, OnnxClassifier
 
@@ -49,16 +47,9 @@ def predict_file(model: OnnxClassifier, source: Path, target: Path, text_column:
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise PredictInputError(f"output {target} must end in .csv or .jsonl")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(target) as tmp:
         if suffix == ".csv":
             result.to_csv(tmp, index=False)
         else:
             result.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return len(result)

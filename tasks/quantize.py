@@ -15,7 +15,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from tasks.config import PipelineConfig, QuantizeConfig
 from tasks.io import read_json, staged_dir, write_json
 from tasks.metrics import classification_metrics, softmax
-from tasks.onnx_model import MODEL_FILE, SERVING_FILE, OnnxClassifier, external_data_name
+from tasks.onnx_model import MODEL_FILE, SERVING_FILE, OnnxClassifier, copy_model, has_external_data, model_mb
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
 
@@ -80,11 +80,9 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
     # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference: say "float".
     options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     source = plain if rung.startswith("static") else optimised
-    external = source.with_name(external_data_name(source.name)).exists()
+    external = has_external_data(source)
     if rung == "fp32":
-        shutil.copy2(source, target)
-        if external:
-            shutil.copy2(source.with_name(external_data_name(source.name)), target.with_name(external_data_name(target.name)))
+        copy_model(source, target)
         return {"method": "no quantization"}
     if rung.startswith("dynamic"):
         per_channel = rung == "dynamic_per_channel"
@@ -131,11 +129,6 @@ def measure_rung(model: OnnxClassifier, test: pd.DataFrame, fp32_pred: np.ndarra
     return figures
 
 
-def model_mb(folder: Path, model_file: str) -> float:
-    files = [folder / model_file, folder / external_data_name(model_file)]
-    return round(sum(p.stat().st_size for p in files if p.exists()) / 2**20, 2)
-
-
 def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: list[str], labels: list[str],
                  cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str]:
     """Try rungs in order until one passes; returns every rung tried and the chosen model file in `work`."""
@@ -155,7 +148,7 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
             continue
         record.update(measure_rung(OnnxClassifier(work, model_file=target.name), test, fp32_probs.argmax(axis=1),
                                    fp32_accuracy, labels, cfg))
-        record["mb"] = model_mb(work, target.name)
+        record["mb"] = model_mb(target)
         tried.append(record)
         if record["passed"]:
             return tried, target.name
@@ -172,13 +165,11 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         tried, chosen_file = climb_ladder(paths.onnx_dir, work, test, calibration, cfg.data.label_names, cfg.quantize)
         int8_dir = out / paths.int8_dir.name
         shutil.copytree(work, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
-        shutil.copy2(work / chosen_file, int8_dir / MODEL_FILE)
-        if (work / external_data_name(chosen_file)).exists():
-            shutil.copy2(work / external_data_name(chosen_file), int8_dir / external_data_name(MODEL_FILE))
+        copy_model(work / chosen_file, int8_dir / MODEL_FILE)
         serving = read_json(int8_dir / SERVING_FILE)
         write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE})
         chosen = tried[-1]
-        fp32_mb = model_mb(paths.onnx_dir, read_json(paths.onnx_dir / SERVING_FILE)["model_file"])
+        fp32_mb = model_mb(paths.onnx_dir / read_json(paths.onnx_dir / SERVING_FILE)["model_file"])
         report = {
             "chosen": chosen["rung"],
             "accuracy": chosen["accuracy"],

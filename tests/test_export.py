@@ -10,7 +10,7 @@ import torch
 from tasks.export import (ExportParityError, check_parity, convert_fp16, export_onnx, optimise_onnx, parity,
                           uses_external_data)
 from tasks.modeling import load_classifier
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier
+from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, copy_model
 
 
 def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeline):
@@ -45,8 +45,12 @@ def test_large_models_use_external_data_and_still_run(staged_pipeline, tmp_path)
     optimise_onnx(path, tmp_path / OPTIMIZED_FILE, model.config, external=True)
     assert (tmp_path / f"{OPTIMIZED_FILE}.data").is_file()
     text = ["external weights load fine"]
-    assert np.allclose(OnnxClassifier(tmp_path, MODEL_FILE).logits(text, 1),
-                       OnnxClassifier(paths.onnx_dir, MODEL_FILE).logits(text, 1), atol=1e-5)
+    expected = OnnxClassifier(paths.onnx_dir, MODEL_FILE).logits(text, 1)
+    assert np.allclose(OnnxClassifier(tmp_path, MODEL_FILE).logits(text, 1), expected, atol=1e-5)
+    copy_model(path, tmp_path / "renamed.onnx")  # the copy must name its own weights file
+    (tmp_path / "model.onnx.data").unlink()
+    assert (tmp_path / "renamed.onnx.data").is_file()
+    assert np.allclose(OnnxClassifier(tmp_path, "renamed.onnx").logits(text, 1), expected, atol=1e-5)
 
 
 def test_fp16_conversion_keeps_io_types_and_halves_weights(staged_pipeline, tmp_path):
