@@ -81,23 +81,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from tasks.config import load_config
-    from tasks.io import DataFormatError, read_table
-    from tasks.validate import check_table, outcome_word, evidence, unreadable_report, verdict, write_reports
+    from tasks.contract import evidence, outcome_word, verdict, write_reports
+    from tasks.vet import vet_table
 
     root = Path.cwd()
     cfg = load_config(root / "params.yaml")
     source = Path(args.path)
-    try:
-        report = check_table(read_table(source), root, cfg)
-    except DataFormatError as exc:
-        report = unreadable_report(source, exc)
+    report = vet_table(source, root, cfg)
     table = Table(title=f"{source}: {verdict(report)}")
-    for column in ("check", "column", "severity", "result", "evidence"):
+    for column in ("contract", "check", "column", "severity", "result", "evidence"):
         table.add_column(column)
     styles = {"pass": "green", "warn": "yellow", "FAIL": "bold red"}
     for check in report["checks"]:
         word = outcome_word(check)
-        table.add_row(check["expectation"], str(check["column"] or ""), check["severity"],
+        table.add_row(check.get("suite", ""), check["expectation"], str(check["column"] or ""), check["severity"],
                       f"[{styles[word]}]{word}[/]", evidence(check))
     console.print(table)
     for check in report["checks"]:
@@ -179,10 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     default.set_defaults(func=cmd_data_default)
 
     vet = sub.add_parser("validate", help="check a data file against the data contract before adding it",
-                         description="Run the suite in validate.suite (with the columns, labels and bounds in "
-                                     "params.yaml) on any CSV, Parquet or JSONL file. Prints every check; exits 1 "
-                                     "when an error-severity check fails (warnings do not fail). Writes nothing "
-                                     "unless --report-dir is given.")
+                         description="Apply every data contract the pipeline would, with the columns, labels and "
+                                     "bounds in params.yaml, to any CSV, Parquet or JSONL file (or folder): the "
+                                     "raw-data suite (validate.suite), drift against validate.drift_reference, and, "
+                                     "when the raw data passes, the split contract (prepare.contract: class balance "
+                                     "and rows per split, exact and near-duplicate leakage, token lengths with "
+                                     "train.base_model's tokenizer) on the split prepare would make, or on the "
+                                     "data's own split (data.split_column). Prints every check; exits 1 when an "
+                                     "error-severity check fails (warnings do not fail). Writes nothing unless "
+                                     "--report-dir is given.")
     vet.add_argument("path", help="the file (or folder of files) to check")
     vet.add_argument("--report-dir", help="also write report.json, report.md and report.html here")
     vet.set_defaults(func=cmd_validate)

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from tasks.config import STAGES, PipelineConfig, load_config, write_overrides
+from tasks.contract import DataValidationError, render_markdown
 from tasks.dvc_cache import DvcStageCache
 from tasks.paths import ArtifactPaths
 from tasks.stage import load_stage, read_result
@@ -52,16 +53,23 @@ def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcSt
 
 
 # Reports people read in the Prefect UI: (stage, file in its artifact folder, artifact key).
-PUBLISHED_REPORTS = (("validate", "report.md", "data-validation"), ("gate", "report.md", "gate-decision"))
+PUBLISHED_REPORTS = {"validate": ("report.md", "data-validation"), "prepare": ("contract.md", "split-contract"),
+                     "gate": ("report.md", "gate-decision")}
 
 
-def publish_reports(stage: str, paths: ArtifactPaths) -> None:
-    """Publish the stage's Markdown report (if it wrote one) as a Prefect artifact of this flow run."""
-    for name, filename, key in PUBLISHED_REPORTS:
-        report = paths.stage_dir(name) / filename
-        if name == stage and report.is_file():
-            create_markdown_artifact(markdown=report.read_text(encoding="utf-8"), key=key,
-                                     description=f"{name} report, {paths.root.name}")
+def publish_report(stage: str, paths: ArtifactPaths, failure: BaseException | None = None) -> None:
+    """Publish the stage's Markdown report as a Prefect artifact of this flow run: the one it wrote, or,
+    when its data contract failed, the failing report (which never replaces the last good one on disk)."""
+    if stage not in PUBLISHED_REPORTS:
+        return
+    filename, key = PUBLISHED_REPORTS[stage]
+    if isinstance(failure, DataValidationError):
+        markdown = render_markdown(failure.report)
+    elif failure is None and (paths.stage_dir(stage) / filename).is_file():
+        markdown = (paths.stage_dir(stage) / filename).read_text(encoding="utf-8")
+    else:
+        return
+    create_markdown_artifact(markdown=markdown, key=key, description=f"{stage} report, {paths.root.name}")
 
 
 @flow(name="training_pipeline")
@@ -82,8 +90,8 @@ def training_pipeline(overrides: list[str] | None = None, project: str = ".") ->
             outcomes.append(run_stage(name, cfg, paths, cache))
         except Exception as exc:
             outcomes.append(StageOutcome(name, "failed", time.perf_counter() - started, type(exc).__name__))
-            publish_reports(name, paths)  # a failed validation's report is the one people need
+            publish_report(name, paths, exc)  # a failed contract's report is the one people need
             raise PipelineFailed(outcomes, exc) from exc
         if outcomes[-1].status == "completed":
-            publish_reports(name, paths)
+            publish_report(name, paths)
     return outcomes

@@ -32,6 +32,7 @@ class DataConfig(_Section):
     labels: list[int | str] = Field(min_length=2)
     label_names: list[str]
     source_column: str | None
+    split_column: str | None
 
     @model_validator(mode="after")
     def _names_match_labels(self) -> DataConfig:
@@ -53,6 +54,11 @@ class ValidateConfig(_Section):
     min_class_share: float = Field(ge=0, le=1)
     max_class_share: float = Field(ge=0, le=1)
     sample_bad_rows: int = Field(ge=0)
+    drift_reference: str = Field(min_length=1)
+    drift_severity: Literal["error", "warning"]
+    max_label_psi: float = Field(ge=0)
+    max_length_ks: float = Field(ge=0, le=1)
+    max_oov_rate: float = Field(ge=0, le=1)
 
 
 class PrepareConfig(_Section):
@@ -62,6 +68,20 @@ class PrepareConfig(_Section):
     max_train_rows: int | None = Field(ge=1)
     max_dev_rows: int | None = Field(ge=1)
     max_test_rows: int | None = Field(ge=1)
+    contract: str
+    min_rows_per_class: int = Field(ge=1)
+    max_class_share_delta: float = Field(ge=0, le=1)
+    near_duplicate_jaccard: float = Field(gt=0, le=1)
+    shingle_words: int = Field(ge=1, le=16)
+    minhash_permutations: int = Field(ge=1, le=512)
+    lsh_bands: int = Field(ge=1)
+    max_truncated_share: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bands_divide_permutations(self) -> PrepareConfig:
+        if self.minhash_permutations % self.lsh_bands:
+            raise ValueError("prepare.lsh_bands must divide prepare.minhash_permutations")
+        return self
 
 
 class TrainConfig(_Section):

