@@ -41,25 +41,40 @@ class Shingles:
         return set(self.values[self.offsets[i]:self.offsets[i + 1]].tolist())
 
 
-def word_shingles(texts: list[str], size: int) -> Shingles:
+def word_shingles(texts: list[str] | pa.Array, size: int) -> Shingles:
     """Hashes of each text's runs of `size` consecutive words (a shorter text is one shingle)."""
-    words = pc.split_pattern(pa.array(texts, type=pa.large_string()), " ")
+    array = texts.cast(pa.large_string()) if isinstance(texts, pa.Array) else pa.array(texts, type=pa.large_string())
+    words = pc.split_pattern(array, " ")
     counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
     # Word ids via arrow's hash table (C++), then mixed: equal words get equal hashes within this call.
     ids = pc.dictionary_encode(pc.list_flatten(words)).indices.to_numpy(zero_copy_only=False)
     word_hash = _splitmix(ids.astype(np.uint64) + np.uint64(1))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    n_shingles = np.maximum(counts - size + 1, 1)
+    long = counts >= size
+    n_shingles = np.where(long, counts - size + 1, 1)
     offsets = np.concatenate([[0], np.cumsum(n_shingles)])
-    # Shingle k of text t starts at word starts[t] + k and takes min(size, counts[t]) words.
-    first = np.repeat(starts - offsets[:-1], n_shingles) + np.arange(offsets[-1])
-    ends = np.repeat(starts + counts, n_shingles)
-    values = np.zeros(offsets[-1], dtype=np.uint64)
-    padded = np.append(word_hash, np.uint64(0))  # index len(word_hash) reads 0: "no word here"
-    for k in range(size):
-        position = first + k
-        # An odd multiplier per position, so "a b c" and "c b a" differ; uint64 arithmetic wraps.
-        values += padded[np.where(position < ends, position, len(word_hash))] * _POSITION[k]
+    # Shingle hash = sum over its words of word_hash * an odd per-position multiplier (uint64 wraps), so
+    # "a b c" and "c b a" differ. Computed for every word position at once (contiguous slices, no
+    # gathers), then only the positions where a whole shingle fits inside its text are kept.
+    padded = np.concatenate([word_hash, np.zeros(size - 1, dtype=np.uint64)])
+    every_start = padded[:len(word_hash)] * _POSITION[0]
+    for k in range(1, size):
+        every_start += padded[k:k + len(word_hash)] * _POSITION[k]
+    # Keep the positions where a whole shingle fits in its text: drop each text's last size-1 word
+    # positions; a text shorter than `size` words keeps only its first position (one shingle).
+    ends = starts + counts
+    fits = np.ones(len(word_hash), dtype=bool)
+    for k in range(1, size):
+        fits[ends[counts >= k] - k] = False
+    fits[starts[~long]] = True
+    values = every_start[fits]
+    # A short text's one shingle is all its words (every_start there ran into the next text).
+    short_starts, short_counts = starts[~long], counts[~long]
+    short_values = np.zeros(len(short_starts), dtype=np.uint64)
+    for k in range(size - 1):
+        present = k < short_counts
+        short_values[present] += word_hash[short_starts[present] + k] * _POSITION[k]
+    values[offsets[:-1][~long]] = short_values
     return Shingles(values=values, offsets=offsets)
 
 
@@ -73,9 +88,11 @@ def minhash_signatures(shingles: Shingles, permutations: int, seed: int) -> np.n
     signatures = np.empty((len(starts), permutations), dtype=np.uint32)
 
     def fill(j: int) -> None:
-        # Multiply-shift hashing: strongly universal for 32-bit keys; the high 32 bits are the hash.
-        hashed = ((keys * multipliers[j] + addends[j]) >> np.uint64(32)).astype(np.uint32)
-        signatures[:, j] = np.minimum.reduceat(hashed, starts)
+        # Multiply-shift hashing (strongly universal for 32-bit keys): the hash is the high 32 bits of
+        # keys * m + a, and the minimum of those is the high half of the minimum 64-bit value.
+        hashed = np.multiply(keys, multipliers[j])
+        np.add(hashed, addends[j], out=hashed)
+        signatures[:, j] = np.minimum.reduceat(hashed, starts) >> np.uint64(32)
 
     # numpy releases the GIL inside these loops: one thread per core roughly halves the time.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -97,7 +114,8 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, max_group: int = 256
             key = _splitmix(key ^ column.astype(np.uint64))
         found.append(_bucket_pairs(key, max_group))
     pairs = np.concatenate(found)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+    packed = np.unique(pairs[:, 0] * len(signatures) + pairs[:, 1])  # 1-D unique: far faster than axis=0
+    return np.stack([packed // len(signatures), packed % len(signatures)], axis=1)
 
 
 def _bucket_pairs(key: np.ndarray, max_group: int) -> np.ndarray:
@@ -131,7 +149,7 @@ class NearDuplicateSettings:
     seed: int
 
 
-def near_duplicate_pairs(texts: list[str], settings: NearDuplicateSettings) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicate_pairs(texts: list[str] | pa.Array, settings: NearDuplicateSettings) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of distinct positions whose shingle sets have Jaccard >= settings.jaccard, and that Jaccard.
 
     Pass distinct (normalised) texts: exact duplicates are cheaper to find by equality.

@@ -65,28 +65,36 @@ def split_frame(df: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: Prep
     learned from). Returns the split per row and counts of what was dropped or grouped.
     """
     labels = df["label"].to_numpy()
-    conflicting_codes = pd.Series(labels).groupby(keys.codes).nunique()
-    conflicting = np.isin(keys.codes, conflicting_codes.index[conflicting_codes > 1])
-    group = near_duplicate_groups(keys, pairs)[keys.codes]
-    # A group's label for stratification: its most frequent label (near duplicates may disagree).
-    kept = pd.DataFrame({"group": group[~conflicting], "label": labels[~conflicting]})
-    group_label = kept.groupby("group")["label"].agg(lambda s: s.value_counts().index[0])
+    n_texts, n_labels = len(keys.texts), int(labels.max(initial=0)) + 1
+    # A text is conflicting when its rows disagree on the label (lowest != highest label).
+    lowest, highest = np.full(n_texts, n_labels), np.full(n_texts, -1)
+    np.minimum.at(lowest, keys.codes, labels)
+    np.maximum.at(highest, keys.codes, labels)
+    conflicting = (lowest != highest)[keys.codes]
+    kept_codes, kept_labels = keys.codes[~conflicting], labels[~conflicting]
+    group_of_text = near_duplicate_groups(keys, pairs)
+    # Groups numbered 0.. in text order; a group's label for stratification is its most frequent one.
+    present_groups, group_index = np.unique(group_of_text[kept_codes], return_inverse=True)
+    per_label = np.bincount(group_index * n_labels + kept_labels,
+                            minlength=len(present_groups) * n_labels).reshape(-1, n_labels)
+    group_label = per_label.argmax(axis=1)  # ties go to the lowest label
 
     rng = np.random.default_rng(seed)
-    split_of_group = pd.Series("", index=group_label.index, dtype=object)
-    for label in sorted(group_label.unique()):
-        members = group_label.index[group_label == label].to_numpy()  # sorted: groups are ordered by text
+    split_of_group = np.full(len(present_groups), len(SPLITS))  # index into SPLITS; len(SPLITS) = none
+    for label in np.unique(group_label):
+        members = np.flatnonzero(group_label == label)
         members = members[rng.permutation(len(members))]
         n_test = int(round(cfg.test_fraction * len(members)))
         n_dev = int(round(cfg.dev_fraction * len(members)))
-        for split, chunk in zip(SPLITS, np.split(members, [len(members) - n_dev - n_test, len(members) - n_test])):
-            split_of_group.loc[chunk] = split
-    split = np.where(conflicting, "", split_of_group.reindex(group).fillna("").to_numpy()).astype(object)
-    distinct = len(np.unique(keys.codes[~conflicting]))
+        for i, chunk in enumerate(np.split(members, [len(members) - n_dev - n_test, len(members) - n_test])):
+            split_of_group[chunk] = i
+    split = np.full(len(df), "", dtype=object)
+    split[~conflicting] = np.array(SPLITS, dtype=object)[split_of_group[group_index]]
+    distinct = int(np.count_nonzero(np.bincount(kept_codes, minlength=n_texts)))
     dropped = {"conflicting_label_rows": int(conflicting.sum()),
-               "duplicate_rows": int((~conflicting).sum() - distinct),
+               "duplicate_rows": int(len(kept_codes) - distinct),
                "near_duplicate_pairs": len(pairs),
-               "near_duplicate_rows_grouped": int(distinct - len(group_label))}
+               "near_duplicate_rows_grouped": int(distinct - len(present_groups))}
     return split, dropped
 
 

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.config import PipelineConfig, PrepareConfig
 from tasks.contract import make_report, run_suite
 from tasks.near_dup import NearDuplicateSettings, near_duplicate_pairs
-from tasks.text import normalise_texts
+from tasks.text import dictionary_encoded, normalise_texts
 
 SPLITS = ("train", "dev", "test")
 SUITE = "splits"
@@ -25,15 +27,19 @@ SUITE = "splits"
 
 @dataclass(frozen=True)
 class TextKeys:
-    """Each row's normalised text as an integer code into `texts` (sorted distinct normalised texts)."""
+    """Each row's normalised text as an integer code into `texts` (the distinct normalised texts, sorted)."""
 
     codes: np.ndarray
-    texts: list[str]
+    texts: pa.Array
 
     @classmethod
     def of(cls, texts: pd.Series) -> TextKeys:
-        codes, uniques = pd.factorize(pd.Series(normalise_texts(texts), dtype=object), sort=True)
-        return cls(codes=codes.astype(np.int64), texts=list(uniques))
+        encoded = dictionary_encoded(normalise_texts(texts))
+        # Sorted codes make the split independent of row order.
+        order = pc.sort_indices(encoded.dictionary).to_numpy()
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return cls(codes=rank[encoded.indices.to_numpy()].astype(np.int64), texts=encoded.dictionary.take(order))
 
 
 def near_duplicate_settings(cfg: PrepareConfig, seed: int) -> NearDuplicateSettings:
@@ -62,10 +68,12 @@ def leakage_table(split: np.ndarray, keys: TextKeys, pairs: pd.DataFrame) -> pd.
     crossing = linked[linked["split"] != linked["other_split"]].drop_duplicates(["code", "split"])
     flagged = rows.reset_index().merge(crossing, on=["code", "split"], how="left")
     flagged = flagged.sort_values("index")
-    partner = [None if pd.isna(other_split) else f"{other_split}: {keys.texts[int(other)][:80]!r} (Jaccard {j:.2f})"
-               for other_split, other, j in zip(flagged["other_split"], flagged["other"], flagged["jaccard"])]
-    return pd.DataFrame({"leak_exact": leak_exact, "leak_near": flagged["other_split"].notna().to_numpy(),
-                         "near_partner": partner})
+    leak_near = flagged["other_split"].notna().to_numpy()
+    partner = np.full(len(rows), None, dtype=object)
+    partner[leak_near] = [f"{other_split}: {keys.texts[int(other)].as_py()[:80]!r} (Jaccard {j:.2f})"
+                          for other_split, other, j in flagged.loc[leak_near, ["other_split", "other", "jaccard"]]
+                          .itertuples(index=False)]
+    return pd.DataFrame({"leak_exact": leak_exact, "leak_near": leak_near, "near_partner": partner})
 
 
 def class_table(split: np.ndarray, labels: np.ndarray, label_names: list[str]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import pytest
 
 from tasks.config import parse_config
 from tasks.prepare import PrepareError, cap_rows, make_splits, to_canonical
-from tasks.text import normalise_text
+from tasks.text import normalise_texts
 from tests.conftest import tiny_params
 
 
@@ -38,7 +38,7 @@ def test_split_keeps_near_identical_texts_in_one_split(reviews_frame, cfg):
     frame = canonical(reviews_frame, cfg)
     copies = frame.head(30).assign(text=lambda f: "  " + f["text"].str.upper() + "\t")
     splits, dropped = split_frame(pd.concat([frame, copies], ignore_index=True), cfg, seed=3)
-    keys = {name: set(split["text"].map(normalise_text)) for name, split in splits.items()}
+    keys = {name: set(normalise_texts(split["text"]).to_pylist()) for name, split in splits.items()}
     assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"]
     assert dropped["duplicate_rows"] == 30
     assert sum(len(s) for s in splits.values()) == len(frame) + 30

@@ -1,0 +1,19 @@
+"""Text keys: the normalisation that decides which texts count as the same."""
+
+import sys
+
+import numpy as np
+import pandas as pd
+
+from tasks.text import normalise_text, normalise_texts
+
+
+def test_normalise_folds_width_case_and_every_kind_of_whitespace():
+    spaces = [chr(c) for c in range(sys.maxunicode) if chr(c).isspace()]
+    assert normalise_texts([f"  Good{s}{s}FILM\t" for s in spaces]).to_pylist() == ["good film"] * len(spaces)
+    assert normalise_text("Ｆｕｌｌ\u00a0width ﬁne") == "full width fine"  # NFKC
+
+
+def test_normalise_keeps_missing_values_missing_and_reads_other_values_as_text():
+    assert normalise_texts(pd.Series(["A", np.nan, 3], dtype=object)).to_pylist() == ["a", None, "3"]
+    assert normalise_texts(pd.Series(["A  b", None], dtype="str")).to_pylist() == ["a b", None]
