@@ -33,7 +33,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test bench clean
+.PHONY: help setup data dvc-setup run test bench bench-data clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ test: setup  ## set up, then run the test suite (offline, tiny models)
 
 bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py
+
+bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
+	$(BIN)/python benchmarks/data_contracts.py
 
 clean:  ## remove stage outputs (the DVC cache keeps them)
 	rm -rf artifacts

@@ -9,6 +9,7 @@ column names before GX sees them; {"$PARAMETER": name} values are filled by GX f
 from __future__ import annotations
 
 import json
+import logging
 import os
 from html import escape
 from pathlib import Path
@@ -70,6 +71,8 @@ def run_suite(tables: dict[str, pd.DataFrame], spec: dict[str, Any], parameters:
     import great_expectations as gx  # slow import (5-7 s): only when validating
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # GX logs an INFO line per ephemeral context ("Created temporary directory ... docs site").
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("input")
@@ -103,7 +106,7 @@ def _check_record(result: Any, df: pd.DataFrame, suite: str, sample_rows: int) -
         "success": bool(result.success),
         "unexpected_count": details.get("unexpected_count"),
         "unexpected_percent": details.get("unexpected_percent"),
-        "observed_value": details.get("observed_value"),
+        "observed_value": _without_helpers(details.get("observed_value")),
     }
     exception = result.exception_info or {}
     if exception.get("raised_exception"):
@@ -114,6 +117,13 @@ def _check_record(result: Any, df: pd.DataFrame, suite: str, sample_rows: int) -
     if not result.success and bad_index and sample_rows:
         record["sample_rows"] = sample_records(df.loc[list(bad_index)[:sample_rows]])
     return record
+
+
+def _without_helpers(observed: Any) -> Any:
+    """An observed column list without the helper columns derived for the checks."""
+    if isinstance(observed, list) and all(isinstance(v, str) for v in observed):
+        return [v for v in observed if not v.startswith("__")]
+    return observed
 
 
 def sample_records(rows: pd.DataFrame) -> list[dict[str, Any]]:

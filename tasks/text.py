@@ -13,18 +13,20 @@ import pyarrow.compute as pc
 UNEVEN_WHITESPACE = r"  |[\t\n\x0b\f\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 
 
-def as_text_array(texts: Iterable[object]) -> pa.Array | pa.ChunkedArray:
-    """Texts as an arrow large_string array: missing values null, other non-strings as their str()."""
-    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
-        return texts.cast(pa.large_string())
-    try:  # a str column (or an all-string object column) converts without a Python loop
-        return pa.array(texts if isinstance(texts, pd.Series) else list(texts), type=pa.large_string(),
-                        from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if pd.isna(t) else str(t) for t in texts], type=pa.large_string())
+def as_text_array(texts: Iterable[object]) -> pa.Array:
+    """Texts as one arrow large_string array: missing values null, other non-strings as their str()."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        try:  # a str column (or an all-string object column) converts without a Python loop
+            texts = pa.array(texts if isinstance(texts, pd.Series) else list(texts), type=pa.large_string(),
+                             from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            texts = pa.array([None if pd.isna(t) else str(t) for t in texts], type=pa.large_string())
+    if isinstance(texts, pa.ChunkedArray):  # arrow-backed pandas columns may come in chunks
+        texts = texts.combine_chunks()
+    return texts.cast(pa.large_string())
 
 
-def normalise_texts(texts: Iterable[object]) -> pa.Array | pa.ChunkedArray:
+def normalise_texts(texts: Iterable[object]) -> pa.Array:
     """Keys under which near-identical texts are grouped: NFKC, lower-cased, whitespace runs as one space."""
     array = pc.utf8_trim_whitespace(pc.utf8_normalize(as_text_array(texts), "NFKC"))
     # Splitting every text into words is the slow part: only texts with a whitespace run or
@@ -41,7 +43,6 @@ def normalise_text(text: str) -> str:
     return normalise_texts([text])[0].as_py()
 
 
-def dictionary_encoded(texts: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+def dictionary_encoded(texts: pa.Array) -> pa.DictionaryArray:
     """texts as (indices into distinct values, distinct values in order of first appearance)."""
-    encoded = pc.dictionary_encode(texts)
-    return encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+    return pc.dictionary_encode(texts)

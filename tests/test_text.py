@@ -17,3 +17,10 @@ def test_normalise_folds_width_case_and_every_kind_of_whitespace():
 def test_normalise_keeps_missing_values_missing_and_reads_other_values_as_text():
     assert normalise_texts(pd.Series(["A", np.nan, 3], dtype=object)).to_pylist() == ["a", None, "3"]
     assert normalise_texts(pd.Series(["A  b", None], dtype="str")).to_pylist() == ["a b", None]
+
+
+def test_normalise_reads_chunked_arrow_columns():
+    import pyarrow as pa
+
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["A  b"], ["C"]])))
+    assert normalise_texts(chunked).to_pylist() == ["a b", "c"]

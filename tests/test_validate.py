@@ -89,3 +89,18 @@ def test_validate_reports_an_unreadable_file(project):
     (root / "data" / "movie_reviews.csv").write_bytes(b"")
     with pytest.raises(DataValidationError, match="readable_table"):
         validate.fn(cfg, ArtifactPaths(root))
+
+
+def test_text_type_check_works_for_pandas_object_and_str_columns(project, reviews_frame):
+    from tasks.validate import check_table
+
+    root, cfg = project
+    results = []
+    for dtype in (object, "str"):
+        frame = reviews_frame.astype({"text": dtype})
+        results.append({c["expectation"] + str(c["column"]): c["success"] for c in check_table(frame, root, cfg)["checks"]})
+    assert results[0] == results[1] and all(results[0].values())
+    mixed = reviews_frame.astype({"text": object})
+    mixed.loc[3, "text"] = 12345
+    failed = [c for c in check_table(mixed, root, cfg)["checks"] if not c["success"]]
+    assert [c["column"] for c in failed] == ["__text_is_string"] and failed[0]["sample_rows"][0]["row"] == 3
