@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 from tasks.config import DataConfig, ValidateConfig
 from tasks.contract import make_report, plain_check
 from tasks.errors import TunegateError
-from tasks.io import DataFormatError, read_table
+from tasks.data import read_dataset
+from tasks.io import DataFormatError
 
 SUITE = "drift"
 SHARE_FLOOR = 1e-4  # stands in for a zero share, so PSI stays finite when a class appears or vanishes
@@ -37,16 +38,29 @@ def last_data_commit(root: Path) -> str:
     return done.stdout.strip()
 
 
-def read_data_at(root: Path, data_path: str, rev: str) -> pd.DataFrame:
-    """The table at data_path as DVC versioned it at git revision `rev` (from the DVC cache or remote)."""
+def workspace_matches(root: Path, rev: str) -> bool:
+    """True when data.dvc is as committed at `rev` and the files on disk are what it records."""
+    done = subprocess.run(["git", "show", f"{rev}:data.dvc"], cwd=root, capture_output=True)
+    tracked = root / "data.dvc"
+    if done.returncode != 0 or not tracked.is_file() or done.stdout != tracked.read_bytes() \
+            or not (root / ".dvc").is_dir():
+        return False
+    from tasks.dvc_cache import tracked_data_unchanged
+
+    return tracked_data_unchanged(root)
+
+
+def read_data_at(root: Path, data: DataConfig, rev: str) -> pd.DataFrame:
+    """The table at data.path as DVC versioned it at git revision `rev` (from the DVC cache or remote)."""
     from dvc.api import DVCFileSystem
 
+    data_path = data.path
     try:
         fs = DVCFileSystem(str(root), rev=rev)
         with tempfile.TemporaryDirectory(prefix="tunegate-reference-") as tmp:
             target = Path(tmp) / Path(data_path).name
             fs.get(data_path, str(target), recursive=fs.isdir(data_path))
-            return read_table(target)
+            return read_dataset(target, data)
     except DataFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - DVC raises many types; all mean "reference not available"
@@ -58,10 +72,13 @@ def load_reference(root: Path, data: DataConfig, reference: str) -> tuple[pd.Dat
     """The reference table and a description of where it came from."""
     if reference == "last_data_commit":
         rev = last_data_commit(root)
-        return read_data_at(root, data.path, rev), f"{data.path} at {rev[:12]} (last commit that changed data.dvc)"
+        described = f"{data.path} at {rev[:12]} (last commit that changed data.dvc)"
+        if workspace_matches(root, rev):  # the same bytes are on disk: no need for the DVC cache
+            return read_dataset(root / data.path, data), described
+        return read_data_at(root, data, rev), described
     path = root / reference
     try:
-        return read_table(path), str(path)
+        return read_dataset(path, data), str(path)
     except DataFormatError as exc:
         raise DriftReferenceUnavailable(f"reference {path}: {exc}") from exc
 

@@ -35,3 +35,15 @@ class DvcStageCache:
         """Write the stage's deps/params/outs hashes to dvc.lock and its outs to the cache."""
         with self._repo() as repo:
             repo.commit(stage, force=True)
+
+
+def tracked_data_unchanged(root: Path, dvc_file: str = "data.dvc") -> bool:
+    """True when the files that `dvc_file` tracks are on disk exactly as it records them
+    (whether or not the DVC cache holds a copy, as in a fresh clone)."""
+    import yaml
+    from dvc.repo import Repo
+
+    outs = [out["path"] for out in yaml.safe_load((root / dvc_file).read_text()).get("outs", [])]
+    with chdir(root), Repo(str(root)) as repo:
+        status = repo.data_status(targets=outs, granular=False)
+    return bool(outs) and not status["uncommitted"] and not status["committed"]

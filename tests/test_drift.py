@@ -1,5 +1,7 @@
 """Drift: the current data is compared with the data version of the last commit that changed data.dvc."""
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -35,6 +37,23 @@ def test_unchanged_data_shows_no_drift(make_project, tiny_model_dir):
     assert set(checks) == {"drift_label_psi_at_most", "drift_length_ks_at_most", "drift_oov_rate_at_most"}
     assert all(c["success"] and c["observed_value"] == 0 for c in checks.values())
     assert "last commit that changed data.dvc" in checks["drift_label_psi_at_most"]["kwargs"]["reference"]
+
+
+def test_a_fresh_clone_without_the_dvc_cache_compares_with_the_unchanged_workspace(make_project, tiny_model_dir):
+    root = make_project()
+    shutil.rmtree(root / ".dvc" / "cache")  # like a fresh clone before `dvc pull`
+    checks = drift_checks(validate_table(root, drift_cfg(tiny_model_dir)))
+    assert "drift_reference_available" not in checks
+    assert all(c["success"] and c["observed_value"] == 0 for c in checks.values())
+
+
+def test_changed_data_without_its_reference_in_any_cache_is_a_visible_warning(make_project, tiny_model_dir, drifted):
+    root = make_project()
+    shutil.rmtree(root / ".dvc" / "cache")
+    drifted.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    report = validate_table(root, drift_cfg(tiny_model_dir))
+    check = drift_checks(report)["drift_reference_available"]
+    assert report["success"] and check["severity"] == "warning" and "not in the DVC cache" in check["error"]
 
 
 def test_drift_from_the_committed_data_version_is_measured_and_warned(make_project, tiny_model_dir, drifted):
