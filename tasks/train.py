@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import chdir, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from tasks.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
+# train keys that do not change the result: editing them after a crash must not lose the checkpoints.
+HOUSEKEEPING_KEYS = {"checkpoint_every_steps", "keep_checkpoints", "dataloader_workers"}
 
 
 @dataclass
@@ -143,8 +145,10 @@ class StepBatches(torch.utils.data.Dataset):
 def step_loader(dataset: StepBatches, cfg: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
     """Batches built in the background on CUDA (workers, pinned memory); inline on CPU, where cores compute."""
     workers = cfg.dataloader_workers if cfg.dataloader_workers is not None else (2 if device.type == "cuda" else 0)
+    # Its own generator: an iterator draws a seed from it, which from the global RNG would shift dropout
+    # masks between an uninterrupted run and a resumed one (the resumed one starts an extra iterator).
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
 @torch.inference_mode()
@@ -293,7 +297,9 @@ def write_live(folder: Path, outcome: TrainOutcome) -> None:
     from dvclive import Live
 
     # dvcyaml=None: dvc.yaml declares these metrics and plots itself; no experiment saved from here.
-    with Live(str(folder), save_dvc_exp=False, dvcyaml=None) as live:
+    # dvclive looks for a DVC repo from the working directory: make that the project, not the caller's cwd.
+    folder.mkdir(parents=True, exist_ok=True)
+    with chdir(folder), Live(str(folder), save_dvc_exp=False, dvcyaml=None) as live:
         for row in outcome.steps:
             live.step = int(row["step"])
             live.log_metric("train/loss", row["loss"])
@@ -309,7 +315,8 @@ def write_live(folder: Path, outcome: TrainOutcome) -> None:
 
 def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int) -> dict[str, Any]:
     """Everything that determines the run's result: its checkpoints resume only into an identical run."""
-    return {"train": cfg.train.model_dump(mode="json"), "seed": cfg.seed, "labels": cfg.data.label_names,
+    train = cfg.train.model_dump(mode="json", exclude=HOUSEKEEPING_KEYS)
+    return {"train": train, "seed": cfg.seed, "labels": cfg.data.label_names,
             "data": {s: file_sha256(paths.split(s)) for s in ("train", "dev")}, "base_model": provenance,
             "world_size": world}
 
