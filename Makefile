@@ -33,7 +33,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test bench clean
+.PHONY: help setup data dvc-setup run test bench bench-train clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ test: setup  ## set up, then run the test suite (offline, tiny models)
 
 bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py
+
+bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
+	$(BIN)/python benchmarks/train_vs_trainer.py
 
 clean:  ## remove stage outputs (the DVC cache keeps them)
 	rm -rf artifacts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import chdir, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,17 +14,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tasks.batching import length_sorted_batches, shuffled_length_batches
+from tasks.batching import length_sorted_batches
 from tasks.checkpoint import (load_latest, remove_checkpoints, restore_rng_states, rng_states, run_fingerprint,
                               save_checkpoint)
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.io import file_sha256, staged_dir, write_json
+from tasks.loader import StepBatches, epoch_steps, step_loader
 from tasks.lora import add_lora, merge_lora, trainable_share
 from tasks.metrics import classification_metrics, softmax
 from tasks.modeling import bf16_enabled, pick_device, quiet_transformers, resolve_base_model
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, build_stamp, stage_task, write_result
 from tasks.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
+from tasks.tracking import write_live
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
@@ -115,42 +117,6 @@ def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int, device: torch
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def epoch_steps(lengths: np.ndarray, cfg: TrainConfig, seed: int, epoch: int, world: int,
-                rank: int) -> list[list[np.ndarray]]:
-    """This process's micro-batches for each optimizer step of `epoch`: a pure function of (seed, epoch).
-
-    So the sampler position is just (epoch, step): a resumed run sees the very same batches.
-    """
-    batches = shuffled_length_batches(lengths, cfg.batch_size, np.random.default_rng([seed, epoch]))
-    # DDP needs every process to take the same number of steps: drop the few batches that do not divide.
-    batches = batches[:len(batches) - len(batches) % world]
-    mine = batches[rank::world]
-    accum = cfg.gradient_accumulation_steps
-    return [mine[i:i + accum] for i in range(0, len(mine), accum)]
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item i: the padded (inputs, labels) micro-batches of optimizer step i."""
-
-    def __init__(self, tokens: TokenizedTexts, labels: torch.Tensor, steps: list[list[np.ndarray]]):
-        self.tokens, self.labels, self.steps = tokens, labels, steps
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __getitem__(self, i: int) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        return [(self.tokens.batch(idx), self.labels[idx]) for idx in self.steps[i]]
-
-
-def step_loader(dataset: StepBatches, cfg: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
-    """Batches built in the background on CUDA (workers, pinned memory); inline on CPU, where cores compute."""
-    workers = cfg.dataloader_workers if cfg.dataloader_workers is not None else (2 if device.type == "cuda" else 0)
-    # Its own generator: an iterator draws a seed from it, which from the global RNG would shift dropout
-    # masks between an uninterrupted run and a resumed one (the resumed one starts an extra iterator).
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
-
-
 @torch.inference_mode()
 def tokens_logits(model: Any, tokens: TokenizedTexts, batch_size: int, device: torch.device) -> np.ndarray:
     """[n, classes] float32 logits of pre-tokenised texts, in length-sorted batches, returned in input order."""
@@ -172,6 +138,26 @@ def evaluate_dev(model: Any, tokens: TokenizedTexts, labels: np.ndarray, cfg: Tr
 
 def cpu_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def optimizer_step(runner: Any, micro_batches: list, accelerator: Any, trainable: list[torch.Tensor], optimizer: Any,
+                   scheduler: Any, max_grad_norm: float, device: torch.device) -> float:
+    """One optimizer step over a step's micro-batches (gradients accumulated); returns their mean loss."""
+    step_loss = torch.zeros((), device=device)
+    for i, (inputs, targets) in enumerate(micro_batches):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        # Under DDP, gradients are all-reduced on the last micro-batch of a step only.
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last else accelerator.no_sync(runner):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
+                loss = runner(**inputs, labels=targets.to(device, non_blocking=True)).loss
+            (loss / len(micro_batches)).backward()
+        step_loss += loss.detach() / len(micro_batches)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(step_loss.item())  # one device sync per step, not per micro-batch
 
 
 def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame, cfg: TrainConfig,
@@ -218,7 +204,6 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
     runner = accelerator.prepare_model(model)  # DDP-wrapped under accelerate launch; `model` itself otherwise
     if cfg.compile:
         runner = torch.compile(runner, dynamic=True)  # dynamic: every batch has its own padded length
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device))
     trainable = [p for p in model.parameters() if p.requires_grad]
     show = accelerator.is_main_process
     with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -231,22 +216,9 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
             runner.train()
             tick = time.perf_counter()
             for micro_batches in loader:
-                step_loss = torch.zeros((), device=device)
-                for i, (inputs, targets) in enumerate(micro_batches):
-                    inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                    # Gradients are all-reduced on the last micro-batch of a step only.
-                    last = i == len(micro_batches) - 1
-                    with nullcontext() if last else accelerator.no_sync(runner):
-                        with autocast:
-                            loss = runner(**inputs, labels=targets.to(device, non_blocking=True)).loss
-                        (loss / len(micro_batches)).backward()
-                    step_loss += loss.detach() / len(micro_batches)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = float(step_loss.item())
+                loss_value = optimizer_step(runner, micro_batches, accelerator, trainable, optimizer, scheduler,
+                                            cfg.max_grad_norm, device)
                 state.global_step += 1
                 state.step_in_epoch += 1
                 state.epoch_losses.append(loss_value)
@@ -290,27 +262,6 @@ def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor]
                 out.print(f"early stop: dev accuracy has not improved for {state.stale_epochs} epochs")
     state.epoch, state.step_in_epoch, state.epoch_losses = state.epoch + 1, 0, []
     return best_state
-
-
-def write_live(folder: Path, outcome: TrainOutcome) -> None:
-    """dvclive files: train/loss and train/lr per optimizer step, dev metrics at each epoch's last step."""
-    from dvclive import Live
-
-    # dvcyaml=None: dvc.yaml declares these metrics and plots itself; no experiment saved from here.
-    # dvclive looks for a DVC repo from the working directory: make that the project, not the caller's cwd.
-    folder.mkdir(parents=True, exist_ok=True)
-    with chdir(folder), Live(str(folder), save_dvc_exp=False, dvcyaml=None) as live:
-        for row in outcome.steps:
-            live.step = int(row["step"])
-            live.log_metric("train/loss", row["loss"])
-            live.log_metric("train/lr", row["lr"])
-        for row in outcome.history:
-            live.step = int(row["step"])
-            live.log_metric("train/epoch_loss", row["train_loss"])
-            live.log_metric("dev/accuracy", row["dev_accuracy"])
-            live.log_metric("dev/macro_f1", row["dev_macro_f1"])
-        live.summary["best_dev_accuracy"] = outcome.best_dev_accuracy
-        live.summary["best_epoch"] = outcome.best_epoch
 
 
 def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int) -> dict[str, Any]:

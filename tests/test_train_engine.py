@@ -16,7 +16,8 @@ from tasks.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from tasks.config import parse_config
 from tasks.lora import add_lora, merge_lora, trainable_share
 from tasks.tokens import tokenize
-from tasks.train import build_model, epoch_steps, fit
+from tasks.loader import epoch_steps
+from tasks.train import build_model, fit
 from tests.conftest import BIN, REPO, run, tiny_params
 from tests.test_train import tiny_train_cfg, toy_split
 
