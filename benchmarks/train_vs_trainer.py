@@ -121,7 +121,7 @@ def print_table(results: dict, summary: dict) -> None:
     for name, r in results.items():
         table.add_row(name, f"{r['seconds']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['samples_per_s'] / glue:.2f}",
                       f"{r['cpu_seconds']:.1f}", f"{r['samples_per_cpu_s']:.2f}", f"{r['dev_accuracy']:.4f}")
-    Console().print(table)
+    Console(width=120).print(table)  # whole column names in logs too
 
 
 def main() -> None:
