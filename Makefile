@@ -33,10 +33,10 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test bench bench-data clean
+.PHONY: help setup data dvc-setup run test bench bench-data bench-train clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: $(INSTALLED)  ## create .venv and install tunegate (CPU or GPU build chosen automatically)
 
@@ -71,6 +71,9 @@ bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
 
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py
+
+bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
+	$(BIN)/python benchmarks/train_vs_trainer.py
 
 clean:  ## remove stage outputs (the DVC cache keeps them)
 	rm -rf artifacts

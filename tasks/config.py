@@ -84,6 +84,13 @@ class PrepareConfig(_Section):
         return self
 
 
+class LoraConfig(_Section):
+    r: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] | None
+
+
 class TrainConfig(_Section):
     base_model: str
     max_length: int = Field(ge=8)
@@ -96,6 +103,13 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(gt=0)
     early_stopping_patience: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
+    gradient_accumulation_steps: int = Field(ge=1)
+    compile: bool
+    dataloader_workers: int | None = Field(ge=0)
+    checkpoint_every_steps: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    method: Literal["full", "lora"]
+    lora: LoraConfig
 
 
 class EvaluateConfig(_Section):

@@ -27,6 +27,20 @@ class ArtifactPaths:
     def params(self) -> Path:
         return self.root / "params.yaml"
 
+    @property
+    def work_dir(self) -> Path:
+        """Scratch that must outlive a stage run and `dvc repro` (which deletes outs first): git- and dvc-ignored."""
+        return self.root / ".tunegate"
+
+    def checkpoints(self, stage: str, fingerprint: str) -> Path:
+        """Resumable checkpoints of one run (fingerprint = hash of everything that determines it)."""
+        return self.work_dir / "checkpoints" / stage / fingerprint
+
+    @property
+    def token_cache(self) -> Path:
+        """Token ids of tokenised splits, keyed by tokenizer, max length and texts."""
+        return self.work_dir / "cache" / "tokens"
+
     # validate
     @property
     def validation_report(self) -> Path:
@@ -44,6 +58,11 @@ class ArtifactPaths:
     @property
     def train_stamp(self) -> Path:
         return self.stage_dir("train") / "stamp.json"
+
+    @property
+    def train_live(self) -> Path:
+        """dvclive output: per-step loss and learning rate, per-epoch dev metrics (DVC metrics + plots)."""
+        return self.stage_dir("train") / "live"
 
     # evaluate
     @property

@@ -1,9 +1,11 @@
-"""train: fine-tune a Hugging Face sequence classifier with AdamW, warm-up and early stopping."""
+"""train: fine-tune a Hugging Face sequence classifier: resumable, reproducible, single- or multi-process."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,27 +14,58 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tasks.batching import shuffled_length_batches
+from tasks.batching import length_sorted_batches
+from tasks.checkpoint import (load_latest, remove_checkpoints, restore_rng_states, rng_states, run_fingerprint,
+                              save_checkpoint)
 from tasks.config import PipelineConfig, TrainConfig
-from tasks.io import staged_dir, write_json
+from tasks.io import file_sha256, staged_dir, write_json
+from tasks.loader import StepBatches, epoch_steps, step_loader
+from tasks.lora import add_lora, merge_lora, trainable_share
 from tasks.metrics import classification_metrics, softmax
-from tasks.modeling import bf16_enabled, pick_device, quiet_transformers, resolve_base_model, torch_logits
+from tasks.modeling import bf16_enabled, pick_device, quiet_transformers, resolve_base_model
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, build_stamp, stage_task, write_result
+from tasks.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
+from tasks.tracking import write_live
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
+# train keys that do not change the result: editing them after a crash must not lose the checkpoints.
+HOUSEKEEPING_KEYS = {"checkpoint_every_steps", "keep_checkpoints", "dataloader_workers"}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: everything besides weights, optimizer and RNG that a resume needs."""
+
+    epoch: int = 1                 # the epoch in progress (1-based)
+    step_in_epoch: int = 0         # optimizer steps done in it: the sampler position
+    global_step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)    # per optimizer step: step, loss, lr
+    history: list[dict[str, Any]] = field(default_factory=list)    # per epoch: losses and dev metrics
+    best_epoch: int = 0
+    best_dev_accuracy: float = -1.0
+    stale_epochs: int = 0
+    stopped: bool = False
+    samples_seen: int = 0          # all processes together
+    train_seconds: float = 0.0     # inside training steps (data, forward, backward, update); no dev evaluation
 
 
 @dataclass
 class TrainOutcome:
-    """Best weights (CPU tensors) and what happened each epoch."""
+    """Best weights (CPU tensors) and what happened each step and epoch."""
 
     best_state: dict[str, torch.Tensor]
     best_epoch: int
     best_dev_accuracy: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, float]] = field(default_factory=list)
     samples_seen: int = 0
+    train_seconds: float = 0.0
+    resumed_from: str | None = None
+    world_size: int = 1
+    tokens_keys: dict[str, str] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -59,108 +92,237 @@ def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]
     return model, tokenizer
 
 
+def make_accelerator(device: torch.device) -> Any:
+    """The process group of `accelerate launch` (or a single process); we do autocast ourselves."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+
+
 def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int, device: torch.device) -> tuple[Any, Any]:
-    """AdamW (no decay on biases and LayerNorm) with linear warm-up then linear decay to zero."""
+    """AdamW over trainable weights (no decay on biases and LayerNorm), linear warm-up then decay to zero."""
     from transformers import get_linear_schedule_with_warmup
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 else decay).append(param)
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    # One fused kernel per step instead of a loop over tensors (CUDA; CPU too since torch 2.4).
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate,
-        fused=device.type == "cuda",
+        fused=device.type in ("cuda", "cpu"),
     )
     warmup = int(round(cfg.warmup_ratio * total_steps))
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame, cfg: TrainConfig,
-        label_names: list[str], seed: int, device: torch.device) -> TrainOutcome:
-    """Train for cfg.epochs (or until dev accuracy stops improving); keep the best epoch's weights."""
-    encoded = tokenizer(list(train_df["text"]), truncation=True, max_length=cfg.max_length)
-    features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(train_df))]
-    labels = torch.tensor(train_df["label"].to_numpy(), dtype=torch.long)
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = -(-len(features) // cfg.batch_size)
-    optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch * cfg.epochs, device)
-    model.to(device)
-
-    outcome = TrainOutcome(best_state={}, best_epoch=0, best_dev_accuracy=-1.0)
-    stale_epochs = 0
-    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        total_steps = steps_per_epoch * cfg.epochs
-        log_every = max(1, int(total_steps * LOG_EVERY_FRACTION))
-        bar = progress.add_task("", total=total_steps)
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            losses = []
-            for batch_idx in shuffled_length_batches(lengths, cfg.batch_size, rng):
-                batch = tokenizer.pad([features[i] for i in batch_idx], return_tensors="pt").to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
-                    loss = model(**batch, labels=labels[batch_idx].to(device)).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                outcome.samples_seen += len(batch_idx)
-                status = f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses[-20:]):.4f}"
-                progress.update(bar, advance=1, description=status)
-                done = int(progress.tasks[0].completed)
-                if not console.is_terminal and done % log_every == 0:
-                    progress.console.print(f"train: step {done}/{total_steps} {status}")
-            dev = evaluate_dev(model, tokenizer, dev_df, cfg, label_names, device)
-            outcome.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **dev})
-            progress.console.print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, "
-                                   f"dev accuracy {dev['dev_accuracy']:.4f}, dev macro-F1 {dev['dev_macro_f1']:.4f}")
-            if dev["dev_accuracy"] > outcome.best_dev_accuracy:
-                outcome.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                outcome.best_epoch, outcome.best_dev_accuracy = epoch, dev["dev_accuracy"]
-                stale_epochs = 0
-            else:
-                stale_epochs += 1
-                if stale_epochs > cfg.early_stopping_patience:
-                    progress.console.print(f"early stop: dev accuracy has not improved for {stale_epochs} epochs")
-                    break
-    return outcome
+@torch.inference_mode()
+def tokens_logits(model: Any, tokens: TokenizedTexts, batch_size: int, device: torch.device) -> np.ndarray:
+    """[n, classes] float32 logits of pre-tokenised texts, in length-sorted batches, returned in input order."""
+    model.eval()
+    out = np.zeros((len(tokens), model.config.num_labels), dtype=np.float32)
+    for idx in length_sorted_batches(tokens.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in tokens.batch(idx).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
+            out[idx] = model(**batch).logits.float().cpu().numpy()
+    return out
 
 
-def evaluate_dev(model: Any, tokenizer: Any, dev_df: pd.DataFrame, cfg: TrainConfig, label_names: list[str],
+def evaluate_dev(model: Any, tokens: TokenizedTexts, labels: np.ndarray, cfg: TrainConfig, label_names: list[str],
                  device: torch.device) -> dict[str, float]:
-    logits = torch_logits(model, tokenizer, list(dev_df["text"]), cfg.max_length, cfg.eval_batch_size, device)
-    metrics = classification_metrics(dev_df["label"].to_numpy(), softmax(logits), label_names)
+    probs = softmax(tokens_logits(model, tokens, cfg.eval_batch_size, device))
+    metrics = classification_metrics(labels, probs, label_names)
     return {"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"]}
+
+
+def cpu_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def optimizer_step(runner: Any, micro_batches: list, accelerator: Any, trainable: list[torch.Tensor], optimizer: Any,
+                   scheduler: Any, max_grad_norm: float, device: torch.device) -> float:
+    """One optimizer step over a step's micro-batches (gradients accumulated); returns their mean loss."""
+    step_loss = torch.zeros((), device=device)
+    for i, (inputs, targets) in enumerate(micro_batches):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        # Under DDP, gradients are all-reduced on the last micro-batch of a step only.
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last else accelerator.no_sync(runner):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
+                loss = runner(**inputs, labels=targets.to(device, non_blocking=True)).loss
+            (loss / len(micro_batches)).backward()
+        step_loss += loss.detach() / len(micro_batches)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(step_loss.item())  # one device sync per step, not per micro-batch
+
+
+def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame, cfg: TrainConfig,
+        label_names: list[str], seed: int, device: torch.device, *, checkpoint_dir: Path | None = None,
+        token_cache: Path | None = None, accelerator: Any = None) -> TrainOutcome:
+    """Train for cfg.epochs (or until dev accuracy stalls), resuming from checkpoint_dir; keep the best epoch.
+
+    Under `accelerate launch` every process trains on its shard of each step's batches (DDP averages the
+    gradients) and only the main process writes checkpoints.
+    """
+    accelerator = accelerator or make_accelerator(device)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    tok_hash = tokenizer_fingerprint(tokenizer)
+    train_tokens = tokenize(tokenizer, list(train_df["text"]), cfg.max_length, token_cache, tok_hash)
+    dev_tokens = tokenize(tokenizer, list(dev_df["text"]), cfg.max_length, token_cache, tok_hash)
+    labels = torch.tensor(train_df["label"].to_numpy(), dtype=torch.long)
+    steps_per_epoch = len(epoch_steps(train_tokens.lengths, cfg, seed, 1, world, rank))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_df)} training rows make no step for {world} processes")
+    total_steps = steps_per_epoch * cfg.epochs
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps, device)
+
+    state, best_state, resumed_from = TrainState(), cpu_state(model), None
+    found = load_latest(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is not None:
+        resumed_from, saved = str(found[0]), found[1]
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng_states(saved["rng"])
+        state, best_state = TrainState(**saved["state"]), saved["best_state"]
+        console.print(f"train: resumed from {found[0]} (epoch {state.epoch}, step {state.global_step}/{total_steps})")
+    if rank:  # other dropout masks on every process (and after a resume: only the main one's RNG is saved)
+        torch.manual_seed(seed + 1000 * rank + state.global_step)
+
+    def checkpoint() -> None:
+        if checkpoint_dir is not None and accelerator.is_main_process:
+            save_checkpoint(checkpoint_dir, state.global_step, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_states(), "state": asdict(state),
+                "best_state": best_state, "fingerprint": checkpoint_dir.name}, cfg.keep_checkpoints)
+
+    runner = accelerator.prepare_model(model)  # DDP-wrapped under accelerate launch; `model` itself otherwise
+    if cfg.compile:
+        runner = torch.compile(runner, dynamic=True)  # dynamic: every batch has its own padded length
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    show = accelerator.is_main_process
+    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show) as progress:
+        log_every = max(1, int(total_steps * LOG_EVERY_FRACTION))
+        bar = progress.add_task("", total=total_steps, completed=state.global_step)
+        while state.epoch <= cfg.epochs and not state.stopped:
+            steps = epoch_steps(train_tokens.lengths, cfg, seed, state.epoch, world, rank)
+            loader = step_loader(StepBatches(train_tokens, labels, steps[state.step_in_epoch:]), cfg, device)
+            runner.train()
+            tick = time.perf_counter()
+            for micro_batches in loader:
+                lr = scheduler.get_last_lr()[0]
+                loss_value = optimizer_step(runner, micro_batches, accelerator, trainable, optimizer, scheduler,
+                                            cfg.max_grad_norm, device)
+                state.global_step += 1
+                state.step_in_epoch += 1
+                state.epoch_losses.append(loss_value)
+                state.steps.append({"step": state.global_step, "loss": loss_value, "lr": lr})
+                state.samples_seen += sum(len(t) for _, t in micro_batches) * world
+                state.train_seconds += time.perf_counter() - tick
+                status = f"epoch {state.epoch}/{cfg.epochs} loss {np.mean(state.epoch_losses[-20:]):.4f}"
+                progress.update(bar, completed=state.global_step, description=status)
+                if show and not console.is_terminal and state.global_step % log_every == 0:
+                    progress.console.print(f"train: step {state.global_step}/{total_steps} {status}")
+                if state.global_step % cfg.checkpoint_every_steps == 0 and state.step_in_epoch < len(steps):
+                    checkpoint()
+                tick = time.perf_counter()
+            best_state = end_epoch(state, model, best_state, dev_tokens, dev_df, cfg, label_names, device,
+                                   progress.console if show else None)
+            checkpoint()
+    return TrainOutcome(best_state=best_state, best_epoch=state.best_epoch, best_dev_accuracy=state.best_dev_accuracy,
+                        history=state.history, steps=state.steps, samples_seen=state.samples_seen,
+                        train_seconds=state.train_seconds, resumed_from=resumed_from, world_size=world,
+                        tokens_keys={"train": train_tokens.key, "dev": dev_tokens.key})
+
+
+def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor], dev_tokens: TokenizedTexts,
+              dev_df: pd.DataFrame, cfg: TrainConfig, label_names: list[str], device: torch.device,
+              out: Console | None) -> dict[str, torch.Tensor]:
+    """Evaluate on dev, record the epoch, keep the best weights, decide early stopping; returns the best weights."""
+    dev = evaluate_dev(model, dev_tokens, dev_df["label"].to_numpy(), cfg, label_names, device)
+    train_loss = float(np.mean(state.epoch_losses))
+    state.history.append({"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, **dev})
+    if out is not None:
+        out.print(f"epoch {state.epoch}: train loss {train_loss:.4f}, dev accuracy {dev['dev_accuracy']:.4f}, "
+                  f"dev macro-F1 {dev['dev_macro_f1']:.4f}")
+    if dev["dev_accuracy"] > state.best_dev_accuracy:
+        best_state = cpu_state(model)
+        state.best_epoch, state.best_dev_accuracy, state.stale_epochs = state.epoch, dev["dev_accuracy"], 0
+    else:
+        state.stale_epochs += 1
+        if state.stale_epochs > cfg.early_stopping_patience:
+            state.stopped = True
+            if out is not None:
+                out.print(f"early stop: dev accuracy has not improved for {state.stale_epochs} epochs")
+    state.epoch, state.step_in_epoch, state.epoch_losses = state.epoch + 1, 0, []
+    return best_state
+
+
+def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int) -> dict[str, Any]:
+    """Everything that determines the run's result: its checkpoints resume only into an identical run."""
+    train = cfg.train.model_dump(mode="json", exclude=HOUSEKEEPING_KEYS)
+    return {"train": train, "seed": cfg.seed, "labels": cfg.data.label_names,
+            "data": {s: file_sha256(paths.split(s)) for s in ("train", "dev")}, "base_model": provenance,
+            "world_size": world}
 
 
 @stage_task("train", retries=1)
 def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Fine-tune train.base_model on the prepared splits; save the best epoch as an HF folder + stamp."""
+    """Fine-tune train.base_model on the prepared splits; save the best epoch as a plain HF folder + stamp."""
     started = time.perf_counter()
     base, provenance = resolve_base_model(cfg.train.base_model, paths.root)
-    device = pick_device(cfg.train.device)
-    console.print(f"train: {provenance} on {device}{' (bf16)' if bf16_enabled(device) else ''}")
+    accelerator = make_accelerator(pick_device(cfg.train.device))
+    device, main = accelerator.device, accelerator.is_main_process
+    if main:
+        console.print(f"train: {provenance} on {device} x {accelerator.num_processes} process(es)"
+                      f"{' (bf16)' if bf16_enabled(device) else ''}, method {cfg.train.method}")
     model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
+    if cfg.train.method == "lora":
+        model = add_lora(model, cfg.train.lora)
+    trained_share = trainable_share(model)
     train_df, dev_df = pd.read_parquet(paths.split("train")), pd.read_parquet(paths.split("dev"))
-    outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, device)
+    identity = run_identity(cfg, paths, provenance, accelerator.num_processes)
+    checkpoints = paths.checkpoints("train", run_fingerprint(identity))
+    outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, device,
+                  checkpoint_dir=checkpoints, token_cache=paths.token_cache, accelerator=accelerator)
     model.load_state_dict(outcome.best_state)
+    model = merge_lora(model)  # later stages load a plain transformers model
     seconds = time.perf_counter() - started
     key = f"dev accuracy {outcome.best_dev_accuracy:.4f} (epoch {outcome.best_epoch})"
-    with staged_dir(paths.stage_dir("train")) as out:
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        write_json(out / "history.json", outcome.history)
-        write_json(out / "stamp.json", build_stamp(paths, cfg.dump(), paths.root / cfg.data.path, {
-            "stage": "train",
-            "base_model": provenance,
-            "device": str(device),
-            "bf16": bf16_enabled(device),
-            "best_epoch": outcome.best_epoch,
-            "train_seconds": round(seconds, 1),
-            "samples_per_second": round(outcome.samples_seen / seconds, 1),
-        }))
-        return write_result(out, StageResult(stage="train", key_figure=key,
-                                             best_dev_accuracy=outcome.best_dev_accuracy))
+    result = StageResult(stage="train", key_figure=key, best_dev_accuracy=outcome.best_dev_accuracy)
+    if main:
+        with staged_dir(paths.stage_dir("train")) as out:
+            model.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
+            write_json(out / "history.json", outcome.history)
+            write_live(out / paths.train_live.name, outcome)
+            write_json(out / "stamp.json", build_stamp(paths, cfg.dump(), paths.root / cfg.data.path, {
+                "stage": "train",
+                "base_model": provenance,
+                "device": str(device),
+                "bf16": bf16_enabled(device),
+                "method": cfg.train.method,
+                "trainable_share": round(trained_share, 6),
+                "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+                "world_size": outcome.world_size,
+                "effective_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+                                        * outcome.world_size,
+                "run_fingerprint": checkpoints.name,
+                "run_identity": identity,
+                "resumed_from": outcome.resumed_from,
+                "tokens_cache_keys": outcome.tokens_keys,
+                "best_epoch": outcome.best_epoch,
+                "optimizer_steps": len(outcome.steps),
+                "train_seconds": round(seconds, 1),
+                "samples_per_second": round(outcome.samples_seen / max(outcome.train_seconds, 1e-9), 1),
+            }))
+            write_result(out, result)
+        remove_checkpoints(checkpoints)  # the run is complete: nothing left to resume
+    accelerator.wait_for_everyone()
+    return result

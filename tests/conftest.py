@@ -103,7 +103,7 @@ def make_project(tmp_path, tiny_model_dir, reviews_frame):
             YAML().dump(params or tiny_params(tiny_model_dir), handle)
         (root / "data").mkdir()
         (reviews_frame if frame is None else frame).to_csv(root / "data" / "movie_reviews.csv", index=False)
-        (root / ".gitignore").write_text("/artifacts/\n__pycache__/\n")
+        (root / ".gitignore").write_text("/artifacts/\n/.tunegate/\n__pycache__/\n")
         run(["git", "init", "-q"], root)
         run(["git", "config", "user.email", "tests@tunegate.invalid"], root)
         run(["git", "config", "user.name", "tunegate tests"], root)
