@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--force", action="store_true", help="overwrite a different file of the same name")
     default.set_defaults(func=cmd_data_default)
 
-    vet = sub.add_parser("validate", help="check a data file against the data contract before adding it",
+    vet = sub.add_parser("validate", help="check a data file against every data contract before adding it",
                          description="Apply every data contract the pipeline would, with the columns, labels and "
                                      "bounds in params.yaml, to any CSV, Parquet or JSONL file (or folder): the "
                                      "raw-data suite (validate.suite), drift against validate.drift_reference, and, "
