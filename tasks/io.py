@@ -76,7 +76,6 @@ def staged_dir(final: Path) -> Iterator[Path]:
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSONL file, or every such file in a folder (concatenated)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES)
         return pd.concat(read_table_files(path).values(), ignore_index=True)
     if not path.is_file():
         raise DataFormatError(f"{path} does not exist")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.config import PipelineConfig, PrepareConfig
-from tasks.contract import make_report, run_suite
+from tasks.contract import load_suite_spec, make_report, run_suite
 from tasks.near_dup import NearDuplicateSettings, near_duplicate_pairs
 from tasks.text import dictionary_encoded, normalise_texts
 
@@ -125,8 +125,6 @@ def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg
 
     `pairs` are near-duplicate pairs over `keys`; tokenizer_dir None skips the token-length checks.
     """
-    from tasks.contract import load_suite_spec
-
     split, labels = frame["split"].to_numpy(), frame["label"].to_numpy()
     rows = pd.concat([frame[["split", "text"]].reset_index(drop=True),
                       pd.Series(np.asarray(cfg.data.label_names, dtype=object)[labels], name="label"),

@@ -13,7 +13,6 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from tasks.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from tasks.config import parse_config
 from tasks.lora import add_lora, merge_lora, trainable_share
 from tasks.tokens import tokenize
 from tasks.loader import epoch_steps
