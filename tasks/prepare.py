@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -136,6 +138,13 @@ def make_splits(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame,
     return frame, TextKeys(codes=frame["code"].to_numpy(), texts=keys.texts), pairs, dropped
 
 
+def checked_splits(canonical: pd.DataFrame, cfg: PipelineConfig, root: Path) -> tuple[pd.DataFrame, dict, dict]:
+    """make_splits, then the split and token-length contract on them: (rows with `split`, report, dropped)."""
+    frame, keys, pairs, dropped = make_splits(canonical, cfg)
+    tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, root)
+    return frame, split_contract(frame, keys, pairs, cfg, root, tokenizer_dir), dropped
+
+
 @stage_task("prepare")
 def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Split the validated data, check the split contract, then write train/dev/test Parquet, stats and the report.
@@ -144,9 +153,7 @@ def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """
     require_validated(paths, paths.root / cfg.data.path)
     canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
-    frame, keys, pairs, dropped = make_splits(canonical, cfg)
-    tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, paths.root)
-    report = split_contract(frame, keys, pairs, cfg, paths.root, tokenizer_dir)
+    frame, report, dropped = checked_splits(canonical, cfg, paths.root)
     if not report["success"]:
         write_failure_report(paths, "prepare", report)
         raise DataValidationError(report)

@@ -132,7 +132,7 @@ def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg
     profile: dict[str, Any] = {}
     spec = load_suite_spec(root / cfg.prepare.contract, {})
     if tokenizer_dir is None:
-        spec = {**spec, "expectations": [e for e in spec["expectations"] if "truncated" not in str(e["kwargs"])]}
+        spec = {**spec, "expectations": [e for e in spec["expectations"] if e["kwargs"].get("column") != "truncated"]}
     else:
         tokens = token_counts(frame["text"].tolist(), tokenizer_dir)
         rows["tokens"], rows["truncated"] = tokens, (tokens > cfg.train.max_length).astype(float)

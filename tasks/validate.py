@@ -17,7 +17,7 @@ from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
 from tasks.text import dictionary_encoded, normalise_texts
 
-__all__ = ["DataValidationError", "validate", "validate_table", "check_table", "require_validated"]
+__all__ = ["DataValidationError", "validate", "validate_table", "raw_data_report", "check_table", "require_validated"]
 
 # Columns computed before validation so GX's stock expectations can check them row by row.
 DERIVED = {"$text_is_string": "__text_is_string", "$normalised_text": "__normalised_text_id",
@@ -75,8 +75,12 @@ def validate_table(root: Path, cfg: PipelineConfig) -> dict[str, Any]:
         df = load_dataset(root, cfg.data)
     except DataFormatError as exc:
         return unreadable_report(source, exc)
-    report = merge_reports(check_table(df, root, cfg), drift_report(df, root, cfg.data, cfg.validate_))
-    return {**report, "data_sha256": file_sha256(source)}
+    return {**raw_data_report(df, root, cfg), "data_sha256": file_sha256(source)}
+
+
+def raw_data_report(df: pd.DataFrame, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """The raw-data suite and drift against validate.drift_reference, as one report."""
+    return merge_reports(check_table(df, root, cfg), drift_report(df, root, cfg.data, cfg.validate_))
 
 
 def check_table(df: pd.DataFrame, root: Path, cfg: PipelineConfig) -> dict[str, Any]:

@@ -6,14 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import merge_reports, plain_check, make_report, unreadable_report
+from tasks.contract import make_report, merge_reports, plain_check, unreadable_report
 from tasks.data import read_dataset
-from tasks.drift import drift_report
 from tasks.io import DataFormatError
-from tasks.modeling import resolve_base_model
-from tasks.prepare import make_splits, to_canonical
-from tasks.split_contract import split_contract
-from tasks.validate import check_table
+from tasks.prepare import checked_splits, to_canonical
+from tasks.validate import raw_data_report
 
 
 def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
@@ -23,13 +20,12 @@ def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
         df = read_dataset(source, cfg.data)
     except DataFormatError as exc:
         return unreadable_report(source, exc)
-    raw = merge_reports(check_table(df, root, cfg), drift_report(df, root, cfg.data, cfg.validate_))
+    raw = raw_data_report(df, root, cfg)
     if not raw["success"]:
         skipped = plain_check("splits", "split_contract", "warning", False,
                               error="not run: the raw-data contract failed")
         return merge_reports(raw, make_report("splits", raw["rows"], raw["columns"], [skipped]))
     has_sources = cfg.data.source_column is not None and cfg.data.source_column in df.columns
     canonical = to_canonical(df, cfg.data, cfg.prepare.sources if has_sources else [])
-    frame, keys, pairs, _ = make_splits(canonical, cfg)
-    tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, root)
-    return merge_reports(raw, split_contract(frame, keys, pairs, cfg, root, tokenizer_dir))
+    _, splits_report, _ = checked_splits(canonical, cfg, root)
+    return merge_reports(raw, splits_report)
