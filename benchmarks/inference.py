@@ -1,10 +1,14 @@
 """Inference side by side, one run, same inputs: PyTorch eager FP32 vs onnxruntime FP32, optimised FP32, INT8.
 
 Needs a finished pipeline run in the project (artifacts/train, export, quantize, prepare).
-Prints a table with ratios against PyTorch eager, then one JSON line:
-  {"contenders": {...}, "speedup_b1": ..., "speedup_b32x128": ..., "accuracy_drop": ..., "size_ratio": ...}
+The contenders' timed runs are interleaved in rounds, so drifting load on a shared host is shared.
+Prints a table with ratios against PyTorch eager, the INT8 ceiling of this CPU (the least time
+any INT8 model of this architecture could take, from GEMM peaks measured in the same run), then
+one JSON line:
+  {"contenders": {...}, "int8_ceiling": {...}, "speedup_b1": ..., "speedup_b32x128": ...,
+   "accuracy_drop": ..., "size_ratio": ...}
 
-    python benchmarks/inference.py [--project .] [--runs-b1 200] [--runs-b32 20]
+    python benchmarks/inference.py [--project .] [--runs-b1 200] [--runs-b32 20] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cpu_kernels import int8_gemm_peak  # noqa: E402
 from tasks.io import read_json, write_json  # noqa: E402
 from tasks.metrics import softmax  # noqa: E402
 from tasks.modeling import load_classifier, torch_logits  # noqa: E402
@@ -38,24 +44,41 @@ def fixed_shape_inputs(tokenizer, texts: list[str], batch: int, tokens: int) -> 
     return {k: v.astype(np.int64) for k, v in enc.items()}
 
 
-def time_call(call, runs: int) -> dict[str, float]:
-    for _ in range(WARMUP):
-        call()
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "mean_ms": float(ms.mean())}
+def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """p50/p95/mean ms of each call over `runs` timed calls, taken in `rounds` rounds that visit every
+    contender in turn (rotating who goes first), so a slow spell on this shared host hits all alike."""
+    for call in calls.values():
+        for _ in range(WARMUP):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for round_index in range(rounds):
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            for _ in range(max(1, runs // rounds)):
+                start = time.perf_counter()
+                calls[name]()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                   "mean_ms": float(ms.mean())}
+            for name, ms in ((n, np.asarray(s) * 1000) for n, s in seconds.items())}
+
+
+def int8_floor_ms(config, batch: int, tokens: int, peak: dict[str, float]) -> float:
+    """The least time any INT8 model of this architecture can take here: its linear layers at the
+    INT8 GEMM rate measured at this shape's sizes, plus its attention products (activation x
+    activation, FP32 in onnxruntime's QAttention) at the FP32 rate, everything else free."""
+    hidden, rows = config.hidden_size, batch * tokens
+    linear = config.num_hidden_layers * rows * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
+    attention = config.num_hidden_layers * batch * 2 * tokens * tokens * hidden
+    return (linear / peak["int8_gmacs"] + attention / peak["fp32_gmacs"]) / 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=".", help="project root with a finished pipeline run")
-    parser.add_argument("--runs-b1", type=int, default=200, help="timed runs at batch 1 x 32 tokens")
-    parser.add_argument("--runs-b32", type=int, default=20, help="timed runs at batch 32 x 128 tokens")
+    parser.add_argument("--runs-b1", type=int, default=200, help="timed runs at batch 1 x 32 tokens, per contender")
+    parser.add_argument("--runs-b32", type=int, default=20, help="timed runs at batch 32 x 128 tokens, per contender")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the timed runs are spread over (interleaved)")
     parser.add_argument("--out", default="benchmarks/results/inference.json", help="where to keep the JSON")
     args = parser.parse_args()
 
@@ -67,49 +90,62 @@ def main() -> None:
     model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"))
     inputs = {name: fixed_shape_inputs(tokenizer, texts, *shape) for name, shape in SHAPES.items()}
     rung = read_json(paths.quantization_report)["chosen"]
-
     onnx_models = {
         "onnxruntime_fp32": OnnxClassifier(paths.onnx_dir, MODEL_FILE),
         "onnxruntime_optimized_fp32": OnnxClassifier(paths.onnx_dir, OPTIMIZED_FILE),
         "onnxruntime_int8": OnnxClassifier(paths.int8_dir, MODEL_FILE),
     }
-    results: dict[str, dict] = {}
 
+    def calls(shape: str) -> dict[str, Callable[[], object]]:
+        feed = {k: torch.from_numpy(v) for k, v in inputs[shape].items()}
+        runs = {"pytorch_eager_fp32": lambda: model(**feed).logits}
+        for name, onnx_model in onnx_models.items():
+            onnx_feed = {k: inputs[shape][k] for k in onnx_model.input_names}
+            runs[name] = lambda s=onnx_model.session, f=onnx_feed: s.run(["logits"], f)
+        return runs
+
+    results: dict[str, dict] = {name: {} for name in ["pytorch_eager_fp32", *onnx_models]}
     with torch.inference_mode():
-        feeds = {name: {k: torch.from_numpy(v) for k, v in batch.items()} for name, batch in inputs.items()}
-        results["pytorch_eager_fp32"] = {
-            **{shape: time_call(lambda f=feeds[shape]: model(**f).logits, runs)
-               for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32))},
-            "mb": round((paths.model_dir / "model.safetensors").stat().st_size / 2**20, 2),
-            "accuracy": float((torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"))
-                               .argmax(axis=1) == labels).mean()),
-        }
+        for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32)):
+            for name, figures in time_interleaved(calls(shape), runs, args.rounds).items():
+                results[name][shape] = {**figures, "samples_per_s": round(SHAPES[shape][0] / (figures["mean_ms"] / 1000), 1)}
+        eager_logits = torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"))
+    results["pytorch_eager_fp32"].update(mb=round((paths.model_dir / "model.safetensors").stat().st_size / 2**20, 2),
+                                         accuracy=float((eager_logits.argmax(axis=1) == labels).mean()))
     for name, onnx_model in onnx_models.items():
-        session = onnx_model.session
-        results[name] = {
-            **{shape: time_call(lambda f=inputs[shape]: session.run(["logits"], {k: f[k] for k in onnx_model.input_names}), runs)
-               for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32))},
-            "mb": model_mb(onnx_model.folder / onnx_model.model_file),
-            "accuracy": float((softmax(onnx_model.logits(texts, 64)).argmax(axis=1) == labels).mean()),
-        }
-    for name, figures in results.items():
-        for shape, (batch, _) in SHAPES.items():
-            figures[shape]["samples_per_s"] = round(batch / (figures[shape]["mean_ms"] / 1000), 1)
+        results[name].update(mb=model_mb(onnx_model.folder / onnx_model.model_file),
+                             accuracy=float((softmax(onnx_model.logits(texts, 64)).argmax(axis=1) == labels).mean()))
 
     eager, int8 = results["pytorch_eager_fp32"], results["onnxruntime_int8"]
+    ceiling = {}
+    for shape, (batch, tokens) in SHAPES.items():
+        peak = int8_gemm_peak(batch * tokens, model.config.hidden_size, model.config.intermediate_size)
+        floor = int8_floor_ms(model.config, batch, tokens, peak)
+        ceiling[shape] = {**{k: round(v, 1) for k, v in peak.items()}, "int8_floor_ms": round(floor, 2),
+                          "max_speedup": round(eager[shape]["p50_ms"] / floor, 2)}
     summary = {
         "contenders": results,
         "int8_rung": rung,
         "test_rows": len(texts),
         "threads": torch.get_num_threads(),
+        "int8_ceiling": ceiling,
         "speedup_b1": round(eager["b1"]["p50_ms"] / int8["b1"]["p50_ms"], 2),
         "speedup_b32x128": round(eager["b32x128"]["p50_ms"] / int8["b32x128"]["p50_ms"], 2),
         "accuracy_drop": round(eager["accuracy"] - int8["accuracy"], 4),
         "size_ratio": round(int8["mb"] / results["onnxruntime_fp32"]["mb"], 3),
     }
     print_table(results)
+    print_ceiling(ceiling, summary)
     write_json(Path(args.out), summary)
     print(json.dumps(summary))
+
+
+def print_ceiling(ceiling: dict[str, dict], summary: dict) -> None:
+    print("\nINT8 ceiling on this CPU (linear layers at the INT8 GEMM rate measured at the shape's own sizes, attention")
+    print("products at the FP32 rate, every other op free; measured in this run):")
+    for shape, c in ceiling.items():
+        print(f"  {shape:<8} INT8 GEMM {c['int8_gmacs']:.0f} GMAC/s, FP32 {c['fp32_gmacs']:.0f}: floor {c['int8_floor_ms']:.2f} ms"
+              f" -> at most {c['max_speedup']:.2f}x PyTorch eager (INT8 model: {summary[f'speedup_{shape}']:.2f}x)")
 
 
 def print_table(results: dict[str, dict]) -> None:

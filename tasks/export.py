@@ -13,8 +13,8 @@ from tasks.config import ExportConfig, PipelineConfig
 from tasks.errors import TunegateError
 from tasks.io import staged_dir, write_json
 from tasks.modeling import load_classifier, torch_logits
-from tasks.onnx_model import (FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, load_onnx, model_mb,
-                              save_onnx)
+from tasks.onnx_model import (FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, inference_session,
+                              load_onnx, model_mb, save_onnx)
 from tasks.paths import ArtifactPaths
 from tasks.stage import StageResult, stage_task, write_result
 
@@ -80,13 +80,16 @@ def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length:
 
 def optimise_onnx(source: Path, target: Path, config: Any, external: bool) -> dict[str, Any]:
     """Save an offline-optimised copy: onnxruntime's transformer fusions where it knows the
-    architecture (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), else
-    onnxruntime's extended graph optimisations. Returns what was done."""
+    architecture (Attention, EmbedLayerNormalization, BiasGelu; not SkipLayerNormalization, slow on
+    CPU, see CPU_SLOW_FUSIONS), else onnxruntime's extended graph optimisations. Returns what was done."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
     if config.model_type in MODEL_TYPES:
+        fusions = FusionOptions(config.model_type)
+        fusions.enable_skip_layer_norm = False  # a CUDA session fuses it at load time, where it is fast
         optimised = optimize_model(str(source), model_type=config.model_type, num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size)
+                                   hidden_size=config.hidden_size, optimization_options=fusions)
         optimised.save_model_to_file(str(target), use_external_data_format=external)
         fused = {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}
         return {"method": f"onnxruntime transformer fusions ({config.model_type})", "fused_operators": fused}
@@ -95,7 +98,7 @@ def optimise_onnx(source: Path, target: Path, config: Any, external: bool) -> di
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    inference_session(source, options, providers=["CPUExecutionProvider"])
     return {"method": "onnxruntime extended graph optimisation", "fused_operators": {}}
 
 

@@ -54,6 +54,12 @@ def copy_model(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+# onnxruntime 1.32's CPU SkipLayerNormalization kernel is ~5x slower than the LayerNormalization
+# and Add it replaces (`python benchmarks/cpu_kernels.py`); CUDA's is fast. So graphs are saved
+# without that fusion, and CPU sessions are told not to redo it at load time.
+CPU_SLOW_FUSIONS = ["SkipLayerNormFusion"]
+
+
 def execution_providers() -> list[str]:
     """CUDA when this onnxruntime build has it and an NVIDIA device exists, else CPU.
 
@@ -65,6 +71,16 @@ def execution_providers() -> list[str]:
     if "CUDAExecutionProvider" in ort.get_available_providers() and Path("/dev/nvidia0").exists():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def inference_session(path: Path, options: Any = None, providers: list[str] | None = None) -> Any:
+    """An onnxruntime session on the best providers here, without fusions that are slower on CPU."""
+    import onnxruntime as ort
+
+    providers = providers or execution_providers()
+    disabled = CPU_SLOW_FUSIONS if providers == ["CPUExecutionProvider"] else []
+    return ort.InferenceSession(str(path), options or ort.SessionOptions(), providers=providers,
+                                disabled_optimizers=disabled)
 
 
 class OnnxClassifier:
@@ -83,7 +99,7 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         self.model_file = model_file or self.serving["model_file"]
-        self.session = ort.InferenceSession(str(folder / self.model_file), options, providers=execution_providers())
+        self.session = inference_session(folder / self.model_file, options)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import torch
 from tasks.export import (ExportParityError, check_parity, convert_fp16, export_onnx, optimise_onnx, parity,
                           uses_external_data)
 from tasks.modeling import load_classifier
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, copy_model
+from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, copy_model, inference_session
 
 
 def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeline):
@@ -21,6 +21,22 @@ def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeli
         assert figures["max_abs_diff"] <= cfg.export.parity_atol and figures["argmax_agreement"] == 1.0
     assert report["optimisation"]["fused_operators"].get("Attention") == 2  # one per layer of the tiny BERT
     assert not report["external_data"]
+
+
+def test_cpu_sessions_keep_layer_norm_and_add_apart(staged_pipeline, tmp_path):
+    """onnxruntime's CPU SkipLayerNormalization is slower than LayerNormalization + Add: neither the
+    saved graph nor what a CPU session makes of it at load time may hold one."""
+    import onnxruntime as ort
+
+    _, paths = staged_pipeline
+    saved = onnx.load(str(paths.onnx_dir / OPTIMIZED_FILE))
+    loaded_path = tmp_path / "as_loaded.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(loaded_path)
+    inference_session(paths.onnx_dir / OPTIMIZED_FILE, options, providers=["CPUExecutionProvider"])
+    for graph in (saved.graph, onnx.load(str(loaded_path)).graph):
+        ops = {node.op_type for node in graph.node}
+        assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops and "Attention" in ops
 
 
 def test_exported_models_have_dynamic_batch_and_sequence_axes(staged_pipeline):
