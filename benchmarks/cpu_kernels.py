@@ -2,7 +2,7 @@
 
 Two measurements, each a one-node onnxruntime graph timed in this process:
   - GEMM throughput, FP32 MatMul vs INT8 MatMulInteger (uint8 activations x int8 weights, the
-    kernel dynamic quantization runs): the peak that bounds any INT8 model here (no VNNI on AVX2
+    kernel dynamic quantization runs): the rate that bounds any INT8 model on onnxruntime here (no VNNI on AVX2
     means INT8 is only ~2x FP32);
   - SkipLayerNormalization vs the LayerNormalization + Add it fuses: why tunegate saves graphs
     without that fusion for CPU (tasks/onnx_model.py CPU_SLOW_FUSIONS).
@@ -93,7 +93,7 @@ def layer_norm_us(rows: int, hidden: int, fused: bool, runs: int = 200) -> float
     return median_seconds(lambda: session.run(None, feed), runs) * 1e6
 
 
-def int8_gemm_peak(tokens: int, hidden: int, intermediate: int) -> dict[str, float]:
+def gemm_peaks(tokens: int, hidden: int, intermediate: int) -> dict[str, float]:
     """Best FP32 and INT8 GEMM rates over the encoder's two feed-forward shapes at `tokens` rows."""
     shapes = [(tokens, hidden, intermediate), (tokens, intermediate, hidden)]
     return {"fp32_gmacs": max(gemm_gmacs(*s, int8=False) for s in shapes),
@@ -109,7 +109,7 @@ def main() -> None:
     print(f"{'kernel':<44}{'b1 x 32':>14}{'b32 x 128':>14}")
     for tokens_name, tokens in (("b1x32", 32), ("b32x128", 4096)):
         results[tokens_name] = {
-            **int8_gemm_peak(tokens, args.hidden, args.intermediate),
+            **gemm_peaks(tokens, args.hidden, args.intermediate),
             "skip_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=True),
             "add_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=False),
         }

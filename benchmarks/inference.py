@@ -3,8 +3,8 @@
 Needs a finished pipeline run in the project (artifacts/train, export, quantize, prepare).
 The contenders' timed runs are interleaved in rounds, so drifting load on a shared host is shared.
 Prints a table with ratios against PyTorch eager, the INT8 ceiling of this CPU (the least time
-any INT8 model of this architecture could take, from GEMM peaks measured in the same run), then
-one JSON line:
+an INT8 model of this architecture could take on onnxruntime's kernels, from GEMM rates
+measured in the same run), then one JSON line:
   {"contenders": {...}, "int8_ceiling": {...}, "speedup_b1": ..., "speedup_b32x128": ...,
    "accuracy_drop": ..., "size_ratio": ...}
 
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cpu_kernels import int8_gemm_peak  # noqa: E402
+from benchmarks.cpu_kernels import gemm_peaks  # noqa: E402
 from tasks.io import read_json, write_json  # noqa: E402
 from tasks.metrics import softmax  # noqa: E402
 from tasks.modeling import load_classifier, torch_logits  # noqa: E402
@@ -64,9 +64,9 @@ def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, rounds: 
 
 
 def int8_floor_ms(config, batch: int, tokens: int, peak: dict[str, float]) -> float:
-    """The least time any INT8 model of this architecture can take here: its linear layers at the
-    INT8 GEMM rate measured at this shape's sizes, plus its attention products (activation x
-    activation, FP32 in onnxruntime's QAttention) at the FP32 rate, everything else free."""
+    """The least time an INT8 model of this architecture can take here on onnxruntime: its linear
+    layers at the INT8 GEMM rate measured at this shape's sizes, plus its attention products
+    (activation x activation, FP32 in onnxruntime's QAttention) at the FP32 rate, all else free."""
     hidden, rows = config.hidden_size, batch * tokens
     linear = config.num_hidden_layers * rows * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
     attention = config.num_hidden_layers * batch * 2 * tokens * tokens * hidden
@@ -119,7 +119,7 @@ def main() -> None:
     eager, int8 = results["pytorch_eager_fp32"], results["onnxruntime_int8"]
     ceiling = {}
     for shape, (batch, tokens) in SHAPES.items():
-        peak = int8_gemm_peak(batch * tokens, model.config.hidden_size, model.config.intermediate_size)
+        peak = gemm_peaks(batch * tokens, model.config.hidden_size, model.config.intermediate_size)
         floor = int8_floor_ms(model.config, batch, tokens, peak)
         ceiling[shape] = {**{k: round(v, 1) for k, v in peak.items()}, "int8_floor_ms": round(floor, 2),
                           "max_speedup": round(eager[shape]["p50_ms"] / floor, 2)}
