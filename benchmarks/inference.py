@@ -1,10 +1,11 @@
 """Inference side by side, one run, same inputs: PyTorch eager FP32 vs onnxruntime FP32, optimised FP32, INT8.
 
 Needs a finished pipeline run in the project (artifacts/train, export, quantize, prepare).
-The contenders' timed runs are interleaved in rounds, so drifting load on a shared host is shared.
+The contenders' timed runs are interleaved in rounds, so drifting load on a shared host is shared;
+the onnxruntime sessions share one thread pool, so none is slowed by another's spinning threads.
 Prints a table with ratios against PyTorch eager, the INT8 ceiling of this CPU (the least time
-an INT8 model of this architecture could take on onnxruntime's kernels, from GEMM rates
-measured in the same run), then one JSON line:
+an INT8 model of this architecture could take on onnxruntime's kernels: its GEMMs, timed in the
+same rounds), then one JSON line:
   {"contenders": {...}, "int8_ceiling": {...}, "speedup_b1": ..., "speedup_b32x128": ...,
    "accuracy_drop": ..., "size_ratio": ...}
 
@@ -27,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cpu_kernels import gemm_peaks  # noqa: E402
+from benchmarks.cpu_kernels import empty_call, gemm_call  # noqa: E402
 from tasks.io import read_json, write_json  # noqa: E402
 from tasks.metrics import softmax  # noqa: E402
 from tasks.modeling import load_classifier, torch_logits  # noqa: E402
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, model_mb  # noqa: E402
+from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
 from tasks.paths import ArtifactPaths  # noqa: E402
 
 SHAPES = {"b1": (1, 32), "b32x128": (32, 128)}  # (batch, tokens)
@@ -46,7 +47,9 @@ def fixed_shape_inputs(tokenizer, texts: list[str], batch: int, tokens: int) -> 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, rounds: int) -> dict[str, dict[str, float]]:
     """p50/p95/mean ms of each call over `runs` timed calls, taken in `rounds` rounds that visit every
-    contender in turn (rotating who goes first), so a slow spell on this shared host hits all alike."""
+    contender in turn (rotating who goes first), so a slow spell on this shared host hits all alike.
+    Each turn starts with one untimed call: the threads of the runtime that ran before may still
+    be spinning, and that would be charged to whoever comes next."""
     for call in calls.values():
         for _ in range(WARMUP):
             call()
@@ -54,6 +57,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, rounds: 
     names = list(calls)
     for round_index in range(rounds):
         for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            calls[name]()
             for _ in range(max(1, runs // rounds)):
                 start = time.perf_counter()
                 calls[name]()
@@ -63,14 +67,31 @@ def time_interleaved(calls: dict[str, Callable[[], object]], runs: int, rounds: 
             for name, ms in ((n, np.asarray(s) * 1000) for n, s in seconds.items())}
 
 
-def int8_floor_ms(config, batch: int, tokens: int, peak: dict[str, float]) -> float:
-    """The least time an INT8 model of this architecture can take here on onnxruntime: its linear
-    layers at the INT8 GEMM rate measured at this shape's sizes, plus its attention products
-    (activation x activation, FP32 in onnxruntime's QAttention) at the FP32 rate, all else free."""
-    hidden, rows = config.hidden_size, batch * tokens
-    linear = config.num_hidden_layers * rows * (4 * hidden * hidden + 2 * hidden * config.intermediate_size)
-    attention = config.num_hidden_layers * batch * 2 * tokens * tokens * hidden
-    return (linear / peak["int8_gmacs"] + attention / peak["fp32_gmacs"]) / 1e6
+def encoder_gemms(config, rows: int) -> dict[str, tuple[int, int, int]]:
+    """The [rows, k] x [k, n] products in one encoder layer: the GEMMs INT8 quantization speeds up."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    return {"qkv": (rows, hidden, 3 * hidden), "attention_out": (rows, hidden, hidden),
+            "ffn_in": (rows, hidden, inner), "ffn_out": (rows, inner, hidden)}
+
+
+def kernel_calls(config, batch: int, tokens: int) -> dict[str, Callable[[], object]]:
+    """The layer's INT8 GEMMs at their exact sizes, one FP32 GEMM (for the FP32 rate) and an empty call."""
+    gemms = encoder_gemms(config, batch * tokens)
+    return {**{f"int8_{name}": gemm_call(*shape, int8=True) for name, shape in gemms.items()},
+            "fp32_ffn_in": gemm_call(*gemms["ffn_in"], int8=False),
+            "empty": empty_call(batch * tokens, config.hidden_size)}
+
+
+def int8_floor_ms(config, batch: int, tokens: int, kernel_ms: dict[str, float]) -> float:
+    """The least time an INT8 model of this architecture can take here on onnxruntime: every layer's
+    INT8 GEMMs, each timed alone at its own size (an empty call's cost taken off), plus its
+    attention products (activation x activation, FP32 in onnxruntime's QAttention) at the FP32
+    GEMM rate; every other op free."""
+    work = {name: kernel_ms[f"int8_{name}"] - kernel_ms["empty"] for name in encoder_gemms(config, 1)}
+    rows, (_, k, n) = batch * tokens, encoder_gemms(config, batch * tokens)["ffn_in"]
+    fp32_ms_per_mac = (kernel_ms["fp32_ffn_in"] - kernel_ms["empty"]) / (rows * k * n)
+    attention_macs = batch * 2 * tokens * tokens * config.hidden_size  # QK^T and softmax x V, all heads
+    return config.num_hidden_layers * (sum(work.values()) + attention_macs * fp32_ms_per_mac)
 
 
 def main() -> None:
@@ -84,6 +105,7 @@ def main() -> None:
 
     paths = ArtifactPaths(Path(args.project).resolve())
     torch.set_num_threads(os.cpu_count() or 1)
+    share_one_thread_pool(torch.get_num_threads())  # one onnxruntime pool, as a server holding several models would
     test = pd.read_parquet(paths.split("test"))
     texts, labels = list(test["text"]), test["label"].to_numpy()
     max_length = read_json(paths.onnx_dir / "serving.json")["max_length"]
@@ -97,17 +119,22 @@ def main() -> None:
     }
 
     def calls(shape: str) -> dict[str, Callable[[], object]]:
+        """The contenders, then the INT8 ceiling's kernels: timed in the same rounds, so under the same load."""
         feed = {k: torch.from_numpy(v) for k, v in inputs[shape].items()}
         runs = {"pytorch_eager_fp32": lambda: model(**feed).logits}
         for name, onnx_model in onnx_models.items():
             onnx_feed = {k: inputs[shape][k] for k in onnx_model.input_names}
             runs[name] = lambda s=onnx_model.session, f=onnx_feed: s.run(["logits"], f)
-        return runs
+        return {**runs, **kernel_calls(model.config, *SHAPES[shape])}
 
     results: dict[str, dict] = {name: {} for name in ["pytorch_eager_fp32", *onnx_models]}
+    kernel_ms: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for shape, runs in (("b1", args.runs_b1), ("b32x128", args.runs_b32)):
-            for name, figures in time_interleaved(calls(shape), runs, args.rounds).items():
+            timed = time_interleaved(calls(shape), runs, args.rounds)
+            kernel_ms[shape] = {name: figures["p50_ms"] for name, figures in timed.items() if name not in results}
+            for name in results:
+                figures = timed[name]
                 results[name][shape] = {**figures, "samples_per_s": round(SHAPES[shape][0] / (figures["mean_ms"] / 1000), 1)}
         eager_logits = torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"))
     results["pytorch_eager_fp32"].update(mb=round((paths.model_dir / "model.safetensors").stat().st_size / 2**20, 2),
@@ -119,10 +146,9 @@ def main() -> None:
     eager, int8 = results["pytorch_eager_fp32"], results["onnxruntime_int8"]
     ceiling = {}
     for shape, (batch, tokens) in SHAPES.items():
-        peak = gemm_peaks(batch * tokens, model.config.hidden_size, model.config.intermediate_size)
-        floor = int8_floor_ms(model.config, batch, tokens, peak)
-        ceiling[shape] = {**{k: round(v, 1) for k, v in peak.items()}, "int8_floor_ms": round(floor, 2),
-                          "max_speedup": round(eager[shape]["p50_ms"] / floor, 2)}
+        floor = int8_floor_ms(model.config, batch, tokens, kernel_ms[shape])
+        ceiling[shape] = {"kernel_p50_ms": {k: round(v, 3) for k, v in kernel_ms[shape].items()},
+                          "int8_floor_ms": round(floor, 2), "max_speedup": round(eager[shape]["p50_ms"] / floor, 2)}
     summary = {
         "contenders": results,
         "int8_rung": rung,
@@ -141,11 +167,11 @@ def main() -> None:
 
 
 def print_ceiling(ceiling: dict[str, dict], summary: dict) -> None:
-    print("\nINT8 ceiling on this CPU (linear layers at the INT8 GEMM rate measured at the shape's own sizes, attention")
-    print("products at the FP32 rate, every other op free; measured in this run):")
+    print("\nINT8 ceiling on this CPU with onnxruntime: each layer's INT8 GEMMs timed alone at their own sizes, its")
+    print("attention products at the FP32 GEMM rate, every other op free; timed in the same rounds as the contenders:")
     for shape, c in ceiling.items():
-        print(f"  {shape:<8} INT8 GEMM {c['int8_gmacs']:.0f} GMAC/s, FP32 {c['fp32_gmacs']:.0f}: floor {c['int8_floor_ms']:.2f} ms"
-              f" -> at most {c['max_speedup']:.2f}x PyTorch eager (INT8 model: {summary[f'speedup_{shape}']:.2f}x)")
+        print(f"  {shape:<8} floor {c['int8_floor_ms']:.2f} ms -> at most {c['max_speedup']:.2f}x PyTorch eager"
+              f" (INT8 model: {summary[f'speedup_{shape}']:.2f}x)")
 
 
 def print_table(results: dict[str, dict]) -> None:

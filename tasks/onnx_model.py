@@ -54,7 +54,7 @@ def copy_model(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-# onnxruntime 1.32's CPU SkipLayerNormalization kernel is ~5x slower than the LayerNormalization
+# onnxruntime 1.32's CPU SkipLayerNormalization kernel is 1.2-4x slower than the LayerNormalization
 # and Add it replaces (`python benchmarks/cpu_kernels.py`); CUDA's is fast. So graphs are saved
 # without that fusion, and CPU sessions are told not to redo it at load time.
 CPU_SLOW_FUSIONS = ["SkipLayerNormFusion"]
@@ -73,13 +73,35 @@ def execution_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def inference_session(path: Path, options: Any = None, providers: list[str] | None = None) -> Any:
+_shared_thread_pool = False
+_sessions_opened = False
+
+
+def share_one_thread_pool(threads: int) -> None:
+    """Make every onnxruntime session this process opens run on one intra-op pool of `threads`
+    threads. Each session's own pool keeps spinning for a while after its run and, on a small
+    host, halves the speed of the next session's run. onnxruntime fixes its pools when the first
+    session opens (and ignores a later call), so calling this after that is an error."""
+    global _shared_thread_pool
+    from onnxruntime.capi import _pybind_state
+
+    if _sessions_opened:
+        raise RuntimeError("share_one_thread_pool must be called before the process opens its first onnxruntime session")
+    _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    _shared_thread_pool = True
+
+
+def inference_session(model: Path | bytes, options: Any = None, providers: list[str] | None = None) -> Any:
     """An onnxruntime session on the best providers here, without fusions that are slower on CPU."""
     import onnxruntime as ort
 
+    global _sessions_opened
+    _sessions_opened = True
     providers = providers or execution_providers()
+    options = options or ort.SessionOptions()
+    options.use_per_session_threads = not _shared_thread_pool
     disabled = CPU_SLOW_FUSIONS if providers == ["CPUExecutionProvider"] else []
-    return ort.InferenceSession(str(path), options or ort.SessionOptions(), providers=providers,
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers,
                                 disabled_optimizers=disabled)
 
 

@@ -2,16 +2,18 @@
 
 from types import SimpleNamespace
 
-from benchmarks.inference import int8_floor_ms, time_interleaved
+from benchmarks.inference import encoder_gemms, int8_floor_ms, time_interleaved
 
 
-def test_int8_floor_counts_linear_layers_at_the_int8_rate_and_attention_at_the_fp32_rate():
+def test_int8_floor_is_each_layers_int8_gemms_plus_attention_products_at_the_fp32_rate():
     config = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=2)
-    # per token per layer: QKV 3*4*4 + output 4*4 + feed-forward 2*4*8 = 128 MACs; 2 layers x 10 tokens
-    linear = 2 * 10 * 128
-    attention = 2 * 1 * 2 * 10 * 10 * 4  # QK^T and softmax x V, every head together: 2 * tokens^2 * hidden
-    floor = int8_floor_ms(config, batch=1, tokens=10, peak={"int8_gmacs": 2.0, "fp32_gmacs": 1.0})
-    assert abs(floor - (linear / 2.0 + attention / 1.0) / 1e6) < 1e-12
+    assert encoder_gemms(config, 10) == {"qkv": (10, 4, 12), "attention_out": (10, 4, 4), "ffn_in": (10, 4, 8),
+                                         "ffn_out": (10, 8, 4)}
+    kernel_ms = {"int8_qkv": 3.0, "int8_attention_out": 2.0, "int8_ffn_in": 4.0, "int8_ffn_out": 5.0,
+                 "fp32_ffn_in": 10.0, "empty": 1.0}
+    # GEMMs less the empty call: 2 + 1 + 3 + 4 = 10 ms a layer; FP32 at 9 ms per 10*4*8 MACs;
+    # attention products 2 * tokens^2 * hidden = 800 MACs a layer -> 22.5 ms; two layers
+    assert int8_floor_ms(config, batch=1, tokens=10, kernel_ms=kernel_ms) == 2 * (10 + 22.5)
 
 
 def test_interleaved_timing_gives_every_contender_its_runs_in_rotating_order():
@@ -19,6 +21,7 @@ def test_interleaved_timing_gives_every_contender_its_runs_in_rotating_order():
     calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
     figures = time_interleaved(calls, runs=6, rounds=3)
     assert set(figures) == {"a", "b", "c"} and all(f["p50_ms"] >= 0 for f in figures.values())
-    timed = order[3 * 3:]  # after 3 warm-up calls each
-    assert [timed[i] for i in range(0, 18, 2)][:3] == ["a", "b", "c"]
-    assert timed[6:8] == ["b", "b"] and timed[12:14] == ["c", "c"], "each round starts one contender later"
+    rounds = order[3 * 3:]  # after 3 warm-up calls each: 3 rounds of (1 untimed + 2 timed) calls per contender
+    assert len(rounds) == 3 * 3 * 3
+    assert rounds[:9] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert rounds[9:12] == ["b"] * 3 and rounds[18:21] == ["c"] * 3, "each round starts one contender later"

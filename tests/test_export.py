@@ -1,6 +1,8 @@
 """export: ONNX (raw and optimised) with dynamic axes that matches PyTorch, servable without torch."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -37,6 +39,30 @@ def test_cpu_sessions_keep_layer_norm_and_add_apart(staged_pipeline, tmp_path):
     for graph in (saved.graph, onnx.load(str(loaded_path)).graph):
         ops = {node.op_type for node in graph.node}
         assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops and "Attention" in ops
+
+
+def test_sessions_on_one_shared_thread_pool_give_the_same_logits(staged_pipeline, tmp_path):
+    _, paths = staged_pipeline
+    texts = ["a gripping film", "dull and far too long", "fine"]
+    expected = OnnxClassifier(paths.int8_dir).logits(texts, batch_size=2)
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from tasks.onnx_model import OnnxClassifier, share_one_thread_pool\n"
+        "share_one_thread_pool(2)\n"
+        "fp32, int8 = OnnxClassifier(Path(sys.argv[1])), OnnxClassifier(Path(sys.argv[2]))\n"
+        "fp32.logits(sys.argv[4:], 2)\n"
+        "np.save(sys.argv[3], int8.logits(sys.argv[4:], 2))\n"
+        "try:\n"
+        "    share_one_thread_pool(2)\n"
+        "except RuntimeError:\n"
+        "    print('late call refused')\n"
+    )
+    out = tmp_path / "logits.npy"
+    done = subprocess.run([sys.executable, "-c", script, str(paths.onnx_dir), str(paths.int8_dir), str(out), *texts],
+                          capture_output=True, text=True, check=True)
+    assert "late call refused" in done.stdout
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
 
 
 def test_exported_models_have_dynamic_batch_and_sequence_axes(staged_pipeline):
