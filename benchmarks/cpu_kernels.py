@@ -2,8 +2,8 @@
 
 Two measurements, each a one-node onnxruntime graph timed in this process:
   - GEMM throughput, FP32 MatMul vs INT8 MatMulInteger (uint8 activations x int8 weights, the
-    kernel dynamic quantization runs): the rate that bounds any INT8 model on onnxruntime here (no VNNI on AVX2
-    means INT8 is only ~2x FP32);
+    kernel dynamic quantization runs): the rate that bounds any INT8 model on onnxruntime here
+    (no VNNI on AVX2 means INT8 is only ~2x FP32);
   - SkipLayerNormalization vs the LayerNormalization + Add it fuses: why tunegate saves graphs
     without that fusion for CPU (tasks/onnx_model.py CPU_SLOW_FUSIONS).
 Prints a table, then one JSON line.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -87,11 +88,11 @@ def int8_floor_ms(config, batch: int, tokens: int, kernel_ms: dict[str, float]) 
     INT8 GEMMs, each timed alone at its own size (an empty call's cost taken off), plus its
     attention products (activation x activation, FP32 in onnxruntime's QAttention) at the FP32
     GEMM rate; every other op free."""
-    work = {name: kernel_ms[f"int8_{name}"] - kernel_ms["empty"] for name in encoder_gemms(config, 1)}
-    rows, (_, k, n) = batch * tokens, encoder_gemms(config, batch * tokens)["ffn_in"]
-    fp32_ms_per_mac = (kernel_ms["fp32_ffn_in"] - kernel_ms["empty"]) / (rows * k * n)
+    gemms = encoder_gemms(config, batch * tokens)
+    int8_ms = sum(kernel_ms[f"int8_{name}"] - kernel_ms["empty"] for name in gemms)
+    fp32_ms_per_mac = (kernel_ms["fp32_ffn_in"] - kernel_ms["empty"]) / math.prod(gemms["ffn_in"])
     attention_macs = batch * 2 * tokens * tokens * config.hidden_size  # QK^T and softmax x V, all heads
-    return config.num_hidden_layers * (sum(work.values()) + attention_macs * fp32_ms_per_mac)
+    return config.num_hidden_layers * (int8_ms + attention_macs * fp32_ms_per_mac)
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def copy_model(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-# onnxruntime 1.32's CPU SkipLayerNormalization kernel is 1.2-4x slower than the LayerNormalization
+# onnxruntime 1.32's CPU SkipLayerNormalization kernel is 1.2-4.7x slower than the LayerNormalization
 # and Add it replaces (`python benchmarks/cpu_kernels.py`); CUDA's is fast. So graphs are saved
 # without that fusion, and CPU sessions are told not to redo it at load time.
 CPU_SLOW_FUSIONS = ["SkipLayerNormFusion"]
