@@ -29,8 +29,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.config import PipelineConfig, load_config  # noqa: E402
-from tasks.data import default_data_source  # noqa: E402
+from tasks.core.config import PipelineConfig, load_config  # noqa: E402
+from tasks.core.data import default_data_source  # noqa: E402
 
 TARGET_SECONDS, TARGET_RSS_MIB = 30.0, 4096.0
 NEAR_DUPLICATE_SHARE = 0.01
@@ -59,10 +59,10 @@ def synthesise(rows: int, cfg: PipelineConfig, seed: int = 0) -> pd.DataFrame:
 
 def measure(rows: int, project: Path, with_tokens: bool) -> dict:
     """One size, in this process: synthesise, then time each contract step."""
-    from tasks.modeling import resolve_base_model
+    from tasks.core.base_model import resolve_base_model
     from tasks.prepare import make_splits, to_canonical
-    from tasks.split_contract import split_contract, token_counts
-    from tasks.validate import check_table
+    from tasks.contracts.splits import split_contract, token_counts
+    from tasks.contracts.raw import check_table
 
     cfg = load_config(project / "params.yaml")
     frame = synthesise(rows, cfg)

@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cpu_kernels import empty_call, gemm_call  # noqa: E402
-from tasks.io import read_json, write_json  # noqa: E402
-from tasks.metrics import softmax  # noqa: E402
-from tasks.modeling import load_classifier, torch_logits  # noqa: E402
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
-from tasks.paths import ArtifactPaths  # noqa: E402
+from tasks.core.io import read_json, write_json  # noqa: E402
+from tasks.core.metrics import softmax  # noqa: E402
+from tasks.training.modeling import load_classifier, torch_logits  # noqa: E402
+from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE  # noqa: E402
+from tasks.serving.onnx_model import OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
+from tasks.core.paths import ArtifactPaths  # noqa: E402
 
 SHAPES = {"b1": (1, 32), "b32x128": (32, 128)}  # (batch, tokens)
 WARMUP = 3

@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.config import load_config  # noqa: E402
-from tasks.data import default_data_source  # noqa: E402
-from tasks.io import write_json  # noqa: E402
-from tasks.modeling import resolve_base_model  # noqa: E402
+from tasks.core.config import load_config  # noqa: E402
+from tasks.core.data import default_data_source  # noqa: E402
+from tasks.core.io import write_json  # noqa: E402
+from tasks.core.base_model import resolve_base_model  # noqa: E402
 from tasks.prepare import cap_rows, split_frame, to_canonical  # noqa: E402
 from tasks.train import build_model, fit  # noqa: E402
 

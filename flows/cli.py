@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.config import STAGES
-from tasks.errors import TunegateError
+from tasks.core.config import STAGES
+from tasks.core.errors import TunegateError
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
@@ -58,9 +58,9 @@ def print_summary(outcomes: list) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from tasks.config import load_config
-    from tasks.paths import ArtifactPaths
-    from tasks.stage import load_stage
+    from tasks.core.config import load_config
+    from tasks.core.paths import ArtifactPaths
+    from tasks.core.stage import load_stage
 
     paths = ArtifactPaths(Path.cwd())
     result = load_stage(args.name).fn(load_config(paths.params), paths)
@@ -69,7 +69,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_data_default(args: argparse.Namespace) -> int:
-    from tasks.data import default_data_source, materialise_default_data
+    from tasks.core.data import default_data_source, materialise_default_data
 
     target, copied = materialise_default_data(Path(args.data_dir), force=args.force)
     verb = "copied" if copied else "already up to date:"
@@ -80,9 +80,9 @@ def cmd_data_default(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from tasks.config import load_config
-    from tasks.contract import evidence, outcome_word, verdict, write_reports
-    from tasks.vet import vet_table
+    from tasks.core.config import load_config
+    from tasks.contracts.report import evidence, outcome_word, verdict, write_reports
+    from tasks.contracts.vet import vet_table
 
     root = Path.cwd()
     cfg = load_config(root / "params.yaml")
@@ -108,7 +108,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
-    from tasks.predict import PredictInputError, load_served_model, predict_file, predict_texts
+    from tasks.serving.predict import PredictInputError, load_served_model, predict_file, predict_texts
 
     if bool(args.texts) == bool(args.input):
         raise PredictInputError("give texts as arguments or --input FILE (one of the two)")

@@ -10,11 +10,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from tasks.config import STAGES, PipelineConfig, load_config, write_overrides
-from tasks.contract import DataValidationError, render_markdown
-from tasks.dvc_cache import DvcStageCache
-from tasks.paths import ArtifactPaths
-from tasks.stage import load_stage, read_result
+from tasks.core.config import STAGES, PipelineConfig, load_config, write_overrides
+from tasks.contracts.report import DataValidationError, render_markdown
+from tasks.core.dvc_cache import DvcStageCache
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import load_stage, read_result
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import PipelineConfig
-from tasks.io import staged_dir, write_json
-from tasks.metrics import classification_metrics, softmax
-from tasks.modeling import load_classifier, pick_device, torch_logits
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, stage_task, write_result
+from tasks.core.config import PipelineConfig
+from tasks.core.io import staged_dir, write_json
+from tasks.core.metrics import classification_metrics, softmax
+from tasks.training.modeling import load_classifier, pick_device, torch_logits
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import StageResult, stage_task, write_result
 
 
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> pd.DataFrame:

@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.config import ExportConfig, PipelineConfig
-from tasks.errors import TunegateError
-from tasks.io import staged_dir, write_json
-from tasks.modeling import load_classifier, torch_logits
-from tasks.onnx_model import (FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE, OnnxClassifier, inference_session,
+from tasks.core.config import ExportConfig, PipelineConfig
+from tasks.core.errors import TunegateError
+from tasks.core.io import staged_dir, write_json
+from tasks.training.modeling import load_classifier, torch_logits
+from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
+from tasks.serving.onnx_model import (OnnxClassifier, inference_session,
                               load_onnx, model_mb, save_onnx)
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, stage_task, write_result
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import StageResult, stage_task, write_result
 
 PROTOBUF_LIMIT_MB = 2048  # a single .onnx file cannot exceed 2 GB
 
@@ -156,7 +157,7 @@ def export(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
 
 def fp16_parity(onnx_dir: Path, texts: list[str], reference: np.ndarray, cfg: PipelineConfig) -> dict[str, Any]:
     """Parity of the FP16 model on the CUDA provider (FP16 tolerance: argmax must agree)."""
-    from tasks.onnx_model import execution_providers
+    from tasks.serving.onnx_model import execution_providers
 
     if "CUDAExecutionProvider" not in execution_providers():
         raise ExportParityError("export.target is cuda but this onnxruntime has no usable CUDA provider: "

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.config import GateConfig, PipelineConfig
-from tasks.io import file_sha256, read_json, staged_dir, write_json, write_text
-from tasks.onnx_model import MODEL_FILE
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, stage_task, write_result
+from tasks.core.config import GateConfig, PipelineConfig
+from tasks.core.io import file_sha256, read_json, staged_dir, write_json, write_text
+from tasks.serving.files import MODEL_FILE
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import StageResult, stage_task, write_result
 
 PROMOTE, REJECT = "PROMOTE", "REJECT"
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import DataConfig, PipelineConfig, PrepareConfig
-from tasks.contract import DataValidationError, write_failure_report, write_reports
-from tasks.data import load_dataset
-from tasks.errors import TunegateError
-from tasks.io import staged_dir, write_json
-from tasks.modeling import resolve_base_model
-from tasks.paths import ArtifactPaths
-from tasks.split_contract import SPLITS, TextKeys, key_pairs, split_contract
-from tasks.stage import StageResult, stage_task, write_result
-from tasks.validate import require_validated
+from tasks.core.config import DataConfig, PipelineConfig, PrepareConfig
+from tasks.contracts.report import DataValidationError, write_failure_report, write_reports
+from tasks.core.data import load_dataset
+from tasks.core.errors import TunegateError
+from tasks.core.io import staged_dir, write_json
+from tasks.core.base_model import resolve_base_model
+from tasks.core.paths import ArtifactPaths
+from tasks.contracts.splits import SPLITS, TextKeys, key_pairs, split_contract
+from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.contracts.guard import require_validated
 
 
 class PrepareError(TunegateError, ValueError):

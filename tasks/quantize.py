@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader
 
-from tasks.config import PipelineConfig, QuantizeConfig
-from tasks.io import read_json, staged_dir, write_json
-from tasks.metrics import classification_metrics, softmax
-from tasks.onnx_model import MODEL_FILE, SERVING_FILE, OnnxClassifier, copy_model, has_external_data, model_mb
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, stage_task, write_result
+from tasks.core.config import PipelineConfig, QuantizeConfig
+from tasks.core.io import read_json, staged_dir, write_json
+from tasks.core.metrics import classification_metrics, softmax
+from tasks.serving.files import MODEL_FILE, SERVING_FILE
+from tasks.serving.onnx_model import OnnxClassifier, copy_model, has_external_data, model_mb
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import StageResult, stage_task, write_result
 
 CALIBRATION_BATCH = 8  # texts per calibration batch
 STATIC_METHODS = {"static_minmax": "MinMax", "static_entropy": "Entropy", "static_percentile": "Percentile"}

@@ -14,19 +14,21 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tasks.batching import length_sorted_batches
-from tasks.checkpoint import (load_latest, remove_checkpoints, restore_rng_states, rng_states, run_fingerprint,
+from tasks.core.batching import length_sorted_batches
+from tasks.training.checkpoint import (load_latest, remove_checkpoints, restore_rng_states, rng_states, run_fingerprint,
                               save_checkpoint)
-from tasks.config import PipelineConfig, TrainConfig
-from tasks.io import file_sha256, staged_dir, write_json
-from tasks.loader import StepBatches, epoch_steps, step_loader
-from tasks.lora import add_lora, merge_lora, trainable_share
-from tasks.metrics import classification_metrics, softmax
-from tasks.modeling import bf16_enabled, pick_device, quiet_transformers, resolve_base_model
-from tasks.paths import ArtifactPaths
-from tasks.stage import StageResult, build_stamp, stage_task, write_result
-from tasks.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
-from tasks.tracking import write_live
+from tasks.core.config import PipelineConfig, TrainConfig
+from tasks.core.io import file_sha256, staged_dir, write_json
+from tasks.training.loader import StepBatches, epoch_steps, step_loader
+from tasks.training.lora import add_lora, merge_lora, trainable_share
+from tasks.core.metrics import classification_metrics, softmax
+from tasks.core.base_model import resolve_base_model
+from tasks.training.modeling import bf16_enabled, pick_device, quiet_transformers
+from tasks.core.paths import ArtifactPaths
+from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.core.stamp import build_stamp
+from tasks.training.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
+from tasks.training.tracking import write_live
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps

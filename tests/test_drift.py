@@ -5,11 +5,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from tasks.config import parse_config
-from tasks.contract import DataValidationError
-from tasks.data import default_data_source
-from tasks.paths import ArtifactPaths
-from tasks.validate import validate, validate_table
+from tasks.core.config import parse_config
+from tasks.contracts.report import DataValidationError
+from tasks.core.data import default_data_source
+from tasks.core.paths import ArtifactPaths
+from tasks.contracts.raw import validate_table
+from tasks.validate import validate
 from tests.conftest import REPO, tiny_params
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.metrics import classification_metrics, confusion_matrix, expected_calibration_error
+from tasks.core.metrics import classification_metrics, confusion_matrix, expected_calibration_error
 
 
 def test_metrics_match_a_hand_computed_example():

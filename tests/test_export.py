@@ -11,8 +11,9 @@ import torch
 
 from tasks.export import (ExportParityError, check_parity, convert_fp16, export_onnx, optimise_onnx, parity,
                           uses_external_data)
-from tasks.modeling import load_classifier
-from tasks.onnx_model import MODEL_FILE, OPTIMIZED_FILE, OnnxClassifier, copy_model, inference_session
+from tasks.training.modeling import load_classifier
+from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE
+from tasks.serving.onnx_model import OnnxClassifier, copy_model, inference_session
 
 
 def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeline):
@@ -48,7 +49,7 @@ def test_sessions_on_one_shared_thread_pool_give_the_same_logits(staged_pipeline
     script = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from tasks.onnx_model import OnnxClassifier, share_one_thread_pool\n"
+        "from tasks.serving.onnx_model import OnnxClassifier, share_one_thread_pool\n"
         "share_one_thread_pool(2)\n"
         "fp32, int8 = OnnxClassifier(Path(sys.argv[1])), OnnxClassifier(Path(sys.argv[2]))\n"
         "fp32.logits(sys.argv[4:], 2)\n"

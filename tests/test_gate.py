@@ -2,7 +2,7 @@
 
 import json
 
-from tasks.config import GateConfig
+from tasks.core.config import GateConfig
 from tasks.gate import PROMOTE, REJECT, decide, render_report
 
 GATE = GateConfig(min_accuracy=0.8, min_macro_f1=0.75, max_quantization_drop=0.01)

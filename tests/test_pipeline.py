@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flows.pipeline import PipelineFailed, training_pipeline
-from tasks.config import STAGES
+from tasks.core.config import STAGES
 from tasks.validate import DataValidationError
 from tests.conftest import BIN, run
 

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from tasks.config import parse_config
+from tasks.core.config import parse_config
 from tasks.prepare import PrepareError, cap_rows, make_splits, to_canonical
-from tasks.text import normalise_texts
+from tasks.contracts.text import normalise_texts
 from tests.conftest import tiny_params
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import tasks.quantize as stage
-from tasks.config import QUANTIZATION_RUNGS, ConfigError, parse_config
-from tasks.onnx_model import OnnxClassifier
+from tasks.core.config import QUANTIZATION_RUNGS, ConfigError, parse_config
+from tasks.serving.onnx_model import OnnxClassifier
 from tests.conftest import tiny_params
 
 

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import parse_config
-from tasks.contract import DataValidationError
-from tasks.near_dup import NearDuplicateSettings, jaccard, near_duplicate_pairs, word_shingles
-from tasks.paths import ArtifactPaths
+from tasks.core.config import parse_config
+from tasks.contracts.report import DataValidationError
+from tasks.contracts.near_dup import NearDuplicateSettings, jaccard, near_duplicate_pairs, word_shingles
+from tasks.core.paths import ArtifactPaths
 from tasks.prepare import make_splits, prepare, to_canonical
-from tasks.split_contract import split_contract
+from tasks.contracts.splits import split_contract
 from tasks.validate import validate
 from tests.conftest import REPO, tiny_params
 
@@ -99,7 +99,7 @@ def test_a_split_missing_a_class_or_off_balance_fails(tiny_model_dir, reviews_fr
 
 
 def test_presplit_folder_of_files_is_read_as_its_splits(tiny_model_dir, reviews_frame, tmp_path):
-    from tasks.data import read_dataset
+    from tasks.core.data import read_dataset
 
     frame = presplit(reviews_frame)
     folder = tmp_path / "data"

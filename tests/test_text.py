@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from tasks.text import normalise_text, normalise_texts
+from tasks.contracts.text import normalise_text, normalise_texts
 
 
 def test_normalise_folds_width_case_and_every_kind_of_whitespace():

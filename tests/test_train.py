@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from tasks.batching import length_sorted_batches, shuffled_length_batches
-from tasks.config import parse_config
-from tasks.modeling import ModelSourceError, resolve_base_model
+from tasks.core.batching import length_sorted_batches, shuffled_length_batches
+from tasks.core.config import parse_config
+from tasks.core.base_model import ModelSourceError, resolve_base_model
 from tasks.train import build_model, fit
 from tests.conftest import REPO, tiny_params
 

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from tasks.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from tasks.lora import add_lora, merge_lora, trainable_share
-from tasks.tokens import tokenize
-from tasks.loader import epoch_steps
+from tasks.training.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from tasks.training.lora import add_lora, merge_lora, trainable_share
+from tasks.training.tokens import tokenize
+from tasks.training.loader import epoch_steps
 from tasks.train import build_model, fit
 from tests.conftest import BIN, REPO, run, tiny_params
 from tests.test_train import tiny_train_cfg, toy_split

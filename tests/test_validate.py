@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from tasks.config import parse_config
-from tasks.paths import ArtifactPaths
-from tasks.validate import DataValidationError, require_validated, validate, validate_table
+from tasks.core.config import parse_config
+from tasks.core.paths import ArtifactPaths
+from tasks.contracts.guard import require_validated
+from tasks.contracts.raw import validate_table
+from tasks.validate import DataValidationError, validate
 from tests.conftest import REPO, tiny_params
 
 
@@ -92,7 +94,7 @@ def test_validate_reports_an_unreadable_file(project):
 
 
 def test_text_type_check_works_for_pandas_object_and_str_columns(project, reviews_frame):
-    from tasks.validate import check_table
+    from tasks.contracts.raw import check_table
 
     root, cfg = project
     results = []

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.config import parse_config  # noqa: E402
+from tasks.core.config import parse_config  # noqa: E402
 
 
 def resume(work: Path, seconds_per_forward: float) -> None:
@@ -40,7 +40,7 @@ def resume(work: Path, seconds_per_forward: float) -> None:
 
 def stage(root: Path) -> None:
     import tasks.train as train_module
-    from tasks.paths import ArtifactPaths
+    from tasks.core.paths import ArtifactPaths
 
     cfg = parse_config(json.loads((root / "params.json").read_text()))
     writes: list[str] = []

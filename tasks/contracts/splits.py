@@ -16,10 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.config import PipelineConfig, PrepareConfig
-from tasks.contract import load_suite_spec, make_report, run_suite
-from tasks.near_dup import NearDuplicateSettings, near_duplicate_pairs
-from tasks.text import dictionary_encoded, normalise_texts
+from tasks.core.config import PipelineConfig, PrepareConfig
+from tasks.contracts.report import make_report
+from tasks.contracts.suite import load_suite_spec, run_suite
+from tasks.contracts.near_dup import NearDuplicateSettings, near_duplicate_pairs
+from tasks.contracts.text import dictionary_encoded, normalise_texts
 
 SPLITS = ("train", "dev", "test")
 SUITE = "splits"
@@ -91,18 +92,35 @@ def class_table(split: np.ndarray, labels: np.ndarray, label_names: list[str]) -
 
 
 def token_counts(texts: list[str], tokenizer_dir: str) -> np.ndarray:
-    """Tokens per text with the model's own tokenizer, special tokens included, nothing truncated."""
-    from transformers import AutoTokenizer
+    """Tokens per text with the model's own tokenizer, special tokens included, nothing truncated.
 
-    from tasks.modeling import quiet_transformers
+    Reads the fast tokenizer's tokenizer.json with the `tokenizers` library (no torch, no transformers);
+    a model folder without one (a hub id, a slow-only tokenizer) goes through transformers instead.
+    """
+    tokenizer_file = Path(tokenizer_dir) / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
 
-    quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    counts = []
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+
+        def encode(chunk: list[str]) -> list[int]:
+            return [len(e.ids) for e in tokenizer.encode_batch(chunk, add_special_tokens=True)]
+    else:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        auto = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+        def encode(chunk: list[str]) -> list[int]:
+            encoded = auto(chunk, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                           return_token_type_ids=False, verbose=False)
+            return [len(ids) for ids in encoded["input_ids"]]
+    counts: list[int] = []
     for start in range(0, len(texts), 10_000):  # bounded memory on large tables
-        encoded = tokenizer(texts[start:start + 10_000], add_special_tokens=True, truncation=False,
-                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
-        counts += [len(ids) for ids in encoded["input_ids"]]
+        counts += encode(texts[start:start + 10_000])
     return np.asarray(counts, dtype=np.int64)
 
 

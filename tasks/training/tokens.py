@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.io import atomic_file
+from tasks.core.io import atomic_file
 
 # Pad values per model input; any other input the tokenizer returns pads with 0.
 PAD_ZERO = ("attention_mask", "token_type_ids", "special_tokens_mask")

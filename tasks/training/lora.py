@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.config import LoraConfig
+from tasks.core.config import LoraConfig
 
 
 def add_lora(model: Any, cfg: LoraConfig) -> Any:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.errors import TunegateError
-from tasks.io import atomic_file, read_table
-from tasks.metrics import softmax
-from tasks.onnx_model import SERVING_FILE, OnnxClassifier
+from tasks.core.errors import TunegateError
+from tasks.core.io import atomic_file, read_table
+from tasks.core.metrics import softmax
+from tasks.serving.files import SERVING_FILE
+from tasks.serving.onnx_model import OnnxClassifier
 
 
 class PredictInputError(TunegateError):

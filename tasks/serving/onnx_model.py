@@ -8,13 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks.batching import length_sorted_batches
-from tasks.io import read_json
+from tasks.core.batching import length_sorted_batches
+from tasks.core.io import read_json
+from tasks.serving.files import SERVING_FILE
 
-SERVING_FILE = "serving.json"  # model_file, max_length, labels, padding token
-MODEL_FILE = "model.onnx"  # as exported (and, in a quantized folder, the chosen model)
-OPTIMIZED_FILE = "model.optimized.onnx"  # after onnxruntime's offline graph optimisation
-FP16_FILE = "model.fp16.onnx"  # for the CUDA execution provider
 
 
 def external_data_name(model_file: str) -> str:

@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.config import DataConfig, ValidateConfig
-from tasks.contract import make_report, plain_check
-from tasks.errors import TunegateError
-from tasks.data import read_dataset
-from tasks.io import DataFormatError
+from tasks.core.config import DataConfig, ValidateConfig
+from tasks.contracts.report import make_report, plain_check
+from tasks.core.errors import TunegateError
+from tasks.core.data import read_dataset
+from tasks.core.io import DataFormatError
 
 SUITE = "drift"
 SHARE_FLOOR = 1e-4  # stands in for a zero share, so PSI stays finite when a class appears or vanishes
@@ -45,7 +45,7 @@ def workspace_matches(root: Path, rev: str) -> bool:
     if done.returncode != 0 or not tracked.is_file() or done.stdout != tracked.read_bytes() \
             or not (root / ".dvc").is_dir():
         return False
-    from tasks.dvc_cache import tracked_data_unchanged
+    from tasks.core.dvc_cache import tracked_data_unchanged
 
     return tracked_data_unchanged(root)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tasks.errors import TunegateError
+from tasks.core.errors import TunegateError
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.config import PipelineConfig
-from tasks.contract import make_report, merge_reports, plain_check, unreadable_report
-from tasks.data import read_dataset
-from tasks.io import DataFormatError
+from tasks.core.config import PipelineConfig
+from tasks.contracts.report import make_report, merge_reports, plain_check, unreadable_report
+from tasks.core.data import read_dataset
+from tasks.core.io import DataFormatError
 from tasks.prepare import checked_splits, to_canonical
-from tasks.validate import raw_data_report
+from tasks.contracts.raw import raw_data_report
 
 
 def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tasks.batching import shuffled_length_batches
-from tasks.config import TrainConfig
+from tasks.core.batching import shuffled_length_batches
+from tasks.core.config import TrainConfig
 
 if TYPE_CHECKING:
-    from tasks.tokens import TokenizedTexts
+    from tasks.training.tokens import TokenizedTexts
 
 
 def epoch_steps(lengths: np.ndarray, cfg: TrainConfig, seed: int, epoch: int, world: int,

@@ -1,0 +1,1 @@
+"""Data contracts: Great Expectations suites, drift, split leakage, and their reports."""

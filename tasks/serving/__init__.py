@@ -1,0 +1,1 @@
+"""Serving a shipped ONNX folder with onnxruntime + tokenizers (no torch)."""

@@ -1,0 +1,1 @@
+"""The training engine: PyTorch model handling, token cache, batches, checkpoints, curves."""
