@@ -33,7 +33,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test bench bench-data bench-train clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -63,8 +63,11 @@ run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-c
 	$(BIN)/dvc push --quiet
 	@echo "decision: $$(cat artifacts/gate/decision.json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["decision"])')"
 
-test: setup  ## set up, then run the test suite (offline, tiny models)
+test: setup  ## set up, then run the whole test suite (offline, tiny models); what CI runs
 	$(BIN)/python -m pytest
+
+test-fast: setup  ## the quick loop: every test but the end-to-end ones (marked e2e)
+	$(BIN)/python -m pytest -m "not e2e"
 
 bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py

@@ -8,7 +8,7 @@ Two measurements, each a one-node onnxruntime graph timed in this process:
     without that fusion for CPU (tasks/onnx_model.py CPU_SLOW_FUSIONS).
 Prints a table, then one JSON line.
 
-    python benchmarks/cpu_kernels.py [--hidden 384] [--intermediate 1536]
+    python benchmarks/cpu_kernels.py [--hidden 384] [--intermediate 1536] [--runs 20] [--layer-norm-runs 200]
 """
 
 from __future__ import annotations
@@ -112,26 +112,28 @@ def layer_norm_us(rows: int, hidden: int, fused: bool, runs: int = 200) -> float
     return median_seconds(lambda: session.run(None, feed), runs) * 1e6
 
 
-def gemm_peaks(tokens: int, hidden: int, intermediate: int) -> dict[str, float]:
+def gemm_peaks(tokens: int, hidden: int, intermediate: int, runs: int = 20) -> dict[str, float]:
     """Best FP32 and INT8 GEMM rates over the encoder's two feed-forward shapes at `tokens` rows."""
     shapes = [(tokens, hidden, intermediate), (tokens, intermediate, hidden)]
-    return {"fp32_gmacs": max(gemm_gmacs(*s, int8=False) for s in shapes),
-            "int8_gmacs": max(gemm_gmacs(*s, int8=True) for s in shapes)}
+    return {"fp32_gmacs": max(gemm_gmacs(*s, int8=False, runs=runs) for s in shapes),
+            "int8_gmacs": max(gemm_gmacs(*s, int8=True, runs=runs) for s in shapes)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=384, help="hidden size (default model: 384)")
     parser.add_argument("--intermediate", type=int, default=1536, help="feed-forward size (default model: 1536)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per GEMM (median kept)")
+    parser.add_argument("--layer-norm-runs", type=int, default=200, help="timed runs per layer-norm variant (median kept)")
     args = parser.parse_args()
     share_one_thread_pool(os.cpu_count() or 1)  # no session slowed by the last one's spinning threads
     results = {}
     print(f"{'kernel':<44}{'b1 x 32':>14}{'b32 x 128':>14}")
     for tokens_name, tokens in (("b1x32", 32), ("b32x128", 4096)):
         results[tokens_name] = {
-            **gemm_peaks(tokens, args.hidden, args.intermediate),
-            "skip_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=True),
-            "add_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=False),
+            **gemm_peaks(tokens, args.hidden, args.intermediate, args.runs),
+            "skip_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=True, runs=args.layer_norm_runs),
+            "add_layer_norm_us": layer_norm_us(tokens, args.hidden, fused=False, runs=args.layer_norm_runs),
         }
     rows = [("FP32 MatMul, GMAC/s", "fp32_gmacs", ".0f"), ("INT8 MatMulInteger (u8 x s8), GMAC/s", "int8_gmacs", ".0f"),
             ("SkipLayerNormalization, us", "skip_layer_norm_us", ".0f"), ("Add + LayerNormalization, us", "add_layer_norm_us", ".0f")]

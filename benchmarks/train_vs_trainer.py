@@ -14,7 +14,7 @@ Prints a table, then one JSON line:
   {"tunegate": {"samples_per_s", "dev_accuracy"}, "trainer_run_glue": {...}, "trainer_best": {...},
    "speedup_vs_run_glue": ..., "speedup_vs_trainer_best": ...}
 
-    python benchmarks/train_vs_trainer.py [--train-rows 1500] [--epochs 1] [--threads 2] [--rounds 2]
+    python benchmarks/train_vs_trainer.py [--train-rows 1500] [--epochs 1] [--threads 2] [--rounds 2] [--project .]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tasks.core.config import load_config  # noqa: E402
 from tasks.core.data import default_data_source  # noqa: E402
 from tasks.core.io import write_json  # noqa: E402
 from tasks.core.base_model import resolve_base_model  # noqa: E402
-from tasks.prepare import cap_rows, split_frame, to_canonical  # noqa: E402
+from tasks.prepare import cap_rows, make_splits, to_canonical  # noqa: E402
 from tasks.train import build_model, fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,11 +69,12 @@ class Clock:
                 "samples_per_cpu_s": samples / cpu, "dev_accuracy": dev_accuracy, "threads": torch.get_num_threads()}
 
 
-def splits(train_rows: int, dev_rows: int | None, seed: int, cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The prepare stage's train/dev split of the default data; a stratified, seeded train subset."""
+def splits(train_rows: int, dev_rows: int | None, cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The prepare stage's train/dev split of the default data; stratified, seeded subsets of them."""
     frame = to_canonical(pd.read_csv(default_data_source()), cfg.data, cfg.prepare.sources)
-    parts, _ = split_frame(frame, cfg.prepare, seed)
-    return cap_rows(parts["train"], train_rows, seed), cap_rows(parts["dev"], dev_rows, seed)
+    rows, _, _, _ = make_splits(frame, cfg)
+    part = {name: rows[rows["split"] == name].reset_index(drop=True) for name in ("train", "dev")}
+    return cap_rows(part["train"], train_rows, cfg.seed), cap_rows(part["dev"], dev_rows, cfg.seed)
 
 
 def run_tunegate(base, cfg, train_df, dev_df, work: Path) -> dict:
@@ -130,17 +131,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=2, help="runs per contender; the fastest counts")
+    parser.add_argument("--project", default=str(REPO),
+                        help="project whose params.yaml (train.base_model, data, prepare, train) to use (default: this repo)")
     parser.add_argument("--out", default="benchmarks/results/train_vs_trainer.json", help="where to keep the JSON")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    raw = load_config(REPO / "params.yaml")
+    project = Path(args.project).resolve()
+    raw = load_config(project / "params.yaml")
     # Every contender truncates at run_glue's 128 tokens; all epochs run (no early stop) for all three.
     cfg = raw.model_copy(update={"train": raw.train.model_copy(update={
         "epochs": args.epochs, "max_length": RUN_GLUE_MAX_SEQ_LENGTH, "early_stopping_patience": args.epochs,
         "device": "cpu"})})
-    base, _ = resolve_base_model(cfg.train.base_model, REPO)
-    train_df, dev_df = splits(args.train_rows, args.dev_rows, cfg.seed, cfg)
+    base, _ = resolve_base_model(cfg.train.base_model, project)
+    train_df, dev_df = splits(args.train_rows, args.dev_rows, cfg)
     contenders = {
         "tunegate": lambda work: run_tunegate(base, cfg, train_df, dev_df, work),
         "trainer_run_glue": lambda work: run_trainer(base, cfg, train_df, dev_df, work, best=False),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -24,24 +27,67 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-def report_error(headline: str, exc: BaseException) -> None:
+def report_error(headline: str, exc: BaseException, debug: bool = False) -> None:
+    """One clear message (headline, error class, its text); the traceback too when debugging."""
+    if debug:
+        import traceback
+
+        errors.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
     errors.print(f"{headline}: {type(exc).__name__}", style="bold red")
     errors.print(str(exc), markup=False, highlight=False)
 
 
+def debugging(args: argparse.Namespace) -> bool:
+    """--debug or TUNEGATE_DEBUG=1: show tracebacks of expected errors too."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("TUNEGATE_DEBUG", "") not in ("", "0")
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) end the run like Ctrl-C, so cleanup (the Prefect server
+    this run started, the workspace lock) happens for them too."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
-    from flows.pipeline import PipelineFailed, training_pipeline
+    from flows.workspace import workspace_lock
+    from tasks.core.paths import ArtifactPaths
 
-    api = os.environ.get("PREFECT_API_URL")
-    console.print(f"[bold]training_pipeline[/] on {Path(args.project).resolve()} "
-                  f"(Prefect API: {api or 'ephemeral, started for this run'})")
-    try:
-        outcomes = training_pipeline(overrides=args.set or None, project=args.project)
-    except PipelineFailed as failed:
-        print_summary(failed.outcomes)
-        report_error(f"pipeline stopped at {failed.outcomes[-1].stage}", failed.cause)
-        return 1
+    paths = ArtifactPaths(Path(args.project).resolve())
+    # Taken before the Prefect server starts, so a busy workspace fails in a second; the flow re-enters it.
+    with workspace_lock(paths, "tunegate run"), signals_interrupt():
+        from prefect.settings import PREFECT_API_URL
+
+        from flows.console_log import quiet_user_errors
+        from flows.ephemeral_api import prefect_api
+        from flows.pipeline import PipelineFailed, training_pipeline
+
+        if not debugging(args):
+            quiet_user_errors()
+        console.print(f"[bold]training_pipeline[/] on {paths.root} "
+                      f"(Prefect API: {PREFECT_API_URL.value() or 'a temporary server for this run'})", soft_wrap=True)
+        try:
+            with prefect_api():
+                outcomes = training_pipeline(overrides=args.set or None, project=str(paths.root))
+        except KeyboardInterrupt as stop:
+            errors.print(f"tunegate run interrupted{f' ({stop})' if str(stop) else ''}: stages that finished are "
+                         "recorded in dvc.lock; the stage that was running kept its last good outputs (an "
+                         "interrupted train resumes from its checkpoints in .tunegate/).", style="bold yellow")
+            return 130
+        except PipelineFailed as failed:
+            print_summary(failed.outcomes)
+            report_error(f"pipeline stopped at {failed.outcomes[-1].stage}", failed.cause, debugging(args))
+            return 1
     print_summary(outcomes)
     return 0
 
@@ -50,20 +96,28 @@ def print_summary(outcomes: list) -> None:
     table = Table(title="tunegate pipeline")
     for column in ("stage", "status", "duration", "key figure"):
         table.add_column(column)
-    colours = {"completed": "green", "skipped": "cyan", "failed": "red"}
+    colours = {"completed": "green", "skipped": "cyan", "failed": "red", "unrecorded": "yellow"}
     for o in outcomes:
         table.add_row(o.stage, f"[{colours[o.status]}]{o.status}[/]", f"{o.seconds:.1f} s", o.key_figure)
     console.print(table)
+    for o in outcomes:
+        if o.note:
+            errors.print(f"{o.stage}: {o.note}", style="yellow", markup=False, highlight=False)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    from flows.workspace import clear_failure_report, workspace_lock
     from tasks.core.config import load_config
     from tasks.core.paths import ArtifactPaths
     from tasks.core.stage import load_stage
 
     paths = ArtifactPaths(Path.cwd())
-    result = load_stage(args.name).fn(load_config(paths.params), paths)
+    # `dvc repro` runs this per stage (DVC sets DVC_STAGE): a flow running here makes it fail at once.
+    holder = f"tunegate stage {args.name}" + (" (dvc repro)" if "DVC_STAGE" in os.environ else "")
+    with workspace_lock(paths, holder):
+        result = load_stage(args.name).fn(load_config(paths.params), paths)
+        clear_failure_report(paths, args.name)
     console.print(f"[green]{args.name}[/]: {result.key_figure}")
     return 0
 
@@ -80,26 +134,37 @@ def cmd_data_default(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from tasks.core.config import load_config
-    from tasks.contracts.report import evidence, outcome_word, verdict, write_reports
+    from rich import box
+
+    from tasks.core.config import apply_overrides, parse_config, read_params
+    from tasks.contracts.report import check_name, evidence, outcome_word, verdict, write_reports
     from tasks.contracts.vet import vet_table
 
     root = Path.cwd()
-    cfg = load_config(root / "params.yaml")
+    # -S applies to this check only: params.yaml is read, never written.
+    cfg = parse_config(apply_overrides(read_params(root / "params.yaml"), args.set or []))
     source = Path(args.path)
     report = vet_table(source, root, cfg)
-    table = Table(title=f"{source}: {verdict(report)}")
-    for column in ("contract", "check", "column", "severity", "result", "evidence"):
-        table.add_column(column)
-    styles = {"pass": "green", "warn": "yellow", "FAIL": "bold red"}
-    for check in report["checks"]:
+    names = [check_name(c) for c in report["checks"]]
+    # Check names stay whole (no wrap, never squeezed); evidence wraps: fits an 80-column terminal.
+    console.print(f"{source}: {verdict(report)}", soft_wrap=True, markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("check", no_wrap=True, min_width=2 + max(map(len, names), default=5))
+    table.add_column("column", max_width=16, overflow="fold")
+    table.add_column("result", no_wrap=True)
+    table.add_column("evidence", overflow="fold", ratio=1)
+    styles = {"pass": "green", "warn": "yellow", "skip": "yellow", "FAIL": "bold red"}
+    suite = None
+    for check, name in zip(report["checks"], names):
+        if check.get("suite") != suite:  # one heading row per contract (raw data, drift, splits)
+            suite = check.get("suite")
+            table.add_row(f"[bold]{suite}[/]", end_section=False)
         word = outcome_word(check)
-        table.add_row(check.get("suite", ""), check["expectation"], str(check["column"] or ""), check["severity"],
-                      f"[{styles[word]}]{word}[/]", evidence(check))
+        table.add_row(f"  {name}", str(check["column"] or ""), f"[{styles[word]}]{word}[/]", evidence(check))
     console.print(table)
     for check in report["checks"]:
         for row in check.get("sample_rows", [])[:3]:
-            console.print(f"  {check['expectation']} ({check['column']}): {row}", markup=False, highlight=False)
+            console.print(f"  {check_name(check)} ({check['column']}): {row}", markup=False, highlight=False)
     if args.report_dir:
         write_reports(Path(args.report_dir), report)
         console.print(f"reports written to {args.report_dir}/report.json, .md, .html", soft_wrap=True)
@@ -108,15 +173,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
-    from tasks.serving.predict import PredictInputError, load_served_model, predict_file, predict_texts
+    from tasks.serving.predict import (PredictInputError, default_text_column, load_served_model, predict_file,
+                                       predict_texts)
 
     if bool(args.texts) == bool(args.input):
         raise PredictInputError("give texts as arguments or --input FILE (one of the two)")
     model = load_served_model(Path(args.model))
     if args.input:
         output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.csv")
-        rows = predict_file(model, Path(args.input), output, args.text_column, args.batch_size)
-        console.print(f"{rows} rows classified -> {output}", soft_wrap=True)
+        text_column = args.text_column or default_text_column(Path.cwd())
+        rows = predict_file(model, Path(args.input), output, text_column, args.batch_size)
+        console.print(f"{rows} rows classified (text column {text_column!r}) -> {output}", soft_wrap=True)
         return 0
     frame = predict_texts(model, args.texts, args.batch_size)
     prob_columns = [c for c in frame.columns if c.startswith("p_")]
@@ -144,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune, validate, evaluate, export and gate transformer text classifiers. "
                     "Run from the project root (where params.yaml and dvc.yaml live).",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks of expected errors (bad data, bad params) too; or TUNEGATE_DEBUG=1")
     sub = parser.add_subparsers(dest="command", required=True)
 
     overrides = argparse.ArgumentParser(add_help=False)
@@ -186,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "error-severity check fails (warnings do not fail). Writes nothing unless "
                                      "--report-dir is given.")
     vet.add_argument("path", help="the file (or folder of files) to check")
+    vet.add_argument("-S", "--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="override a value in params.yaml for this check only (params.yaml is not changed), "
+                          "e.g. -S data.split_column=split; repeatable")
     vet.add_argument("--report-dir", help="also write report.json, report.md and report.html here")
     vet.set_defaults(func=cmd_validate)
 
@@ -199,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="CSV, Parquet or JSONL file to classify instead of TEXT arguments")
     predict.add_argument("--output", help="where to write --input with predictions added (.csv or .jsonl; "
                                           "default: INPUT with suffix .predictions.csv)")
-    predict.add_argument("--text-column", default="text", help="text column of --input (default: text)")
+    predict.add_argument("--text-column", help="text column of --input (default: data.text_column of params.yaml "
+                                               "in the current folder; without one, text)")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per batch, grouped by length")
     predict.set_defaults(func=cmd_predict)
 
@@ -218,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TunegateError as exc:
-        report_error("error", exc)
+        report_error("error", exc, debugging(args))
         return 1
+    except KeyboardInterrupt:
+        errors.print(f"tunegate {args.command} interrupted", style="bold yellow")
+        return 130
 
 
 if __name__ == "__main__":

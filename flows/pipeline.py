@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 from prefect.states import Completed
 
+from flows.workspace import clear_failure_report, workspace_lock
 from tasks.core.config import STAGES, PipelineConfig, load_config, write_overrides
 from tasks.contracts.report import DataValidationError, render_markdown
 from tasks.core.dvc_cache import DvcStageCache
+from tasks.core.dvc_data import data_differences
+from tasks.core.io import recover_swaps
+from tasks.core.errors import TunegateError
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import load_stage, read_result
 
@@ -20,9 +27,20 @@ from tasks.core.stage import load_stage, read_result
 @dataclass(frozen=True)
 class StageOutcome:
     stage: str
-    status: str  # completed | skipped | failed
+    status: str  # completed | skipped | failed | unrecorded (completed, but not recorded in dvc.lock)
     seconds: float
     key_figure: str
+    note: str = ""  # why an unrecorded stage was not recorded
+
+
+class UntrackedDataChange(TunegateError):
+    """data/ differs from data.dvc: a run would train on data that DVC has not versioned."""
+
+    def __init__(self, differences: list[str]):
+        self.differences = differences
+        super().__init__(f"data/ differs from data.dvc ({'; '.join(differences)}): a run would train on data DVC "
+                         "has not versioned and record a data hash that is not in the DVC cache. Run `dvc add data` "
+                         "(and commit data.dvc), then run again.")
 
 
 class PipelineFailed(RuntimeError):
@@ -39,16 +57,32 @@ def report_skipped(stage: str):
     return Completed(name="Skipped", message=f"{stage}: outputs match dvc.lock")
 
 
+def _warn(message: str) -> None:
+    """A warning in the flow run's log (the Prefect UI), or this module's log outside a flow run."""
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message)
+
+
 def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcStageCache) -> StageOutcome:
-    """Run one stage unless DVC says it is up to date; record it in dvc.lock when it runs."""
+    """Run one stage unless DVC says it is up to date; record it in dvc.lock when it ran on the deps
+    and params it started with (a change while it ran leaves it unrecorded, so the next run reruns it)."""
     started = time.perf_counter()
     if cache.is_up_to_date(name):
         report_skipped(name)
+        clear_failure_report(paths, name)
         previous = read_result(paths, name)
         return StageOutcome(name, "skipped", time.perf_counter() - started,
                             previous.key_figure if previous else "")
+    deps_before = cache.dep_hashes(name)
     result = load_stage(name)(cfg, paths)
-    cache.record(name)
+    clear_failure_report(paths, name)
+    changes = cache.record(name, deps_before, cfg.dump())
+    if changes:
+        note = f"not recorded in dvc.lock: {'; '.join(changes)}. The next run reruns {name}."
+        _warn(f"{name}: {note}")
+        return StageOutcome(name, "unrecorded", time.perf_counter() - started, result.key_figure, note)
     return StageOutcome(name, "completed", time.perf_counter() - started, result.key_figure)
 
 
@@ -77,12 +111,26 @@ def training_pipeline(overrides: list[str] | None = None, project: str = ".") ->
     """validate -> prepare -> train -> evaluate -> export -> quantize -> gate, on the project at `project`.
 
     `overrides` are `section.key=value` strings written into params.yaml first, as `dvc exp run -S` does.
+    Holds the workspace lock throughout: another run, `tunegate stage` or `dvc repro` here fails clearly.
     """
     paths = ArtifactPaths(Path(project).resolve())
+    with workspace_lock(paths, "training_pipeline flow"):  # `tunegate run` holds it already, under its own name
+        return _run_pipeline(paths, overrides)
+
+
+def _run_pipeline(paths: ArtifactPaths, overrides: list[str] | None) -> list[StageOutcome]:
+    cache = DvcStageCache(paths.root)
+    cache.check_idle()  # a `dvc repro` in progress here holds DVC's lock: say so before touching anything
+    differences = data_differences(paths.root)
+    if differences:
+        raise UntrackedDataChange(differences)
+    # A run killed between the two renames of an output swap left the last good output under its .old name:
+    # put it back before DVC is asked what is up to date, so it counts as the output it is.
+    for restored in recover_swaps(paths.root / "artifacts"):
+        _warn(f"restored {restored.relative_to(paths.root)} (the last good output) after an interrupted swap")
     if overrides:
         write_overrides(paths.params, overrides)
     cfg = load_config(paths.params)
-    cache = DvcStageCache(paths.root)
     outcomes: list[StageOutcome] = []
     for name in STAGES:
         started = time.perf_counter()
@@ -92,6 +140,6 @@ def training_pipeline(overrides: list[str] | None = None, project: str = ".") ->
             outcomes.append(StageOutcome(name, "failed", time.perf_counter() - started, type(exc).__name__))
             publish_report(name, paths, exc)  # a failed contract's report is the one people need
             raise PipelineFailed(outcomes, exc) from exc
-        if outcomes[-1].status == "completed":
+        if outcomes[-1].status in ("completed", "unrecorded"):
             publish_report(name, paths)
     return outcomes

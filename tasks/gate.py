@@ -38,7 +38,8 @@ def render_report(decision: dict[str, Any]) -> str:
     candidate = decision.get("candidate", {})
     if candidate:
         lines += ["", f"Candidate: `{candidate['model']}` ({candidate['precision']}, "
-                      f"sha256 {candidate['sha256'][:12]}…), trained at git {candidate.get('git_sha') or 'unknown'}."]
+                      f"sha256 {candidate['sha256'][:12]}…), training run {candidate['train_run']} "
+                      "(its stamp: `artifacts/train/stamp.json`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -52,7 +53,9 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         "model": str(shipped.relative_to(paths.root)),
         "precision": quantization["chosen"],
         "sha256": file_sha256(shipped),
-        "git_sha": read_json(paths.train_stamp)["git"]["sha"],
+        # The run's fingerprint, not a git SHA: the commit holding dvc.lock is made after the run, so a
+        # SHA here would differ between the reference run and every clone that repeats it.
+        "train_run": read_json(paths.train_stamp)["run_fingerprint"],
     }
     failed = [c["check"] for c in decision["checks"] if not c["passed"]]
     key = decision["decision"] + (f" (failed: {', '.join(failed)})" if failed else "")

@@ -9,12 +9,13 @@ import pandas as pd
 
 from tasks.core.config import DataConfig, PipelineConfig, PrepareConfig
 from tasks.contracts.report import DataValidationError, write_failure_report, write_reports
-from tasks.core.data import load_dataset
+from tasks.core.data import SPLIT_ALIASES, load_dataset
 from tasks.core.errors import TunegateError
 from tasks.core.io import staged_dir, write_json
 from tasks.core.base_model import resolve_base_model
 from tasks.core.paths import ArtifactPaths
 from tasks.contracts.splits import SPLITS, TextKeys, key_pairs, split_contract
+from tasks.contracts.text import is_text
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.contracts.guard import require_validated
 
@@ -25,7 +26,16 @@ class PrepareError(TunegateError, ValueError):
 
 def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.DataFrame:
     """Rows of the wanted sources as columns `text` (str), `label` (index into data.labels) and, for
-    pre-split data, `split`."""
+    pre-split data, `split` (train/dev/test; validation and valid mean dev).
+
+    Data the raw contract would refuse (a missing column, a label outside data.labels, a text that is not a
+    string, an unknown split) raises PrepareError naming the problem and example values.
+    """
+    for setting, column in (("data.text_column", data.text_column), ("data.label_column", data.label_column),
+                            ("data.split_column", data.split_column)):
+        if column is not None and column not in df.columns:
+            raise PrepareError(f"{setting} {column!r} is not a column of the data (columns: "
+                               f"{', '.join(map(str, df.columns))})")
     if sources:
         if data.source_column is None or data.source_column not in df.columns:
             raise PrepareError("prepare.sources is set but data.source_column is missing from the data")
@@ -34,15 +44,31 @@ def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.D
             raise PrepareError(f"prepare.sources names sources absent from the data: {unknown}")
         df = df[df[data.source_column].astype(str).isin(sources)]
     label_index = {value: i for i, value in enumerate(data.labels)}
-    canonical = pd.DataFrame({
-        "text": df[data.text_column].astype(str).to_numpy(),
-        "label": df[data.label_column].map(label_index).astype("int64").to_numpy(),
-    })
+    labels = _lookup(df[data.label_column], label_index)
+    _refuse(df[data.label_column], labels.isna(), f"not in data.labels {list(data.labels)}")
+    texts = df[data.text_column]
+    _refuse(texts, ~is_text(texts), "texts that are not strings")
+    canonical = pd.DataFrame({"text": texts.to_numpy(dtype=object), "label": labels.astype("int64").to_numpy()})
     if data.split_column is not None:
-        if data.split_column not in df.columns:
-            raise PrepareError(f"data.split_column {data.split_column!r} is not a column of the data")
-        canonical["split"] = df[data.split_column].astype(str).to_numpy()
+        split = _lookup(df[data.split_column], SPLIT_ALIASES)
+        _refuse(df[data.split_column], split.isna(), f"splits other than {', '.join(SPLIT_ALIASES)}")
+        canonical["split"] = split.to_numpy(dtype=object)
     return canonical
+
+
+def _lookup(column: pd.Series, mapping: dict) -> pd.Series:
+    """Each value's entry in `mapping`; NaN where it has none (missing, unknown or nested values)."""
+    if not pd.api.types.is_object_dtype(column):
+        return column.map(mapping)  # vectorised; a typed column holds no nested values
+    return column.map(lambda v: mapping.get(v) if pd.api.types.is_scalar(v) and not pd.isna(v) else None)
+
+
+def _refuse(values: pd.Series, bad: pd.Series, what: str) -> None:
+    """Raise PrepareError when any row is bad, with the count and a few distinct example values."""
+    if bad.any():
+        examples = list(dict.fromkeys(repr(v) for v in values[bad.to_numpy()].head(100)))[:5]
+        raise PrepareError(f"{int(bad.sum())} row(s) of column {values.name!r} hold {what}: e.g. "
+                           f"{', '.join(examples)} (`tunegate validate` reports every such row)")
 
 
 def near_duplicate_groups(keys: TextKeys, pairs: pd.DataFrame) -> np.ndarray:
@@ -155,8 +181,8 @@ def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
     frame, report, dropped = checked_splits(canonical, cfg, paths.root)
     if not report["success"]:
-        write_failure_report(paths, "prepare", report)
-        raise DataValidationError(report)
+        folder = write_failure_report(paths, "prepare", report)
+        raise DataValidationError(report, where=folder / "report.md")
     splits = {name: frame.loc[frame["split"] == name, ["text", "label"]].reset_index(drop=True) for name in SPLITS}
     stats = {"sources": cfg.prepare.sources or "all", "dropped": dropped, "splits": split_stats(splits, cfg.data)}
     key = " / ".join(f"{len(splits[n])}" for n in SPLITS) + " rows (train/dev/test)"

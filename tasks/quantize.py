@@ -18,6 +18,7 @@ from tasks.core.metrics import classification_metrics, softmax
 from tasks.serving.files import MODEL_FILE, SERVING_FILE
 from tasks.serving.onnx_model import OnnxClassifier, copy_model, has_external_data, model_mb
 from tasks.core.paths import ArtifactPaths
+from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
 
 CALIBRATION_BATCH = 8  # texts per calibration batch
@@ -102,6 +103,17 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
             "fp32_nodes": excluded}
 
 
+TIMINGS = ("latency_ms_b1",)  # rung record fields measured with a clock
+
+
+def split_timings(rungs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Rung records without their timings (for quantization.json, DVC-tracked), and the timings by rung
+    (for the run record): a rerun on the same model must write the same quantization.json."""
+    kept = [{k: v for k, v in rung.items() if k not in TIMINGS} for rung in rungs]
+    timings = {rung["rung"]: {k: rung[k] for k in TIMINGS if k in rung} for rung in rungs}
+    return kept, {rung: figures for rung, figures in timings.items() if figures}
+
+
 def batch1_latency_ms(model: OnnxClassifier, texts: list[str]) -> float:
     """Median milliseconds for one text at a time (after one warm-up call)."""
     model.logits(texts[:1], 1)
@@ -115,7 +127,7 @@ def batch1_latency_ms(model: OnnxClassifier, texts: list[str]) -> float:
 
 def measure_rung(model: OnnxClassifier, test: pd.DataFrame, fp32_pred: np.ndarray, fp32_accuracy: float,
                  labels: list[str], cfg: QuantizeConfig) -> dict[str, Any]:
-    """Test accuracy, drop and agreement vs FP32, batch-1 latency, size; and whether it passes."""
+    """Test accuracy, drop and agreement vs FP32, batch-1 latency; and whether it passes."""
     texts = list(test["text"])
     probs = softmax(model.logits(texts, cfg.batch_size))
     accuracy = classification_metrics(test["label"].to_numpy(), probs, labels)["accuracy"]
@@ -132,7 +144,11 @@ def measure_rung(model: OnnxClassifier, test: pd.DataFrame, fp32_pred: np.ndarra
 
 def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: list[str], labels: list[str],
                  cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str]:
-    """Try rungs in order until one passes; returns every rung tried and the chosen model file in `work`."""
+    """Try rungs in order until one passes; returns every rung tried and the chosen model file in `work`.
+
+    Each record holds what the model decides (accuracy, agreement, size) and `latency_ms_b1`, a timing
+    that differs run to run: split_timings takes it out before the record is written to a tracked file.
+    """
     fp32 = OnnxClassifier(fp32_dir)
     # The tokenizer and serving files, so each candidate in `work` loads like a served folder.
     shutil.copytree(fp32_dir, work, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"), dirs_exist_ok=True)
@@ -170,6 +186,7 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         serving = read_json(int8_dir / SERVING_FILE)
         write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE})
         chosen = tried[-1]
+        rungs, timings = split_timings(tried)
         fp32_mb = model_mb(paths.onnx_dir / read_json(paths.onnx_dir / SERVING_FILE)["model_file"])
         report = {
             "chosen": chosen["rung"],
@@ -180,9 +197,11 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             "size_ratio": round(chosen["mb"] / fp32_mb, 4),
             "thresholds": {"max_accuracy_drop": cfg.quantize.max_accuracy_drop,
                            "min_agreement": cfg.quantize.min_agreement},
-            "rungs": tried,
+            "rungs": rungs,
         }
         write_json(out / "quantization.json", report)
         key = (f"{chosen['rung']}: acc {chosen['accuracy']:.4f} (drop {chosen['accuracy_drop']:+.4f}), "
-               f"{chosen['latency_ms_b1']:.1f} ms/text, {len(tried)} rung(s) tried")
-        return write_result(out, StageResult(stage="quantize", key_figure=key, chosen=chosen["rung"]))
+               f"{report['size_ratio']:.2f}x FP32 size, {len(tried)} rung(s) tried")
+        result = write_result(out, StageResult(stage="quantize", key_figure=key, chosen=chosen["rung"]))
+    write_run_record(paths, "quantize", {"chosen": chosen["rung"], "timings": timings})
+    return result

@@ -15,25 +15,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tasks.core.batching import length_sorted_batches
-from tasks.training.checkpoint import (load_latest, remove_checkpoints, restore_rng_states, rng_states, run_fingerprint,
-                              save_checkpoint)
+from tasks.training.checkpoint import (load_latest, remove_runs, restore_rng_states, rng_states, run_fingerprint,
+                                       save_checkpoint)
 from tasks.core.config import PipelineConfig, TrainConfig
 from tasks.core.io import file_sha256, staged_dir, write_json
 from tasks.training.loader import StepBatches, epoch_steps, step_loader
 from tasks.training.lora import add_lora, merge_lora, trainable_share
 from tasks.core.metrics import classification_metrics, softmax
 from tasks.core.base_model import resolve_base_model
-from tasks.training.modeling import bf16_enabled, pick_device, quiet_transformers
+from tasks.training.modeling import bf16_enabled, pick_device, quiet_transformers, require_safetensors
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
-from tasks.core.stamp import build_stamp
-from tasks.training.tokens import TokenizedTexts, tokenize, tokenizer_fingerprint
-from tasks.training.tracking import write_live
+from tasks.core.runlog import write_run_record
+from tasks.core.stamp import build_stamp, portable_provenance
+from tasks.training.tokens import TokenizedTexts, prune_token_cache, tokenize, tokenizer_fingerprint
+from tasks.training.tracking import LiveCurves, PrefectProgress, copy_curves, live_dir_note
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
 # train keys that do not change the result: editing them after a crash must not lose the checkpoints.
-HOUSEKEEPING_KEYS = {"checkpoint_every_steps", "keep_checkpoints", "dataloader_workers"}
+HOUSEKEEPING_KEYS = {"checkpoint_every_steps", "keep_checkpoints", "dataloader_workers", "token_cache_entries"}
 
 
 @dataclass
@@ -83,10 +84,12 @@ def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_transformers()
+    require_safetensors(base)
     seed_everything(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base,
+        use_safetensors=True,  # never pickled weights: a .bin file can run code when loaded
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
@@ -135,7 +138,7 @@ def evaluate_dev(model: Any, tokens: TokenizedTexts, labels: np.ndarray, cfg: Tr
                  device: torch.device) -> dict[str, float]:
     probs = softmax(tokens_logits(model, tokens, cfg.eval_batch_size, device))
     metrics = classification_metrics(labels, probs, label_names)
-    return {"dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"]}
+    return {"dev_accuracy": float(metrics["accuracy"]), "dev_macro_f1": float(metrics["macro_f1"])}
 
 
 def cpu_state(model: Any) -> dict[str, torch.Tensor]:
@@ -164,17 +167,20 @@ def optimizer_step(runner: Any, micro_batches: list, accelerator: Any, trainable
 
 def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame, cfg: TrainConfig,
         label_names: list[str], seed: int, device: torch.device, *, checkpoint_dir: Path | None = None,
-        token_cache: Path | None = None, accelerator: Any = None) -> TrainOutcome:
+        token_cache: Path | None = None, accelerator: Any = None, live_dir: Path | None = None) -> TrainOutcome:
     """Train for cfg.epochs (or until dev accuracy stalls), resuming from checkpoint_dir; keep the best epoch.
 
     Under `accelerate launch` every process trains on its shard of each step's batches (DDP averages the
-    gradients) and only the main process writes checkpoints.
+    gradients) and only the main process writes checkpoints, the dvclive curves in live_dir (step by step)
+    and the Prefect progress artifacts (inside a Prefect run).
     """
     accelerator = accelerator or make_accelerator(device)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     tok_hash = tokenizer_fingerprint(tokenizer)
     train_tokens = tokenize(tokenizer, list(train_df["text"]), cfg.max_length, token_cache, tok_hash)
     dev_tokens = tokenize(tokenizer, list(dev_df["text"]), cfg.max_length, token_cache, tok_hash)
+    if token_cache is not None and accelerator.is_main_process:  # the two keys just used are the newest
+        prune_token_cache(token_cache, cfg.token_cache_entries)
     labels = torch.tensor(train_df["label"].to_numpy(), dtype=torch.long)
     steps_per_epoch = len(epoch_steps(train_tokens.lengths, cfg, seed, 1, world, rank))
     if steps_per_epoch == 0:
@@ -208,6 +214,8 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
         runner = torch.compile(runner, dynamic=True)  # dynamic: every batch has its own padded length
     trainable = [p for p in model.parameters() if p.requires_grad]
     show = accelerator.is_main_process
+    curves = LiveCurves(live_dir, state.steps, state.history) if live_dir is not None and show else None
+    published = PrefectProgress(total_steps, state.global_step, enabled=show)
     with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show) as progress:
         log_every = max(1, int(total_steps * LOG_EVERY_FRACTION))
@@ -227,6 +235,9 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
                 state.steps.append({"step": state.global_step, "loss": loss_value, "lr": lr})
                 state.samples_seen += sum(len(t) for _, t in micro_batches) * world
                 state.train_seconds += time.perf_counter() - tick
+                if curves is not None:
+                    curves.log_step(state.steps[-1])
+                published.step(state.global_step)
                 status = f"epoch {state.epoch}/{cfg.epochs} loss {np.mean(state.epoch_losses[-20:]):.4f}"
                 progress.update(bar, completed=state.global_step, description=status)
                 if show and not console.is_terminal and state.global_step % log_every == 0:
@@ -236,7 +247,13 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
                 tick = time.perf_counter()
             best_state = end_epoch(state, model, best_state, dev_tokens, dev_df, cfg, label_names, device,
                                    progress.console if show else None)
+            if curves is not None:
+                curves.log_epoch(state.history[-1])
+            published.epoch(state.history)
             checkpoint()
+    if curves is not None:
+        curves.finish(state.best_dev_accuracy, state.best_epoch)
+    published.finish()
     return TrainOutcome(best_state=best_state, best_epoch=state.best_epoch, best_dev_accuracy=state.best_dev_accuracy,
                         history=state.history, steps=state.steps, samples_seen=state.samples_seen,
                         train_seconds=state.train_seconds, resumed_from=resumed_from, world_size=world,
@@ -266,6 +283,14 @@ def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor]
     return best_state
 
 
+def drop_checkpoints(finished: Path, root: Path) -> None:
+    """Delete a completed run's checkpoints and those of every other configuration (abandoned), naming the latter."""
+    for folder, size in remove_runs(finished.parent):
+        if folder != finished:
+            console.print(f"train: removed checkpoints of an abandoned configuration: "
+                          f"{folder.relative_to(root)} ({size / 1e6:.0f} MB)")
+
+
 def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int) -> dict[str, Any]:
     """Everything that determines the run's result: its checkpoints resume only into an identical run."""
     train = cfg.train.model_dump(mode="json", exclude=HOUSEKEEPING_KEYS)
@@ -279,6 +304,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Fine-tune train.base_model on the prepared splits; save the best epoch as a plain HF folder + stamp."""
     started = time.perf_counter()
     base, provenance = resolve_base_model(cfg.train.base_model, paths.root)
+    provenance = portable_provenance(provenance, cfg.train.base_model)  # stamp and fingerprint: no paths of this machine
     accelerator = make_accelerator(pick_device(cfg.train.device))
     device, main = accelerator.device, accelerator.is_main_process
     if main:
@@ -291,8 +317,11 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     train_df, dev_df = pd.read_parquet(paths.split("train")), pd.read_parquet(paths.split("dev"))
     identity = run_identity(cfg, paths, provenance, accelerator.num_processes)
     checkpoints = paths.checkpoints("train", run_fingerprint(identity))
+    live = paths.train_live_in_progress
+    if main:
+        console.print(f"train: curves while it runs: {live_dir_note(live, paths.root)}")
     outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, device,
-                  checkpoint_dir=checkpoints, token_cache=paths.token_cache, accelerator=accelerator)
+                  checkpoint_dir=checkpoints, token_cache=paths.token_cache, accelerator=accelerator, live_dir=live)
     model.load_state_dict(outcome.best_state)
     model = merge_lora(model)  # later stages load a plain transformers model
     seconds = time.perf_counter() - started
@@ -301,9 +330,15 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     if main:
         with staged_dir(paths.stage_dir("train")) as out:
             model.save_pretrained(out / "model")
+            # A call with truncation/padding leaves that state in a fast tokenizer, and save_pretrained
+            # writes it to tokenizer.json: clear it, or the saved folder depends on whether the token
+            # cache was hit (no call) or not.
+            if (backend := getattr(tokenizer, "backend_tokenizer", None)) is not None:
+                backend.no_truncation()
+                backend.no_padding()
             tokenizer.save_pretrained(out / "model")
             write_json(out / "history.json", outcome.history)
-            write_live(out / paths.train_live.name, outcome)
+            copy_curves(live, out / paths.train_live.name)
             write_json(out / "stamp.json", build_stamp(paths, cfg.dump(), paths.root / cfg.data.path, {
                 "stage": "train",
                 "base_model": provenance,
@@ -317,14 +352,19 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                                         * outcome.world_size,
                 "run_fingerprint": checkpoints.name,
                 "run_identity": identity,
-                "resumed_from": outcome.resumed_from,
                 "tokens_cache_keys": outcome.tokens_keys,
                 "best_epoch": outcome.best_epoch,
                 "optimizer_steps": len(outcome.steps),
-                "train_seconds": round(seconds, 1),
-                "samples_per_second": round(outcome.samples_seen / max(outcome.train_seconds, 1e-9), 1),
             }))
             write_result(out, result)
-        remove_checkpoints(checkpoints)  # the run is complete: nothing left to resume
+        # Times and this machine's paths: outside the tracked outputs, or every run would change dvc.lock.
+        write_run_record(paths, "train", {
+            "seconds": round(seconds, 1),
+            "samples_per_second": round(outcome.samples_seen / max(outcome.train_seconds, 1e-9), 1),
+            "resumed_from": outcome.resumed_from,
+            "base_model_folder": str(base),
+            "data_path": str((paths.root / cfg.data.path).resolve()),
+        })
+        drop_checkpoints(checkpoints, paths.root)  # the run is complete: nothing left to resume
     accelerator.wait_for_everyone()
     return result

@@ -20,8 +20,8 @@ def validate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """
     report = validate_table(paths.root, cfg)
     if not report["success"]:
-        write_failure_report(paths, "validate", report)
-        raise DataValidationError(report)
+        folder = write_failure_report(paths, "validate", report)
+        raise DataValidationError(report, where=folder / "report.md")
     passed = sum(c["success"] for c in report["checks"])
     key = f"{report['rows']} rows, {passed}/{len(report['checks'])} checks pass, {report['warnings']} warning(s)"
     with staged_dir(paths.stage_dir("validate")) as out:

@@ -33,8 +33,10 @@ BIN = Path(sys.executable).parent
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command with this venv's bin first on PATH (DVC stage commands need `tunegate`)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    """Run a command with this venv's bin first on PATH (DVC stage commands need `tunegate`) and the project's
+    own copy of tasks/ and flows/ first on the import path (the code its dvc.yaml deps hash is the code that runs)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -141,3 +143,43 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# A sitecustomize that makes `import torch` / `import transformers` (and their submodules) fail, and
+# logs every attempt: a command that tries and copes with the ImportError still counts as importing.
+_BLOCK_HEAVY = '''import os, sys
+class _BlockHeavy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            with open(os.environ["TUNEGATE_BLOCKED_LOG"], "a") as log:
+                log.write(name + "\\n")
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, _BlockHeavy())
+'''
+
+
+def tunegate_without_torch(args: list[str], cwd: Path, scratch: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the `tunegate` console script where torch and transformers cannot be imported;
+    returns the finished process and the modules it tried to import anyway."""
+    blocker = scratch / "block-heavy"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(_BLOCK_HEAVY)
+    log = scratch / "blocked-imports.log"
+    log.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(blocker), "TUNEGATE_BLOCKED_LOG": str(log), "COLUMNS": "200"}
+    done = subprocess.run([str(BIN / "tunegate"), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return done, log.read_text().split()
+
+
+def latest_artifact(key: str):
+    """The newest version of a Prefect artifact, read back through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no Prefect artifact {key!r}"
+    return found[0]

@@ -27,7 +27,7 @@ def test_each_stage_runs_its_own_cli_shell_and_depends_on_its_source():
     for name, stage in dvc_stages().items():
         assert stage["cmd"] == f"tunegate stage {name}"
         assert f"tasks/{name}.py" in stage["deps"]
-        assert name in stage["params"] or any(str(p).startswith(f"{name}") for p in stage["params"])
+        assert name in stage["params"] or any(str(p).startswith(f"{name}.") for p in stage["params"])
 
 
 # Modules that cannot change a stage's output, so editing them need not rerun stages.

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from tasks.core.data import DefaultDataConflict, default_data_source, materialise_default_data
+from tasks.core.config import DataConfig
+from tasks.core.data import DefaultDataConflict, default_data_source, materialise_default_data, read_dataset
 from tasks.core.io import DataFormatError, file_sha256, read_table
 
 
@@ -61,3 +62,29 @@ def test_read_table_names_unreadable_input(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataFormatError, match=name):
         read_table(tmp_path / name)
+
+
+DATA = DataConfig(path="data", text_column="text", label_column="label", labels=[0, 1], label_names=["a", "b"],
+                  source_column=None, split_column=None)
+
+
+def test_read_dataset_names_a_jsonl_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"text": "great film", "label": 1}\n[1, 2]\n')
+    with pytest.raises(DataFormatError, match=r"line 2 is a JSON list, not an object"):
+        read_dataset(path, DATA)
+
+
+def test_read_dataset_refuses_a_folder_whose_files_differ_in_the_configured_columns(tmp_path):
+    pd.DataFrame({"text": ["a"], "label": [0]}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"review": ["b"], "sentiment": [1]}).to_parquet(tmp_path / "two.parquet", index=False)
+    with pytest.raises(DataFormatError, match=r"one.csv has text, label .*two.parquet has none of them"):
+        read_dataset(tmp_path, DATA)
+    pd.DataFrame({"text": ["b"], "label": [1], "extra": [2]}).to_parquet(tmp_path / "two.parquet", index=False)
+    assert sorted(read_dataset(tmp_path, DATA)["text"]) == ["a", "b"], "other columns may differ"
+
+
+def test_read_dataset_reads_nested_parquet_values_as_they_are(tmp_path):
+    pd.DataFrame({"text": [["a", "b"]], "label": [{"x": 1}]}).to_parquet(tmp_path / "nested.parquet")
+    frame = read_dataset(tmp_path / "nested.parquet", DATA)
+    assert list(frame["text"][0]) == ["a", "b"], "the contract, not the reader, refuses non-string texts"

@@ -25,10 +25,19 @@ def drifted():
     return pd.concat([imdb[imdb.label == 1].head(240), imdb[imdb.label == 0].head(60)], ignore_index=True)
 
 
-def drift_cfg(tiny_model_dir, **validate_changes):
+def drift_cfg(tiny_model_dir, data=None, **validate_changes):
     raw = tiny_params(tiny_model_dir)
+    raw["data"].update(data or {})
     raw["validate"].update({"drift_reference": "last_data_commit", **validate_changes})
     return parse_config(raw)
+
+
+RELABELLED = {"labels": ["neg", "pos"], "label_names": ["negative", "positive"]}
+
+
+def relabelled(frame):
+    """The same rows with labels 0/1 written as neg/pos."""
+    return frame.assign(label=frame["label"].map({0: "neg", 1: "pos"}))
 
 
 def test_unchanged_data_shows_no_drift(make_project, tiny_model_dir):
@@ -76,7 +85,7 @@ def test_drift_from_the_committed_data_version_is_measured_and_warned(make_proje
 def test_drift_as_error_stops_validation(make_project, tiny_model_dir, drifted):
     root = make_project()
     drifted.to_csv(root / "data" / "movie_reviews.csv", index=False)
-    with pytest.raises(DataValidationError, match="drift_label_psi_at_most"):
+    with pytest.raises(DataValidationError, match=r"label drift \(PSI\)"):
         validate.fn(drift_cfg(tiny_model_dir, drift_severity="error"), ArtifactPaths(root))
 
 
@@ -94,3 +103,71 @@ def test_missing_reference_is_a_visible_warning(tmp_path, tiny_model_dir, review
     report = validate_table(tmp_path, drift_cfg(tiny_model_dir))  # not a git repository
     check = drift_checks(report)["drift_reference_available"]
     assert report["success"] and check["severity"] == "warning" and "git" in check["error"]
+
+
+def test_relabelled_but_identical_data_shows_no_label_drift(make_project, tiny_model_dir, reviews_frame):
+    root = make_project()  # committed with labels 0/1 (params.yaml at that commit says so)
+    relabelled(reviews_frame).to_csv(root / "data" / "movie_reviews.csv", index=False)
+    for data in (RELABELLED, {"labels": ["neg", "pos"], "label_names": ["bad", "good"]}):  # by name, by position
+        checks = drift_checks(validate_table(root, drift_cfg(tiny_model_dir, data)))
+        assert checks["drift_label_psi_at_most"]["success"] and checks["drift_label_psi_at_most"]["observed_value"] == 0
+
+
+def table_project(root, frame, reference):
+    """A folder with the suites, data/movie_reviews.csv = frame and reference.csv = reference (no git, no DVC)."""
+    (root / "data").mkdir()
+    (root / "expectations").symlink_to(REPO / "expectations")
+    frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    reference.to_csv(root / "reference.csv", index=False)
+    return root
+
+
+def test_a_reference_table_labelled_otherwise_skips_label_drift_with_the_reason(tmp_path, tiny_model_dir,
+                                                                               reviews_frame):
+    root = table_project(tmp_path, relabelled(reviews_frame), reviews_frame)  # reference labels 0/1
+    report = validate_table(root, drift_cfg(tiny_model_dir, RELABELLED, drift_reference="reference.csv"))
+    checks = drift_checks(report)
+    label = checks["drift_label_psi_at_most"]
+    assert report["success"] and label["skipped"] and label["severity"] == "warning"
+    assert "not in data.labels" in label["error"] and "not labelled like this data" in label["error"]
+    assert checks["drift_length_ks_at_most"]["success"] and not checks["drift_length_ks_at_most"].get("skipped")
+
+
+def test_a_label_typo_in_data_labels_is_named_not_a_drift_crash(tmp_path, tiny_model_dir, reviews_frame):
+    root = table_project(tmp_path, relabelled(reviews_frame), relabelled(reviews_frame))
+    cfg = drift_cfg(tiny_model_dir, {"labels": ["neg", "positive"], "label_names": ["negative", "positive"]},
+                    drift_reference="reference.csv")
+    report = validate_table(root, cfg)
+    failed = {c["name"]: c for c in report["checks"] if not c["success"]}
+    assert not report["success"] and failed["label in data.labels"]["unexpected_values"] == ["pos"]
+    assert failed["every class has rows"]["missing_values"] == ["positive"]
+    assert failed["label drift (PSI)"]["skipped"] and "not in data.labels" in failed["label drift (PSI)"]["error"]
+
+
+def test_a_changed_data_path_says_it_did_not_exist_at_the_reference_commit(make_project, tiny_model_dir,
+                                                                          reviews_frame):
+    root = make_project()
+    reviews_frame.to_json(root / "data" / "reviews.jsonl", orient="records", lines=True)
+    report = validate_table(root, drift_cfg(tiny_model_dir, {"path": "data/reviews.jsonl"}))
+    check = drift_checks(report)["drift_reference_available"]
+    assert report["success"] and check["severity"] == "warning"
+    assert check["error"].startswith("data/reviews.jsonl did not exist at commit ")
+    assert check["error"].endswith("(data.path changed since?)") and "cache" not in check["error"]
+
+
+def test_drift_on_data_that_failed_structural_checks_is_skipped_with_the_reason(tmp_path, tiny_model_dir,
+                                                                               reviews_frame):
+    from tasks.contracts.drift import drift_report
+
+    reviews_frame.to_csv(tmp_path / "reference.csv", index=False)
+    cfg = drift_cfg(tiny_model_dir, drift_reference="reference.csv")
+    current = reviews_frame.copy()
+    current.loc[[1, 2], "label"] = float("nan")
+    current.loc[3, "text"] = None
+    checks = drift_checks(drift_report(current, tmp_path, cfg.data, cfg.validate_))
+    assert {name: c.get("skipped") for name, c in checks.items()} == {
+        "drift_label_psi_at_most": True, "drift_length_ks_at_most": True, "drift_oov_rate_at_most": True}
+    assert "2 label(s) missing or not in data.labels" in checks["drift_label_psi_at_most"]["error"]
+    assert "1 text(s) missing or not strings" in checks["drift_oov_rate_at_most"]["error"]
+    without_text = drift_report(current.drop(columns="text"), tmp_path, cfg.data, cfg.validate_)
+    assert "column 'text' is missing" in drift_checks(without_text)["drift_length_ks_at_most"]["error"]

@@ -44,5 +44,5 @@ def test_evaluate_stage_writes_metrics_predictions_and_plots(staged_pipeline):
     assert metrics["rows"] == len(test) == len(predictions)
     assert metrics["accuracy"] == pytest.approx((predictions["predicted"] == predictions["label"]).mean())
     confusion = pd.read_csv(paths.stage_dir("evaluate") / "confusion.csv")
-    assert set(confusion["actual"]) <= set(cfg.data.label_names) and len(confusion) == len(test)
+    assert set(confusion["actual"]) == set(cfg.data.label_names) and len(confusion) == len(test)  # both in test
     assert (paths.stage_dir("evaluate") / "confusion.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 import json
 
 from tasks.core.config import GateConfig
+from tasks.core.io import file_sha256
 from tasks.gate import PROMOTE, REJECT, decide, render_report
 
 GATE = GateConfig(min_accuracy=0.8, min_macro_f1=0.75, max_quantization_drop=0.01)
@@ -28,10 +29,23 @@ def test_gate_thresholds_are_inclusive():
     assert decision["decision"] == PROMOTE
 
 
-def test_gate_stage_writes_decision_and_report(staged_pipeline):
-    _, paths = staged_pipeline
+def test_gate_stage_rejects_the_tiny_random_model_and_names_the_failed_checks(staged_pipeline):
+    cfg, paths = staged_pipeline
+    metrics = json.loads(paths.metrics.read_text())
+    # The setup: a random 2-layer model scores far below the shipping bar, and the first quantization
+    # rung is kept whatever it does (tiny params) while gate keeps the real bar on its drop.
+    assert metrics["accuracy"] < cfg.gate.min_accuracy and metrics["macro_f1"] < cfg.gate.min_macro_f1
+    quantization = json.loads(paths.quantization_report.read_text())
     decision = json.loads(paths.decision.read_text())
-    assert decision["decision"] in (PROMOTE, REJECT) and len(decision["checks"]) == 3
-    assert decision["candidate"]["model"] == "artifacts/quantize/onnx/model.onnx"
-    assert decision["candidate"]["precision"] == "dynamic_per_tensor"
-    assert (paths.stage_dir("gate") / "report.md").read_text().startswith(f"# Gate: {decision['decision']}")
+    assert decision["decision"] == REJECT
+    failed = {c["check"] for c in decision["checks"] if not c["passed"]}
+    expected = {"test accuracy", "test macro-F1"} | (
+        {"quantized accuracy drop"} if quantization["accuracy_drop"] > cfg.gate.max_quantization_drop else set())
+    assert failed == expected and len(decision["checks"]) == 3
+    stamp = json.loads(paths.train_stamp.read_text())
+    assert decision["candidate"] == {"model": "artifacts/quantize/onnx/model.onnx", "precision": "dynamic_per_tensor",
+                                     "sha256": file_sha256(paths.int8_dir / "model.onnx"),
+                                     "train_run": stamp["run_fingerprint"]}
+    report = (paths.stage_dir("gate") / "report.md").read_text()
+    assert report.startswith("# Gate: REJECT") and stamp["run_fingerprint"] in report
+    assert json.loads(paths.result("gate").read_text())["key_figure"].startswith("REJECT (failed: test accuracy")

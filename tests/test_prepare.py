@@ -90,3 +90,22 @@ def test_prepare_stage_writes_splits_and_stats(staged_pipeline):
     assert all(list(frame.columns) == ["text", "label"] for frame in splits.values())
     stats = (paths.stage_dir("prepare") / "stats.json").read_text()
     assert '"train"' in stats and '"negative"' in stats
+
+
+def test_to_canonical_reads_validation_and_valid_as_dev(reviews_frame, cfg):
+    data = cfg.data.model_copy(update={"split_column": "split"})
+    frame = reviews_frame.assign(split=["train", "validation", "valid", "test"] * (len(reviews_frame) // 4))
+    assert to_canonical(frame, data, [])["split"].value_counts().to_dict() == {"train": 110, "dev": 220, "test": 110}
+
+
+@pytest.mark.parametrize("defect,message", [
+    (lambda f: f.drop(columns="label"), "data.label_column 'label' is not a column of the data"),
+    (lambda f: f.assign(label=f["label"].where(f.index != 4, 7)), "1 row(s) of column 'label' hold not in data.labels"),
+    (lambda f: f.assign(label=f["label"].astype(float).where(f.index != 4)), "column 'label' hold not in data.labels"),
+    (lambda f: f.assign(text=f["text"].astype(object).where(f.index != 2, 5)), "1 row(s) of column 'text' hold texts"),
+    (lambda f: f.assign(split="holdout"), "splits other than train, dev, validation, valid, test: e.g. 'holdout'"),
+])
+def test_to_canonical_refuses_defects_with_the_problem_named(reviews_frame, cfg, defect, message):
+    data = cfg.data.model_copy(update={"split_column": "split"})
+    with pytest.raises(PrepareError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        to_canonical(defect(reviews_frame.assign(split="train")), data, [])

@@ -23,6 +23,25 @@ def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
     assert served.model_file == "model.onnx" and served.logits(["fine"], 1).shape == (1, 2)
 
 
+def test_quantization_report_keeps_timings_out_and_the_run_record_keeps_them(staged_pipeline):
+    _, paths = staged_pipeline
+    report = json.loads(paths.quantization_report.read_text())
+    assert all("latency_ms_b1" not in rung for rung in report["rungs"]), "a timing would change the report each run"
+    assert set(report["rungs"][0]) >= {"rung", "method", "accuracy", "accuracy_drop", "agreement", "passed", "mb"}
+    record = json.loads(paths.run_record("quantize").read_text())
+    assert record["chosen"] == report["chosen"] and record["timings"][report["chosen"]]["latency_ms_b1"] > 0
+    assert "ms" not in json.loads(paths.result("quantize").read_text())["key_figure"]
+
+
+def test_split_timings_takes_clock_readings_out_of_rung_records():
+    rungs = [{"rung": "dynamic_per_tensor", "accuracy": 0.9, "latency_ms_b1": 3.2, "passed": False},
+             {"rung": "fp32", "error": "ValueError: no", "passed": False}]
+    kept, timings = stage.split_timings(rungs)
+    assert kept == [{"rung": "dynamic_per_tensor", "accuracy": 0.9, "passed": False},
+                    {"rung": "fp32", "error": "ValueError: no", "passed": False}]
+    assert timings == {"dynamic_per_tensor": {"latency_ms_b1": 3.2}}
+
+
 @pytest.mark.parametrize("rung", [r for r in QUANTIZATION_RUNGS])
 def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     cfg, paths = staged_pipeline

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.config import parse_config
-from tasks.contracts.report import DataValidationError
+from tasks.contracts.report import DataValidationError, evidence
 from tasks.contracts.near_dup import NearDuplicateSettings, jaccard, near_duplicate_pairs, word_shingles
 from tasks.core.paths import ArtifactPaths
 from tasks.prepare import make_splits, prepare, to_canonical
@@ -122,6 +122,9 @@ def test_token_length_contract_bounds_the_truncated_share(tiny_model_dir, review
     overall = profile[-1]
     assert overall["split"] == "all" and overall["truncated_share"] == pytest.approx(check["observed_value"])
     assert overall["p50"] < cfg.train.max_length < overall["max"]
+    said = evidence(check)  # what the terminal table and the error message show
+    assert "(at most 0.05)" in said and "longer than train.max_length = 32 tokens" in said
+    assert "raise train.max_length (e.g. -S train.max_length=" in said
 
 
 def test_failed_prepare_contract_keeps_the_last_good_splits(staged_pipeline, tiny_model_dir):
@@ -129,7 +132,7 @@ def test_failed_prepare_contract_keeps_the_last_good_splits(staged_pipeline, tin
     strict = tiny_params(tiny_model_dir)
     strict["prepare"]["min_rows_per_class"] = 10_000
     before = {p: p.read_bytes() for p in paths.stage_dir("prepare").rglob("*") if p.is_file()}
-    with pytest.raises(DataValidationError, match="expect_column_values_to_be_between"):
+    with pytest.raises(DataValidationError, match=r"enough rows per class \[rows\]"):
         prepare.fn(parse_config(strict), paths)
     after = {p: p.read_bytes() for p in paths.stage_dir("prepare").rglob("*") if p.is_file()}
     assert after == before

@@ -24,3 +24,8 @@ def test_normalise_reads_chunked_arrow_columns():
 
     chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["A  b"], ["C"]])))
     assert normalise_texts(chunked).to_pylist() == ["a b", "c"]
+
+
+def test_normalise_reads_nested_values_as_their_text():
+    texts = pd.Series([np.array(["A", "b"]), {"t": "X"}, ["Y"], None], dtype=object)
+    assert normalise_texts(texts).to_pylist() == ["['a' 'b']", "{'t': 'x'}", "['y']", None]

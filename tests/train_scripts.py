@@ -1,8 +1,9 @@
 """Training runs in their own processes, for tests that kill a run or launch several ranks.
 
     python tests/train_scripts.py resume WORK SECONDS_PER_FORWARD
-        fit() on WORK/{params.json,train.parquet,dev.parquet} with checkpoints in WORK/checkpoints;
-        writes WORK/result.pt (final and best weights, history, per-step log, resumed_from).
+        fit() on WORK/{params.json,train.parquet,dev.parquet} with checkpoints in WORK/checkpoints and
+        dvclive curves in WORK/live; writes WORK/result.pt (final and best weights, history, per-step log,
+        resumed_from).
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_scripts.py stage ROOT
         the train stage shell on project ROOT (params in ROOT/params.json); each rank records its final
         weights in ROOT/rank<i>.pt and every artifact or checkpoint write it made in ROOT/writes-rank<i>.json.
@@ -32,7 +33,7 @@ def resume(work: Path, seconds_per_forward: float) -> None:
         model.register_forward_pre_hook(lambda *_: time.sleep(seconds_per_forward))
     outcome = fit(model, tokenizer, pd.read_parquet(work / "train.parquet"), pd.read_parquet(work / "dev.parquet"),
                   cfg.train, cfg.data.label_names, cfg.seed, torch.device("cpu"),
-                  checkpoint_dir=work / "checkpoints", token_cache=work / "tokens")
+                  checkpoint_dir=work / "checkpoints", token_cache=work / "tokens", live_dir=work / "live")
     torch.save({"final": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 "best": outcome.best_state, "history": outcome.history, "steps": outcome.steps,
                 "resumed_from": outcome.resumed_from}, work / "result.pt")
@@ -51,7 +52,7 @@ def stage(root: Path) -> None:
             return original(*args, **kwargs)
         return wrapped
 
-    for name in ("staged_dir", "save_checkpoint", "write_live", "remove_checkpoints"):
+    for name in ("staged_dir", "save_checkpoint", "LiveCurves", "copy_curves", "drop_checkpoints"):
         setattr(train_module, name, record(name, getattr(train_module, name)))
     original_fit, finals = train_module.fit, {}
 

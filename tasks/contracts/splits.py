@@ -162,4 +162,17 @@ def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg
                   "max_class_share_delta": cfg.prepare.max_class_share_delta,
                   "max_truncated_share": cfg.prepare.max_truncated_share}
     checks = run_suite({"rows": rows, "classes": classes}, spec, parameters, cfg.validate_.sample_bad_rows)
+    if tokenizer_dir is not None:
+        checks = [with_truncation_hint(c, tokens, cfg) for c in checks]
     return make_report(SUITE, len(rows), list(rows.columns), checks, profile)
+
+
+def with_truncation_hint(check: dict[str, Any], tokens: np.ndarray, cfg: PipelineConfig) -> dict[str, Any]:
+    """A failed truncated-share check with how many rows are cut and the settings that fix it."""
+    if check["success"] or check["column"] != "truncated" or not len(tokens):
+        return check
+    cut = int(np.sum(tokens > cfg.train.max_length))
+    p99 = int(np.ceil(np.percentile(tokens, 99)))
+    return {**check, "hint": f"{cut} of {len(tokens)} rows are longer than train.max_length = {cfg.train.max_length} "
+                             f"tokens (p99 {p99}): raise train.max_length (e.g. -S train.max_length={p99}) "
+                             f"or prepare.max_truncated_share"}

@@ -13,14 +13,26 @@ import pyarrow.compute as pc
 UNEVEN_WHITESPACE = r"  |[\t\n\x0b\f\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 
 
+def is_missing(value: object) -> bool:
+    """True for None, NaN, NA and NaT; False for any other value, lists and arrays included."""
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+
+def is_text(texts: pd.Series) -> pd.Series:
+    """Per value: True when it is a string (missing values and every other type: False)."""
+    if pd.api.types.is_string_dtype(texts) and not pd.api.types.is_object_dtype(texts):
+        return texts.notna()  # a str column holds only strings and missing values
+    return texts.map(lambda v: isinstance(v, str)).astype(bool)
+
+
 def as_text_array(texts: Iterable[object]) -> pa.Array:
     """Texts as one arrow large_string array: missing values null, other non-strings as their str()."""
     if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
         try:  # a str column (or an all-string object column) converts without a Python loop
             texts = pa.array(texts if isinstance(texts, pd.Series) else list(texts), type=pa.large_string(),
                              from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            texts = pa.array([None if pd.isna(t) else str(t) for t in texts], type=pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            texts = pa.array([None if is_missing(t) else str(t) for t in texts], type=pa.large_string())
     if isinstance(texts, pa.ChunkedArray):  # arrow-backed pandas columns may come in chunks
         texts = texts.combine_chunks()
     return texts.cast(pa.large_string())

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import PipelineConfig
-from tasks.contracts.report import make_report, merge_reports, plain_check, unreadable_report
+from tasks.contracts.report import make_report, merge_reports, plain_check, skipped_check, unreadable_report
 from tasks.core.data import read_dataset
 from tasks.core.io import DataFormatError
-from tasks.prepare import checked_splits, to_canonical
+from tasks.prepare import PrepareError, checked_splits, to_canonical
 from tasks.contracts.raw import raw_data_report
+
+SPLIT_CHECK, SPLIT_NAME = "split_contract", "split contract"
 
 
 def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
@@ -20,12 +22,15 @@ def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
         df = read_dataset(source, cfg.data)
     except DataFormatError as exc:
         return unreadable_report(source, exc)
-    raw = raw_data_report(df, root, cfg)
+    raw = raw_data_report(df, root, cfg, source)
     if not raw["success"]:
-        skipped = plain_check("splits", "split_contract", "warning", False,
-                              error="not run: the raw-data contract failed")
+        skipped = skipped_check("splits", SPLIT_CHECK, SPLIT_NAME, "the raw-data contract failed")
         return merge_reports(raw, make_report("splits", raw["rows"], raw["columns"], [skipped]))
     has_sources = cfg.data.source_column is not None and cfg.data.source_column in df.columns
-    canonical = to_canonical(df, cfg.data, cfg.prepare.sources if has_sources else [])
+    try:
+        canonical = to_canonical(df, cfg.data, cfg.prepare.sources if has_sources else [])
+    except PrepareError as exc:  # e.g. prepare.sources names a source this file lacks
+        failed = plain_check("splits", SPLIT_CHECK, "error", False, name=SPLIT_NAME, error=str(exc))
+        return merge_reports(raw, make_report("splits", raw["rows"], raw["columns"], [failed]))
     _, splits_report, _ = checked_splits(canonical, cfg, root)
     return merge_reports(raw, splits_report)

@@ -108,6 +108,7 @@ class TrainConfig(_Section):
     dataloader_workers: int | None = Field(ge=0)
     checkpoint_every_steps: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
+    token_cache_entries: int = Field(ge=2)  # a run reads two entries (train, dev)
     method: Literal["full", "lora"]
     lora: LoraConfig
 
@@ -232,16 +233,89 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def write_overrides(path: Path, overrides: list[str]) -> None:
-    """Apply overrides to params.yaml itself (as `dvc exp run -S` does), keeping its comments.
+    """Apply overrides to params.yaml itself (as `dvc exp run -S` does), changing only the overridden values.
 
     Writing them there keeps dvc.lock truthful: the params a stage ran with are the file's.
     """
-    parse_config(apply_overrides(read_params(path), overrides))  # fail before writing anything
+    text = path.read_text(encoding="utf-8")
+    expected = apply_overrides(read_params(path), overrides)
+    parse_config(expected)  # fail before writing anything
+    for item in overrides:
+        text = _edit_value(text, item)
+    if text is None or _yaml().load(text) != expected:
+        text = _round_trip_dump(path, overrides)  # a layout the in-place edit cannot handle
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _edit_value(text: str | None, item: str) -> str | None:
+    """`text` with one override's value replaced where it stands (comments, quoting and the layout of
+    every other line kept), or None when its layout is not one this edit handles."""
+    from ruamel.yaml.nodes import CollectionNode, MappingNode
+
+    if text is None:
+        return None
+    key, _, value = item.partition("=")
+    node = _yaml(round_trip=True).compose(text)
+    key_node = None
+    for part in key.strip().split("."):
+        if not isinstance(node, MappingNode):
+            return None
+        matches = [(k, v) for k, v in node.value if k.value == part]
+        if len(matches) != 1:
+            return None
+        key_node, node = matches[0]
+    start, end = node.start_mark.index, node.end_mark.index
+    colon = text.find(":", key_node.end_mark.index)
+    if isinstance(node, CollectionNode) and not node.flow_style:
+        # A block collection becomes a flow one on the key's line; a comment on that line stays.
+        end = len(text[:end].rstrip())
+        key_line_end = text.find("\n", colon)
+        comment = text[colon + 1:key_line_end].strip() if 0 <= key_line_end < start else ""
+        start, prefix, suffix = colon + 1, " ", f"  {comment}" if comment.startswith("#") else ""
+    elif start == end:  # `key:` with no value (null): the value goes after the colon
+        start = end = colon + 1
+        prefix, suffix = " ", ""
+    else:
+        prefix, suffix = "", ""
+    wanted = _yaml().load(value)
+    for rendering in (value.strip(), _flow(wanted)):
+        if "\n" in rendering:
+            continue
+        edited = text[:start] + prefix + rendering + suffix + _keep_comment_column(text[end:], end - start,
+                                                                                    len(prefix + rendering))
+        if _yaml().load(edited) == apply_overrides(_yaml().load(text), [item]):
+            return edited
+    return None
+
+
+def _keep_comment_column(rest: str, old_width: int, new_width: int) -> str:
+    """The text after an edited value, with the spaces before a same-line comment adjusted so the
+    comment stays in its column (at least one space before it)."""
+    gap = len(rest) - len(rest.lstrip(" "))
+    if not rest[gap:].startswith("#") or gap == 0:
+        return rest
+    return " " * max(1, gap + old_width - new_width) + rest[gap:]
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML 1.2 (flow style)."""
+    emitter = _yaml()
+    emitter.default_flow_style = True
+    buffer = io.StringIO()
+    emitter.dump(value, buffer)
+    return buffer.getvalue().removesuffix("\n...\n").strip()
+
+
+def _round_trip_dump(path: Path, overrides: list[str]) -> str:
+    """params.yaml with the overrides, re-emitted by ruamel's round trip (comments kept, `null` written out)."""
     editor = _yaml(round_trip=True)
+    editor.width = 4096  # keep flow lists on one line rather than reflowing them at 80 columns
+    editor.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = editor.load(path.read_text(encoding="utf-8"))
     _set_keys(doc, overrides)
     buffer = io.StringIO()
     editor.dump(doc, buffer)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(path)
+    return buffer.getvalue()

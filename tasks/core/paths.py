@@ -32,9 +32,18 @@ class ArtifactPaths:
         """Scratch that must outlive a stage run and `dvc repro` (which deletes outs first): git- and dvc-ignored."""
         return self.root / ".tunegate"
 
+    @property
+    def run_lock(self) -> Path:
+        """flock'ed by whoever runs stages here (`tunegate run`, `tunegate stage`); names its holder."""
+        return self.work_dir / "run.lock"
+
     def checkpoints(self, stage: str, fingerprint: str) -> Path:
         """Resumable checkpoints of one run (fingerprint = hash of everything that determines it)."""
         return self.work_dir / "checkpoints" / stage / fingerprint
+
+    def run_record(self, stage: str) -> Path:
+        """What the stage's last run measured and where it ran (times, host, paths): never DVC-tracked."""
+        return self.work_dir / "runs" / f"{stage}.json"
 
     @property
     def token_cache(self) -> Path:
@@ -63,6 +72,11 @@ class ArtifactPaths:
     def train_live(self) -> Path:
         """dvclive output: per-step loss and learning rate, per-epoch dev metrics (DVC metrics + plots)."""
         return self.stage_dir("train") / "live"
+
+    @property
+    def train_live_in_progress(self) -> Path:
+        """The curves of the train run in progress (scratch; train_live is the tracked copy of a finished run)."""
+        return self.work_dir / "live" / "train"
 
     # evaluate
     @property

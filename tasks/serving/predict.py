@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.core.config import load_config
 from tasks.core.errors import TunegateError
 from tasks.core.io import atomic_file, read_table
 from tasks.core.metrics import softmax
@@ -13,8 +14,18 @@ from tasks.serving.files import SERVING_FILE
 from tasks.serving.onnx_model import OnnxClassifier
 
 
+# `--text-column` outside a project (no params.yaml to take data.text_column from).
+FALLBACK_TEXT_COLUMN = "text"
+
+
 class PredictInputError(TunegateError):
     """No texts to classify, a model folder that is not a served one, or an unusable input file."""
+
+
+def default_text_column(project: Path) -> str:
+    """data.text_column of the project's params.yaml when there is one, else `text`."""
+    params = project / "params.yaml"
+    return load_config(params).data.text_column if params.is_file() else FALLBACK_TEXT_COLUMN
 
 
 def load_served_model(folder: Path) -> OnnxClassifier:

@@ -9,6 +9,11 @@ import numpy as np
 import torch
 
 from tasks.core.batching import length_sorted_batches
+from tasks.core.errors import TunegateError
+
+
+class UnsafeWeightsError(TunegateError):
+    """A model folder has no safetensors weights (only pickled ones, which can run code when loaded)."""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -47,11 +52,24 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def require_safetensors(model: str | Path) -> None:
+    """Refuse a local model folder without *.safetensors weights (a hub id is checked by from_pretrained)."""
+    folder = Path(model)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) or ["no weights file"]
+        raise UnsafeWeightsError(
+            f"{folder} has no safetensors weights ({', '.join(pickled)}); tunegate loads only safetensors, "
+            "since pickled weights can run code when loaded. Convert it once, on a machine where you trust "
+            "it: load it with transformers and save_pretrained() it (which writes model.safetensors)")
+
+
 def load_classifier(model_dir: Path, device: torch.device, **options: Any) -> tuple[Any, Any]:
     """The fine-tuned model and tokenizer saved by the train stage (options go to from_pretrained)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_transformers()
+    require_safetensors(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, **options).to(device)
+    # safetensors only: pickled (.bin) weights can run code when loaded.
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, **options).to(device)
     return model, tokenizer

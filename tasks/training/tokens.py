@@ -56,7 +56,13 @@ class TokenizedTexts:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of everything that decides token ids: the full tokenizer definition (vocab, rules, specials)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # Without truncation and padding: each call sets them (max_length is part of the cache key), so they
+        # hold the last call's settings and would give the same tokenizer another hash after every use.
+        definition = json.loads(backend.to_str())
+        spec = json.dumps({k: v for k, v in definition.items() if k not in ("truncation", "padding")}, sort_keys=True)
+    else:
+        spec = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([type(tokenizer).__name__, tokenizer.padding_side, tokenizer.pad_token_id], default=str)
     return hashlib.sha256((spec + extra).encode()).hexdigest()
 
@@ -77,6 +83,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, cache_dir: Path 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     path = cache_dir / f"{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
+        os.utime(path)  # mtime = last use: prune_token_cache keeps the most recently used keys
         with np.load(path) as stored:
             flat = {name[len("flat_"):]: stored[name] for name in stored.files if name.startswith("flat_")}
             return TokenizedTexts(flat, stored["offsets"], pad_id, pad_left, key)
@@ -92,3 +99,14 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, cache_dir: Path 
             handle.flush()
             os.fsync(handle.fileno())
     return TokenizedTexts(flat, offsets, pad_id, pad_left, key)
+
+
+def prune_token_cache(cache_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` most recently used cache entries (by mtime, which a read refreshes); returns them."""
+    if not cache_dir.is_dir():
+        return []
+    entries = sorted(cache_dir.glob("*.npz"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    stale = entries[:-keep]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -1,0 +1,50 @@
+"""Run records: what one run of a stage measured and where it ran, kept outside every DVC-tracked output.
+
+Times, latencies, host names, absolute paths and the git state differ from run to run and from clone
+to clone; in a tracked output they would change dvc.lock and rerun every later stage. They go to
+.tunegate/runs/<stage>.json (git- and DVC-ignored), overwritten by each run.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.core.io import write_json
+from tasks.core.paths import ArtifactPaths
+
+
+def git_revision(root: Path) -> dict[str, Any]:
+    """Commit SHA and whether the work tree had uncommitted changes (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def write_run_record(paths: ArtifactPaths, stage: str, measured: dict[str, Any]) -> Path:
+    """Write .tunegate/runs/<stage>.json: when, where (host, platform, project folder, git) and `measured`."""
+    record = {
+        "stage": stage,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.executable,
+        "project": str(paths.root.resolve()),
+        "git": git_revision(paths.root),
+        **measured,
+    }
+    path = paths.run_record(stage)
+    write_json(path, record)
+    return path
