@@ -48,7 +48,10 @@ def last_data_commit(root: Path) -> str:
         done = subprocess.run(["git", "log", "-1", "--format=%H", "--", "data.dvc"], cwd=root,
                               capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise DriftReferenceUnavailable(f"cannot read git history in {root}: {exc}") from exc
+        why = (exc.stderr or "").strip().splitlines()[-1:] if isinstance(exc, subprocess.CalledProcessError) else [str(exc)]
+        raise DriftReferenceUnavailable(f"no git history here ({'; '.join(why) or 'git failed'}): the reference "
+                                        "last_data_commit needs one; set validate.drift_reference to a table "
+                                        "path or none") from exc
     if not done.stdout.strip():
         raise DriftReferenceUnavailable("no commit has changed data.dvc yet")
     return done.stdout.strip()
