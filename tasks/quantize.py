@@ -16,7 +16,7 @@ from tasks.core.config import PipelineConfig, QuantizeConfig
 from tasks.core.io import read_json, staged_dir, write_json
 from tasks.core.metrics import classification_metrics, softmax
 from tasks.serving.files import MODEL_FILE, SERVING_FILE
-from tasks.serving.onnx_model import OnnxClassifier, copy_model, has_external_data, model_mb
+from tasks.serving.onnx_model import CPU, OnnxClassifier, copy_model, has_external_data, model_mb
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
@@ -24,6 +24,10 @@ from tasks.core.stage import StageResult, stage_task, write_result
 CALIBRATION_BATCH = 8  # texts per calibration batch
 STATIC_METHODS = {"static_minmax": "MinMax", "static_entropy": "Entropy", "static_percentile": "Percentile"}
 QUANTIZED_OPS = ("MatMul", "Gemm", "Attention")
+# INT8 models are CPU-serving artifacts (the dynamic rungs' MatMulInteger, QAttention and DynamicQuantizeLinear
+# have no CUDA kernels): every session here, and the shipped folder, runs on CPU, so the accuracy and latency
+# measured describe CPU serving on any host.
+SERVING_TARGET = "cpu"
 
 
 def weight_sqnr(weights: np.ndarray) -> float:
@@ -93,7 +97,8 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
         return {"method": f"dynamic INT8 weights, {'per-channel' if per_channel else 'per-tensor'}"}
     excluded = sensitive_nodes(source, cfg.sensitive_nodes) if rung == "static_sensitive_fp32" else []
     method = STATIC_METHODS.get(rung, "MinMax")
-    reader = _CalibrationReader(OnnxClassifier(source.parent, model_file=source.name), calibration)
+    reader = _CalibrationReader(OnnxClassifier(source.parent, model_file=source.name, target=SERVING_TARGET),
+                                calibration)
     quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     op_types_to_quantize=["MatMul", "Gemm", "Gather"],  # compute + embeddings; not masks
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -149,7 +154,7 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
     Each record holds what the model decides (accuracy, agreement, size) and `latency_ms_b1`, a timing
     that differs run to run: split_timings takes it out before the record is written to a tracked file.
     """
-    fp32 = OnnxClassifier(fp32_dir)
+    fp32 = OnnxClassifier(fp32_dir, target=SERVING_TARGET)
     # The tokenizer and serving files, so each candidate in `work` loads like a served folder.
     shutil.copytree(fp32_dir, work, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"), dirs_exist_ok=True)
     fp32_probs = softmax(fp32.logits(list(test["text"]), cfg.batch_size))
@@ -163,8 +168,8 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
         except Exception as exc:  # noqa: BLE001 - a rung that cannot be built is a failed rung, recorded
             tried.append({**record, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
-        record.update(measure_rung(OnnxClassifier(work, model_file=target.name), test, fp32_probs.argmax(axis=1),
-                                   fp32_accuracy, labels, cfg))
+        candidate = OnnxClassifier(work, model_file=target.name, target=SERVING_TARGET)
+        record.update(measure_rung(candidate, test, fp32_probs.argmax(axis=1), fp32_accuracy, labels, cfg))
         record["mb"] = model_mb(target)
         tried.append(record)
         if record["passed"]:
@@ -184,7 +189,7 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         shutil.copytree(work, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
         copy_model(work / chosen_file, int8_dir / MODEL_FILE)
         serving = read_json(int8_dir / SERVING_FILE)
-        write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE})
+        write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE, "providers": [CPU]})
         chosen = tried[-1]
         rungs, timings = split_timings(tried)
         fp32_mb = model_mb(paths.onnx_dir / read_json(paths.onnx_dir / SERVING_FILE)["model_file"])

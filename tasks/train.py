@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from tasks.training.loader import StepBatches, epoch_steps, step_loader
 from tasks.training.lora import add_lora, merge_lora, trainable_share
 from tasks.core.metrics import classification_metrics, softmax
 from tasks.core.base_model import resolve_base_model
-from tasks.training.modeling import bf16_enabled, pick_device, quiet_transformers, require_safetensors
+from tasks.training.modeling import (DeviceMismatchError, bf16_enabled, choose_device, deterministic_algorithms,
+                                     precision, quiet_transformers, require_safetensors)
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.core.runlog import write_run_record
@@ -89,6 +91,7 @@ def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base,
+        dtype=torch.float32,  # fp32 master weights (bf16 only inside autocast), whatever dtype the folder stores
         use_safetensors=True,  # never pickled weights: a .bin file can run code when loaded
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
@@ -97,11 +100,35 @@ def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]
     return model, tokenizer
 
 
-def make_accelerator(device: torch.device) -> Any:
-    """The process group of `accelerate launch` (or a single process); we do autocast ourselves."""
-    from accelerate import Accelerator
+def launched() -> bool:
+    """True under `accelerate launch` / torchrun with several processes (their process group is live)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    return Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+
+def make_accelerator(device: torch.device) -> Any:
+    """The process group of `accelerate launch` (or a single process) on `device`; we do autocast ourselves."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    live = PartialState._shared_state.get("device")
+    if live is not None and live.type != device.type and not launched():
+        # accelerate keeps one state per process: without a reset a CPU run after a CUDA one raises, and a
+        # CUDA run after a CPU one silently stays on the CPU.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+    if accelerator.device.type != device.type:
+        raise DeviceMismatchError(f"asked to train on {device} but accelerate placed this process on "
+                                  f"{accelerator.device} (a launcher's settings, or CUDA not usable here)")
+    return accelerator
+
+
+def main_process_value(accelerator: Any, value: Any) -> Any:
+    """`value` as the main process has it, on every process: decisions that stop the loop must agree under DDP."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int, device: torch.device) -> tuple[Any, Any]:
@@ -196,9 +223,11 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        restore_rng_states(saved["rng"])
+        rng_note = restore_rng_states(saved["rng"])
         state, best_state = TrainState(**saved["state"]), saved["best_state"]
         console.print(f"train: resumed from {found[0]} (epoch {state.epoch}, step {state.global_step}/{total_steps})")
+        if rng_note:
+            console.print(f"train: {rng_note}")
     if rank:  # other dropout masks on every process (and after a resume: only the main one's RNG is saved)
         torch.manual_seed(seed + 1000 * rank + state.global_step)
 
@@ -216,8 +245,9 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
     show = accelerator.is_main_process
     curves = LiveCurves(live_dir, state.steps, state.history) if live_dir is not None and show else None
     published = PrefectProgress(total_steps, state.global_step, enabled=show)
-    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show) as progress:
+    with deterministic_algorithms(cfg.deterministic, device), \
+            Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show) as progress:
         log_every = max(1, int(total_steps * LOG_EVERY_FRACTION))
         bar = progress.add_task("", total=total_steps, completed=state.global_step)
         while state.epoch <= cfg.epochs and not state.stopped:
@@ -245,7 +275,7 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
                 if state.global_step % cfg.checkpoint_every_steps == 0 and state.step_in_epoch < len(steps):
                     checkpoint()
                 tick = time.perf_counter()
-            best_state = end_epoch(state, model, best_state, dev_tokens, dev_df, cfg, label_names, device,
+            best_state = end_epoch(state, model, best_state, dev_tokens, dev_df, cfg, label_names, accelerator,
                                    progress.console if show else None)
             if curves is not None:
                 curves.log_epoch(state.history[-1])
@@ -261,10 +291,15 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
 
 
 def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor], dev_tokens: TokenizedTexts,
-              dev_df: pd.DataFrame, cfg: TrainConfig, label_names: list[str], device: torch.device,
+              dev_df: pd.DataFrame, cfg: TrainConfig, label_names: list[str], accelerator: Any,
               out: Console | None) -> dict[str, torch.Tensor]:
-    """Evaluate on dev, record the epoch, keep the best weights, decide early stopping; returns the best weights."""
-    dev = evaluate_dev(model, dev_tokens, dev_df["label"].to_numpy(), cfg, label_names, device)
+    """Evaluate on dev, record the epoch, keep the best weights, decide early stopping; returns the best weights.
+
+    Every process decides from the main process's dev figures: if each used its own and they ever differed,
+    one would stop while the others waited for it forever in the next step's gradient all-reduce.
+    """
+    dev = evaluate_dev(model, dev_tokens, dev_df["label"].to_numpy(), cfg, label_names, accelerator.device)
+    dev = main_process_value(accelerator, dev)
     train_loss = float(np.mean(state.epoch_losses))
     state.history.append({"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, **dev})
     if out is not None:
@@ -291,12 +326,17 @@ def drop_checkpoints(finished: Path, root: Path) -> None:
                           f"{folder.relative_to(root)} ({size / 1e6:.0f} MB)")
 
 
-def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int) -> dict[str, Any]:
-    """Everything that determines the run's result: its checkpoints resume only into an identical run."""
+def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str, Any], world: int,
+                 device: torch.device) -> dict[str, Any]:
+    """Everything that determines the run's result: its checkpoints resume only into an identical run.
+
+    The device type and precision actually used, not train.device (`auto` is CPU fp32 on one host and
+    CUDA bf16 on another); train.deterministic stays in too (it changes CUDA results).
+    """
     train = cfg.train.model_dump(mode="json", exclude=HOUSEKEEPING_KEYS)
     return {"train": train, "seed": cfg.seed, "labels": cfg.data.label_names,
             "data": {s: file_sha256(paths.split(s)) for s in ("train", "dev")}, "base_model": provenance,
-            "world_size": world}
+            "world_size": world, "device": {"type": device.type, "precision": precision(device)}}
 
 
 @stage_task("train", retries=1)
@@ -305,9 +345,11 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     started = time.perf_counter()
     base, provenance = resolve_base_model(cfg.train.base_model, paths.root)
     provenance = portable_provenance(provenance, cfg.train.base_model)  # stamp and fingerprint: no paths of this machine
-    accelerator = make_accelerator(pick_device(cfg.train.device))
+    requested, device_note = choose_device(cfg.train.device)
+    accelerator = make_accelerator(requested)
     device, main = accelerator.device, accelerator.is_main_process
     if main:
+        console.print(f"train: device {device_note}")
         console.print(f"train: {provenance} on {device} x {accelerator.num_processes} process(es)"
                       f"{' (bf16)' if bf16_enabled(device) else ''}, method {cfg.train.method}")
     model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
@@ -315,7 +357,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         model = add_lora(model, cfg.train.lora)
     trained_share = trainable_share(model)
     train_df, dev_df = pd.read_parquet(paths.split("train")), pd.read_parquet(paths.split("dev"))
-    identity = run_identity(cfg, paths, provenance, accelerator.num_processes)
+    identity = run_identity(cfg, paths, provenance, accelerator.num_processes, device)
     checkpoints = paths.checkpoints("train", run_fingerprint(identity))
     live = paths.train_live_in_progress
     if main:
@@ -367,4 +409,5 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         })
         drop_checkpoints(checkpoints, paths.root)  # the run is complete: nothing left to resume
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group of a launch (no-op for a single process)
     return result

@@ -26,6 +26,8 @@ from tasks.core.config import PipelineConfig, parse_config, read_params  # noqa:
 from tasks.core.data import default_data_source  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
 
+pytest_plugins = ("tests.simulated_gpu",)  # the gpu_host fixture: a simulated onnxruntime-gpu host
+
 REPO = Path(__file__).resolve().parents[1]
 # What a project copy needs for `dvc repro` and the flow: the stage definitions and every dep.
 PROJECT_FILES = ("dvc.yaml", "expectations", "tasks", "flows")
@@ -167,7 +169,9 @@ def tunegate_without_torch(args: list[str], cwd: Path, scratch: Path) -> tuple[s
     (blocker / "sitecustomize.py").write_text(_BLOCK_HEAVY)
     log = scratch / "blocked-imports.log"
     log.write_text("")
-    env = {**os.environ, "PYTHONPATH": str(blocker), "TUNEGATE_BLOCKED_LOG": str(log), "COLUMNS": "200"}
+    # The blocker goes first; a PYTHONPATH already set (a second checkout under test) is kept after it.
+    path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TUNEGATE_BLOCKED_LOG": str(log), "COLUMNS": "200"}
     done = subprocess.run([str(BIN / "tunegate"), *args], cwd=cwd, env=env, capture_output=True, text=True)
     return done, log.read_text().split()
 

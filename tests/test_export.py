@@ -1,18 +1,22 @@
 """export: ONNX (raw and optimised) with dynamic axes that matches PyTorch, servable without torch."""
 
+import ctypes
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-from tasks.export import (ExportParityError, check_parity, convert_fp16, export_onnx, optimise_onnx, parity,
-                          uses_external_data)
+from tasks.export import (ExportParityError, check_fp16_parity, check_parity, convert_fp16, export_onnx,
+                          fp16_parity, fp16_parity_report, fp32_parity, optimise_onnx, parity, uses_external_data)
 from tasks.training.modeling import load_classifier
-from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE
+from tasks.serving import onnx_model
+from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE
 from tasks.serving.onnx_model import OnnxClassifier, copy_model, inference_session
 
 
@@ -117,3 +121,94 @@ def test_parity_check_fails_beyond_tolerance_or_on_a_flipped_prediction():
     flipped = parity(reference, np.array([[1.0, 0.0], [2.0, 0.0]], dtype=np.float32))
     with pytest.raises(ExportParityError, match="argmax agreement 0.5"):
         check_parity("model.onnx", flipped, atol=10.0)
+
+
+# --- provider choice on a (simulated) GPU host -------------------------------------------------------------
+
+def test_fp32_parity_runs_on_cpu_only_when_the_target_is_cpu_even_where_cuda_is_offered(staged_pipeline, gpu_host):
+    cfg, paths = staged_pipeline
+    texts = ["a gripping film", "dull and far too long"]
+    reference = OnnxClassifier(paths.onnx_dir, MODEL_FILE, target="cpu").logits(texts, 2)
+    gpu_host.sessions.requests.clear()
+    models = fp32_parity(paths.onnx_dir, texts, reference, cfg)  # cfg.export.target is cpu
+    assert gpu_host.sessions.requests == [[onnx_model.CPU], [onnx_model.CPU]]
+    assert all(m["providers"] == [onnx_model.CPU] for m in models.values())
+
+
+def test_cuda_sessions_turn_tf32_off_and_preload_the_cuda_libraries(staged_pipeline, gpu_host):
+    _, paths = staged_pipeline
+    model = OnnxClassifier(paths.onnx_dir, MODEL_FILE, target="cuda")
+    assert gpu_host.sessions.requests == [[(onnx_model.CUDA, {"use_tf32": "0"}), onnx_model.CPU]]
+    assert gpu_host.preloads == [True] and model.providers[0] == onnx_model.CUDA
+
+
+def test_a_required_cuda_provider_that_did_not_load_is_an_error_naming_the_fix(staged_pipeline, gpu_host):
+    _, paths = staged_pipeline
+    gpu_host.sessions.cuda_loads = False  # e.g. a torch-free process without the CUDA 13 libraries
+    with pytest.raises(onnx_model.CudaProviderError, match=r"onnxruntime-gpu\[cuda,cudnn\].*LD_LIBRARY_PATH"):
+        OnnxClassifier(paths.onnx_dir, MODEL_FILE, target="cuda")
+
+
+def test_a_preferred_cuda_provider_that_did_not_load_warns_once_and_serves_on_cpu(staged_pipeline, gpu_host,
+                                                                                  caplog):
+    _, paths = staged_pipeline
+    gpu_host.sessions.cuda_loads = False
+    with caplog.at_level("WARNING", logger=onnx_model.__name__):
+        first = OnnxClassifier(paths.onnx_dir, MODEL_FILE, target="auto")
+        OnnxClassifier(paths.onnx_dir, OPTIMIZED_FILE, target="auto")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "onnxruntime-gpu[cuda,cudnn]" in warnings[0] and "\n" not in warnings[0]
+    assert first.providers == [onnx_model.CPU] and first.logits(["fine"], 1).shape == (1, 2)
+
+
+def test_fp16_parity_needs_the_cuda_provider_the_session_got_not_the_one_offered(staged_pipeline, gpu_host,
+                                                                                 tmp_path):
+    cfg, paths = staged_pipeline
+    shutil.copytree(paths.onnx_dir, tmp_path / "onnx")
+    convert_fp16(paths.onnx_dir / OPTIMIZED_FILE, tmp_path / "onnx" / FP16_FILE, external=False)
+    gpu_host.sessions.cuda_loads = False  # offered, but the session fell back to CPU
+    reference = np.zeros((1, 2), dtype=np.float32)
+    with pytest.raises(onnx_model.CudaProviderError, match="did not load"):
+        fp16_parity(tmp_path / "onnx", ["fine"], reference, cfg)
+
+
+def test_cuda_is_not_required_of_a_host_without_a_cuda_device(staged_pipeline, monkeypatch):
+    _, paths = staged_pipeline
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [onnx_model.CUDA, onnx_model.CPU])
+    monkeypatch.setattr(onnx_model, "cuda_device_count", lambda: 0)  # onnxruntime-gpu, no GPU given
+    assert onnx_model.providers_for("auto") == [onnx_model.CPU]
+    with pytest.raises(onnx_model.CudaProviderError, match="CUDA devices: 0"):
+        OnnxClassifier(paths.onnx_dir, MODEL_FILE, target="cuda")
+
+
+def test_cuda_device_count_is_zero_without_a_driver_and_never_raises(monkeypatch):
+    def no_library(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    class FailingDriver:
+        def cuInit(self, flags):
+            return 100  # CUDA_ERROR_NO_DEVICE
+
+    onnx_model.cuda_device_count.cache_clear()
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert onnx_model.cuda_device_count() == 0
+    onnx_model.cuda_device_count.cache_clear()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: FailingDriver())
+    assert onnx_model.cuda_device_count() == 0
+    onnx_model.cuda_device_count.cache_clear()
+
+
+def test_fp16_parity_judges_argmax_only_on_rows_with_a_clear_fp32_margin():
+    reference = np.array([[0.0, 1.0], [0.50, 0.51], [2.0, 0.0]], dtype=np.float32)
+    close_flip = reference + np.array([[0.005, 0.0], [0.015, 0.0], [0.0, 0.01]], dtype=np.float32)
+    report = fp16_parity_report(reference, close_flip, atol=0.02)
+    assert report["decisive_rows"] == 2 and report["decisive_agreement"] == 1.0
+    assert report["close_rows"] == 1 and report["close_rows_flipped"] == 1
+    check_fp16_parity(FP16_FILE, report)  # the flip of a 0.01-margin row is FP16 rounding, not an error
+    with pytest.raises(ExportParityError, match="fp16_atol"):
+        check_fp16_parity(FP16_FILE, fp16_parity_report(reference, reference + 0.03, atol=0.02))
+    narrow = np.array([[0.0, 0.03], [2.0, 0.0]])  # a margin just over the tolerance: differences within it
+    flipped = fp16_parity_report(narrow, np.array([[0.02, 0.01], [2.0, 0.0]]), atol=0.02)  # can still flip it
+    assert flipped["max_abs_diff"] <= 0.02
+    with pytest.raises(ExportParityError, match="argmax agreement 0.5000 on the 2 rows"):
+        check_fp16_parity(FP16_FILE, flipped)

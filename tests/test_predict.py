@@ -1,11 +1,13 @@
 """tunegate predict: serves the shipped folder with onnxruntime + tokenizers alone."""
 
 import json
+import shutil
 
 import pandas as pd
 from ruamel.yaml import YAML
 
 from flows.cli import build_parser, main
+from tasks.serving.onnx_model import CPU, OnnxClassifier
 from tests.conftest import REPO, tiny_params, tunegate_without_torch
 
 
@@ -81,3 +83,17 @@ def test_predict_help_names_where_the_text_column_default_comes_from():
     predict = build_parser()._subparsers._group_actions[0].choices["predict"]
     assert "default: data.text_column of params.yaml in the current folder; without one, text" in " ".join(
         predict.format_help().split())
+
+
+def test_a_quantized_model_is_served_on_cpu_where_cuda_is_offered_even_without_serving_providers(
+        staged_pipeline, tmp_path, gpu_host):
+    """Folders shipped before serving.json named providers: the INT8 ops in the graph say CPU."""
+    _, paths = staged_pipeline
+    old = shutil.copytree(paths.int8_dir, tmp_path / "int8")
+    serving = json.loads((old / "serving.json").read_text())
+    del serving["providers"]
+    (old / "serving.json").write_text(json.dumps(serving))
+    assert OnnxClassifier(old).providers == [CPU]
+    assert gpu_host.sessions.requests == [[CPU]]
+    OnnxClassifier(paths.onnx_dir)  # an FP32 folder exported for target cpu serves on CPU too
+    assert gpu_host.sessions.requests[-1] == [CPU]

@@ -8,7 +8,7 @@ import pytest
 
 import tasks.quantize as stage
 from tasks.core.config import QUANTIZATION_RUNGS, ConfigError, parse_config
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.serving.onnx_model import CPU, OnnxClassifier
 from tests.conftest import tiny_params
 
 
@@ -104,3 +104,18 @@ def test_weight_sqnr_ranks_outlier_heavy_weights_as_sensitive():
     spiky = smooth.copy()
     spiky[0, 0] = 500.0  # one outlier stretches the scale: everything else rounds coarsely
     assert stage.weight_sqnr(spiky) < stage.weight_sqnr(smooth) - 10
+
+
+def test_quantize_measures_every_rung_on_cpu_even_where_cuda_is_offered(staged_pipeline, tmp_path, gpu_host):
+    """INT8 ops have no CUDA kernels: quantize's accuracy and latency must describe CPU serving on any host."""
+    cfg, paths = staged_pipeline
+    test = pd.read_parquet(paths.split("test")).head(8)
+    stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"]), cfg.data.label_names,
+                       cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "fp32"], "latency_rows": 2}))
+    assert gpu_host.sessions.requests and all(asked == [CPU] for asked in gpu_host.sessions.requests)
+
+
+def test_the_shipped_quantized_folder_says_it_serves_on_cpu(staged_pipeline, gpu_host):
+    _, paths = staged_pipeline
+    assert json.loads((paths.int8_dir / "serving.json").read_text())["providers"] == [CPU]
+    assert OnnxClassifier(paths.int8_dir).providers == [CPU] and gpu_host.sessions.requests == [[CPU]]

@@ -1,6 +1,8 @@
 """train: fine-tuning learns, is seeded, and saves a loadable HF folder with a full stamp."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,105 @@ def test_train_stage_saves_loadable_model_with_labels_and_stamp(staged_pipeline)
     assert len(stamp["data"]["sha256"]) == 64 and stamp["base_model"]["source"] == "local"
     assert {"torch", "transformers", "python"} <= set(stamp["libraries"])
     assert "git" not in stamp, "the git state goes to the run record: the commit holding dvc.lock comes after the run"
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's per-process state, cleared before and after (a test may leave a simulated CUDA state)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_make_accelerator_follows_the_requested_device_within_one_process(fresh_accelerate_state):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    from tasks.train import make_accelerator
+    from tasks.training.modeling import DeviceMismatchError
+
+    Accelerator(cpu=False, mixed_precision="no")
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):  # as a GPU host's auto run leaves it
+        shared["device"] = torch.device("cuda", 0)
+    assert make_accelerator(torch.device("cpu")).device == torch.device("cpu"), "a CPU run after a CUDA one"
+    with pytest.raises(DeviceMismatchError, match="asked to train on cuda but accelerate placed this process on cpu"):
+        make_accelerator(torch.device("cuda"))  # after a CPU run: never silently stays on the CPU
+
+
+def test_choose_device_says_why_and_cuda_without_cuda_fails_naming_the_fix(monkeypatch):
+    from tasks.training.modeling import CudaUnavailableError, choose_device
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert choose_device("auto") == (torch.device("cpu"), f"auto -> cpu: torch {torch.__version__} has no CUDA")
+    with pytest.raises(CudaUnavailableError, match="has no CUDA. Install the CUDA build of torch that matches"):
+        choose_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "sees no usable GPU" in choose_device("auto")[1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert choose_device("auto") == (torch.device("cuda"), "auto -> cuda:0 (NVIDIA H200, bf16 native)")
+
+
+def test_bf16_autocast_only_where_the_gpu_computes_bf16_natively(monkeypatch):
+    from tasks.training.modeling import bf16_enabled, precision
+
+    # A V100 or T4: torch emulates bf16 there, and counts that unless told not to.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not bf16_enabled(torch.device("cuda")) and precision(torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, H100
+    assert precision(torch.device("cuda")) == "bf16" and precision(torch.device("cpu")) == "fp32"
+
+
+def test_run_identity_holds_the_device_and_precision_used_not_train_device(staged_pipeline, monkeypatch):
+    from tasks.train import run_identity
+    from tasks.training.checkpoint import run_fingerprint
+
+    cfg, paths = staged_pipeline
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    on_cpu = run_identity(cfg, paths, {"source": "local"}, 1, torch.device("cpu"))
+    on_cuda = run_identity(cfg, paths, {"source": "local"}, 1, torch.device("cuda"))
+    assert on_cpu["train"]["device"] == on_cuda["train"]["device"] == "auto"
+    assert on_cpu["device"] == {"type": "cpu", "precision": "fp32"}
+    assert on_cuda["device"] == {"type": "cuda", "precision": "bf16"}
+    assert run_fingerprint(on_cpu) != run_fingerprint(on_cuda), "a CPU checkpoint never resumes under CUDA bf16"
+    assert on_cpu["train"]["deterministic"] is True, "it changes CUDA results: part of the identity"
+
+
+def test_build_model_loads_a_bf16_base_model_in_fp32(tmp_path, tiny_model_dir):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_model_dir).to(torch.bfloat16).save_pretrained(tmp_path)
+    for file in tiny_model_dir.glob("*token*"):
+        shutil.copy(file, tmp_path / file.name)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    model, _ = build_model(str(tmp_path), ["negative", "positive"], 0)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}, "fp32 master weights; bf16 only in autocast"
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_fit_trains_with_deterministic_algorithms_only_when_asked(tiny_model_dir, deterministic):
+    cfg = tiny_train_cfg(tiny_model_dir, deterministic=deterministic)
+    model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
+    seen = set()
+    model.register_forward_pre_hook(lambda module, _: seen.add(torch.are_deterministic_algorithms_enabled()))
+    fit(model, tokenizer, toy_split(8, 0), toy_split(4, 1), cfg.train, cfg.data.label_names, cfg.seed,
+        torch.device("cpu"))
+    assert seen == {deterministic}
+    assert not torch.are_deterministic_algorithms_enabled(), "the process's setting is put back"
+
+
+def test_deterministic_algorithms_on_cuda_fix_the_cublas_workspace_and_leave_out_flash_attention(monkeypatch):
+    from tasks.training.modeling import deterministic_algorithms
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_algorithms(True, torch.device("cuda")):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and not torch.are_deterministic_algorithms_enabled()

@@ -350,18 +350,27 @@ def test_train_stage_resumes_its_crashed_run_then_drops_checkpoints_of_abandoned
 
 
 @pytest.mark.e2e
-def test_train_stage_on_two_processes_syncs_gradients_and_only_rank0_writes(tmp_path, staged_pipeline):
+def test_train_stage_on_two_processes_syncs_gradients_stops_together_and_only_rank0_writes(tmp_path,
+                                                                                          staged_pipeline):
     cfg, paths = staged_pipeline
     root = tmp_path / "ddp"
     shutil.copytree(paths.root / "data", root / "data")
     shutil.copytree(paths.stage_dir("prepare"), root / "artifacts" / "prepare")
-    (root / "params.json").write_text(json.dumps(cfg.dump()))
+    raw = cfg.dump()
+    raw["train"].update(epochs=3, early_stopping_patience=0)
+    (root / "params.json").write_text(json.dumps(raw))
     # torchrun is what `accelerate launch --multi_gpu` runs; on CPU the Accelerator joins its gloo group.
-    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                str(SCRIPTS), "stage", str(root)], root, check=False)
+    # Each rank sees other dev figures (tests/train_scripts.py): rank 1 alone would stop after epoch 2 and
+    # leave rank 0 waiting in epoch 3's all-reduce, so a timeout here means the ranks decided apart.
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SCRIPTS), "stage", str(root)], cwd=root, env=script_env(), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    for history in (ranks[0]["history"], ranks[1]["history"]):
+        assert [e["dev_accuracy"] for e in history] == [0.1, 0.2, 0.3], "both follow the main process's figures"
+    assert not ranks[0]["process_group_alive"] and not ranks[1]["process_group_alive"]
     for key, tensor in ranks[0]["state"].items():
         assert torch.equal(tensor, ranks[1]["state"][key]), f"{key} differs between ranks"
     writes = [json.loads((root / f"writes-rank{r}.json").read_text()) for r in (0, 1)]
@@ -402,3 +411,21 @@ def test_fit_in_a_prefect_flow_run_publishes_its_progress_and_epochs(prefect_api
     assert latest_artifact(PROGRESS_KEY).data == 100.0
     table = latest_artifact(EPOCHS_KEY).data
     assert json.loads(table) == history and len(history) == 2
+
+
+def test_restoring_cuda_rng_states_puts_back_only_as_many_as_gpus_are_visible(monkeypatch):
+    states = {**rng_states(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}  # saved on a 2-GPU host
+    restored = []
+
+    def set_rng_state(state, device=0):  # a 1-GPU host: device 1 does not exist
+        if device >= 1:
+            raise IndexError(f"no CUDA device {device}")
+        restored.append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    note = restore_rng_states(states)
+    assert restored == [0]
+    assert "CUDA RNG states of 2 GPU(s) and 1 are visible here: restored 1" in note

@@ -5,13 +5,16 @@
         dvclive curves in WORK/live; writes WORK/result.pt (final and best weights, history, per-step log,
         resumed_from).
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train_scripts.py stage ROOT
-        the train stage shell on project ROOT (params in ROOT/params.json); each rank records its final
-        weights in ROOT/rank<i>.pt and every artifact or checkpoint write it made in ROOT/writes-rank<i>.json.
+        the train stage shell on project ROOT (params in ROOT/params.json), each rank seeing its own dev
+        accuracy (rank 0: 0.1, 0.2, 0.3, ... by epoch; the others: 0.9, 0.8, ...); each rank records its final
+        weights, history and whether its process group is still up in ROOT/rank<i>.pt, and every artifact or
+        checkpoint write it made in ROOT/writes-rank<i>.json.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,14 +62,19 @@ def stage(root: Path) -> None:
     def fit_and_keep(model, *args, **kwargs):
         outcome = original_fit(model, *args, **kwargs)
         finals["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        finals["world_size"] = outcome.world_size
+        finals["world_size"], finals["history"] = outcome.world_size, outcome.history
         return outcome
 
-    train_module.fit = fit_and_keep
-    train_module.train.fn(cfg, ArtifactPaths(root))
-    from accelerate import PartialState
+    rank, original_evaluate, evaluations = int(os.environ["RANK"]), train_module.evaluate_dev, []
 
-    rank = PartialState().process_index
+    def evaluate_dev_of_this_rank(*args, **kwargs):  # the ranks disagree: they must still stop together
+        evaluations.append(original_evaluate(*args, **kwargs))
+        epoch = len(evaluations)
+        return {**evaluations[-1], "dev_accuracy": epoch / 10 if rank == 0 else 1 - epoch / 10}
+
+    train_module.fit, train_module.evaluate_dev = fit_and_keep, evaluate_dev_of_this_rank
+    train_module.train.fn(cfg, ArtifactPaths(root))
+    finals["process_group_alive"] = torch.distributed.is_initialized()
     torch.save(finals, root / f"rank{rank}.pt")
     (root / f"writes-rank{rank}.json").write_text(json.dumps(writes))
 

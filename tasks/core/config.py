@@ -103,6 +103,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(gt=0)
     early_stopping_patience: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
+    deterministic: bool
     gradient_accumulation_steps: int = Field(ge=1)
     compile: bool
     dataloader_workers: int | None = Field(ge=0)
@@ -120,6 +121,7 @@ class EvaluateConfig(_Section):
 class ExportConfig(_Section):
     opset: int = Field(ge=17)
     parity_atol: float = Field(gt=0)
+    fp16_atol: float = Field(gt=0)
     parity_rows: int = Field(ge=1)
     external_data_mb: int = Field(ge=0)
     target: Literal["cpu", "cuda"]

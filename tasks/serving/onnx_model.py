@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from tasks.core.batching import length_sorted_batches
+from tasks.core.errors import TunegateError
 from tasks.core.io import read_json
 from tasks.serving.files import SERVING_FILE
 
@@ -57,17 +61,114 @@ def copy_model(source: Path, target: Path) -> None:
 CPU_SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
-def execution_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it and an NVIDIA device exists, else CPU.
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# onnxruntime's CUDA provider runs FP32 MatMuls in TF32 by default (10-bit mantissa): 3.5e-3 logit
+# differences against parity_atol 1e-4. Every CUDA session here turns it off, so what is served is
+# what the parity check measured.
+CUDA_OPTIONS = {"use_tf32": "0"}
+# Where CUDA did not load, the fix (onnxruntime-gpu 1.31+ is a CUDA 13 build).
+CUDA_FIX = ("install onnxruntime-gpu[cuda,cudnn] (CUDA 13 and cuDNN 9 wheels) or put the CUDA 13 libraries "
+            "(cudart, cuBLAS, cuDNN) on LD_LIBRARY_PATH")
+# Ops of quantize's INT8 rungs. The dynamic ones (MatMulInteger, QAttention, DynamicQuantizeLinear) have
+# no CUDA kernel, and the rungs were chosen by CPU latency: a model holding any of them is served on CPU.
+INT8_OPS = frozenset({"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "QuantizeLinear",
+                      "DequantizeLinear", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm"})
 
-    Asking onnxruntime-gpu for CUDA on a host without a GPU logs a long CUDA error before it
-    falls back; checking for the device first keeps that to nothing.
+Target = Literal["cpu", "cuda", "auto"]
+log = logging.getLogger(__name__)
+
+
+class CudaProviderError(TunegateError):
+    """CUDA was required for a session (export.target: cuda) and onnxruntime could not run on it."""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """CUDA devices the NVIDIA driver reports (cuInit + cuDeviceGetCount); 0 where there is no driver.
+
+    Unlike /dev/nvidia0 this sees GPUs on WSL2 and only the GPUs a container was given. Never raises.
     """
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+        except (AttributeError, OSError):
+            return 0
+        return count.value
+    return 0
+
+
+def cuda_usable() -> bool:
+    """This onnxruntime build has the CUDA provider and the driver reports a device."""
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" in ort.get_available_providers() and Path("/dev/nvidia0").exists():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    # Checked first, so a CPU-only build never touches the driver.
+    return CUDA in ort.get_available_providers() and cuda_device_count() > 0
+
+
+def providers_for(target: Target) -> list[str]:
+    """Providers a session for `target` asks for: cpu = CPU only, cuda = CUDA first, auto = CUDA where usable."""
+    if target == "cuda" or (target == "auto" and cuda_usable()):
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def is_quantized(model: Path) -> bool:
+    """Whether the model holds INT8 ops (read from the graph only; external weights are not loaded)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return any(node.op_type in INT8_OPS for node in graph.node)
+
+
+def folder_target(serving: dict[str, Any], model: Path) -> Target:
+    """Where a served folder's model runs: CPU when serving.json says so or the model is INT8, else auto."""
+    declared = serving.get("providers")
+    if declared is not None:
+        return "auto" if CUDA in declared else "cpu"
+    return "cpu" if is_quantized(model) else "auto"  # folders exported before serving.json named providers
+
+
+_preloaded = False
+_warned_fallback = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels (onnxruntime-gpu >= 1.21), once per process.
+
+    In a process that never imported torch nothing else puts them on the library path, and the CUDA
+    provider would fail to load.
+    """
+    global _preloaded
+    import onnxruntime as ort
+
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # noqa: BLE001 - a failed preload shows as the provider not loading, checked after
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
+def check_providers(requested: list[str], got: list[str], required: bool) -> None:
+    """Compare the providers a session got with those asked for: a CUDA that did not load is an error
+    where required, else one warning per process."""
+    global _warned_fallback
+    if CUDA not in requested or CUDA in got:
+        return
+    message = f"onnxruntime's CUDA provider did not load (session runs on {', '.join(got)}): {CUDA_FIX}"
+    if required:
+        raise CudaProviderError(message)
+    if not _warned_fallback:
+        _warned_fallback = True
+        log.warning(message)
 
 
 _shared_thread_pool = False
@@ -88,24 +189,36 @@ def share_one_thread_pool(threads: int) -> None:
     _shared_thread_pool = True
 
 
-def inference_session(model: Path | bytes, options: Any = None, providers: list[str] | None = None) -> Any:
-    """An onnxruntime session on the best providers here, without fusions that are slower on CPU."""
+def inference_session(model: Path | bytes, options: Any = None, *, providers: list[str],
+                      required: bool = False) -> Any:
+    """An onnxruntime session on exactly `providers` (CUDA with TF32 off), without fusions that are slower
+    on CPU. A requested CUDA provider that did not load: CudaProviderError if `required`, else a warning."""
     import onnxruntime as ort
 
     global _sessions_opened
+    if CUDA in providers:
+        if required and not cuda_usable():
+            raise CudaProviderError(f"CUDA is required but this host cannot run it (onnxruntime providers: "
+                                    f"{ort.get_available_providers()}, CUDA devices: {cuda_device_count()}): "
+                                    "install onnxruntime-gpu on a GPU host (make setup does), or set export.target: cpu")
+        preload_cuda_libraries()
     _sessions_opened = True
-    providers = providers or execution_providers()
     options = options or ort.SessionOptions()
     options.use_per_session_threads = not _shared_thread_pool
-    disabled = CPU_SLOW_FUSIONS if providers == ["CPUExecutionProvider"] else []
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers,
-                                disabled_optimizers=disabled)
+    disabled = CPU_SLOW_FUSIONS if providers == [CPU] else []
+    asked = [(CUDA, dict(CUDA_OPTIONS)) if p == CUDA else p for p in providers]
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=asked,
+                                   disabled_optimizers=disabled)
+    check_providers(providers, session.get_providers(), required)
+    return session
 
 
 class OnnxClassifier:
     """A text classifier from an exported folder: an .onnx model, tokenizer.json and serving.json."""
 
-    def __init__(self, folder: Path, model_file: str | None = None):
+    def __init__(self, folder: Path, model_file: str | None = None, target: Target | None = None):
+        """`target`: cpu (CPU only), cuda (CUDA required: an error where it does not load) or auto (CUDA
+        where usable); None = the folder's own (serving.json `providers`, CPU for an INT8 model)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -118,7 +231,10 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         self.model_file = model_file or self.serving["model_file"]
-        self.session = inference_session(folder / self.model_file, options)
+        self.target: Target = target or folder_target(self.serving, folder / self.model_file)
+        self.session = inference_session(folder / self.model_file, options, providers=providers_for(self.target),
+                                         required=self.target == "cuda")
+        self.providers: list[str] = self.session.get_providers()  # what it got, not what was asked
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -102,12 +102,18 @@ def rng_states() -> dict[str, Any]:
     return states
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Put back the RNG states rng_states() took."""
+def restore_rng_states(states: dict[str, Any]) -> str | None:
+    """Put back the RNG states rng_states() took; returns a note when not all of them could be."""
     py, npy = states["python"], states["numpy"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     np.random.set_state({"bit_generator": npy["bit_generator"], "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
                          "state": {"key": np.asarray(npy["key"], dtype=np.uint32), "pos": npy["pos"]}})
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = list(states.get("cuda", []))
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, state in enumerate(saved[:visible]):  # one state per GPU the checkpoint's host saw
+        torch.cuda.set_rng_state(state, index)
+    if len(saved) != visible and saved:
+        return (f"the checkpoint holds the CUDA RNG states of {len(saved)} GPU(s) and {visible} are visible here: "
+                f"restored {min(len(saved), visible)}, so random draws on the others differ from the interrupted run")
+    return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +19,76 @@ class UnsafeWeightsError(TunegateError):
     """A model folder has no safetensors weights (only pickled ones, which can run code when loaded)."""
 
 
+class CudaUnavailableError(TunegateError):
+    """train.device is 'cuda' but this torch cannot use a GPU here (a CPU build, no device, or too old a driver)."""
+
+
+class DeviceMismatchError(TunegateError):
+    """The accelerator ended up on another device than the one train.device resolved to."""
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why torch cannot train on CUDA here, in words; None when it can."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} has no CUDA"
+    if not torch.cuda.is_available():
+        return (f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no usable GPU: none visible, "
+                f"or the driver is older than CUDA {torch.version.cuda} needs")
+    return None
+
+
+def choose_device(requested: str) -> tuple[torch.device, str]:
+    """The device train.device names (auto: CUDA when usable), and one line saying which and why."""
+    if requested == "cpu":
+        return torch.device("cpu"), "cpu (train.device: cpu)"
+    reason = cuda_unusable_reason()
+    if reason is not None:
+        if requested == "cuda":
+            raise CudaUnavailableError(
+                f"train.device is 'cuda' but {reason}. Install the CUDA build of torch that matches the driver "
+                "(`nvidia-smi` shows the newest CUDA the driver supports; see README, GPU profile), or set "
+                "train.device: auto (or cpu)")
+        return torch.device("cpu"), f"auto -> cpu: {reason}"
+    device = torch.device("cuda")
+    precision = "bf16 native" if bf16_enabled(device) else "fp32: no native bf16"
+    return device, f"{requested} -> cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}, {precision})"
+
+
 def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """The device train.device names; 'cuda' where CUDA is unusable raises CudaUnavailableError."""
+    return choose_device(requested)[0]
 
 
 def bf16_enabled(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    """bf16 autocast only where the GPU computes bf16 natively (emulated bf16, as on V100/T4, is slow)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def precision(device: torch.device) -> str:
+    """The compute precision training uses on `device`: 'bf16' (autocast) or 'fp32'."""
+    return "bf16" if bf16_enabled(device) else "fp32"
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Within: torch's deterministic kernels when `enabled` (bit-exact resume on CUDA); restored after."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    with ExitStack() as stack:
+        if enabled and device.type == "cuda":
+            # cuBLAS is deterministic only with a fixed workspace; read when its handle is first created.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            # Flash and cuDNN attention backwards accumulate in a varying order; memory-efficient attention
+            # has a deterministic backward under use_deterministic_algorithms, math is exact.
+            stack.enter_context(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+        # warn_only: an op with no deterministic CUDA kernel (torch lists NLLLoss) names itself in a warning
+        # instead of stopping a long run; benchmarks/gpu_check.py checks that resume stays bit-exact.
+        torch.use_deterministic_algorithms(enabled, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 @torch.inference_mode()
@@ -71,5 +134,6 @@ def load_classifier(model_dir: Path, device: torch.device, **options: Any) -> tu
     require_safetensors(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # safetensors only: pickled (.bin) weights can run code when loaded.
+    options.setdefault("dtype", torch.float32)  # transformers 5 defaults to the stored dtype ("auto")
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, **options).to(device)
     return model, tokenizer
