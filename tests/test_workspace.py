@@ -165,7 +165,8 @@ def start(cmd: list[str], root: Path, prefect_home: Path) -> subprocess.Popen:
 def wait_for_training(root: Path, process: subprocess.Popen, limit_s: float = 600) -> None:
     checkpoints = root / ".tunegate" / "checkpoints" / "train"
     deadline = time.monotonic() + limit_s
-    while not (checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*"))):
+    # A complete checkpoint (step-*.pt), not the temp file of one being written: Ctrl-C then removes that.
+    while not any(checkpoints.rglob("step-*.pt")):
         if process.poll() is not None:
             raise AssertionError(f"ended before training ({process.returncode}):\n{process.communicate()}")
         assert time.monotonic() < deadline, "training never started"
