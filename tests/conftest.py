@@ -88,6 +88,13 @@ def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv") -> d
     return raw
 
 
+def pytest_collection_modifyitems(items):
+    """A test on a real git + DVC project (the make_project fixture) is end to end: out of the quick loop."""
+    for item in items:
+        if "make_project" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture
 def make_project(tmp_path, tiny_model_dir, reviews_frame):
     """Build a git + DVC project copy with tiny params and a data slice; returns its root."""

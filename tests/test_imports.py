@@ -7,6 +7,7 @@ import sys
 import tomllib
 from importlib.metadata import packages_distributions
 
+import pytest
 from ruamel.yaml import YAML
 
 from tests.conftest import REPO, tiny_params, tunegate_without_torch
@@ -88,6 +89,7 @@ def test_tunegate_help_imports_neither_torch_nor_transformers(tmp_path):
     assert attempted == []
 
 
+@pytest.mark.e2e  # the real CLI in a subprocess, GX and all
 def test_tunegate_validate_imports_neither_torch_nor_transformers(tmp_path, tiny_model_dir, reviews_frame):
     project = tmp_path / "project"
     (project / "incoming").mkdir(parents=True)
