@@ -159,7 +159,13 @@ def start(cmd: list[str], root: Path, prefect_home: Path) -> subprocess.Popen:
     """Start a command in its own session (as a terminal would: Ctrl-C goes to its whole process group)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_HOME": str(prefect_home)}
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a test runner started as a background job (`cmd &` in a
+    script) ignores SIGINT, and an ignored SIGINT is inherited, so the run would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_training(root: Path, process: subprocess.Popen, limit_s: float = 600) -> None:
