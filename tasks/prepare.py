@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +25,28 @@ class PrepareError(TunegateError, ValueError):
     """The data cannot be split as configured (unknown source, empty split...)."""
 
 
-def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.DataFrame:
-    """Rows of the wanted sources as columns `text` (str), `label` (index into data.labels) and, for
-    pre-split data, `split` (train/dev/test; validation and valid mean dev).
+# Columns prepare (text, label, split, code) and the gate's slicing (tokens, predicted) make themselves:
+# a carried slice column of one of these names would overwrite them.
+RESERVED_COLUMNS = ("text", "label", "split", "code", "tokens", "predicted")
+# A carried value that is missing (null, NaN) becomes this string: its rows stay a slice of their own.
+MISSING_VALUE = "(missing)"
+
+
+def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str],
+                 carry: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of the wanted sources as columns `text` (str), `label` (index into data.labels), for
+    pre-split data `split` (train/dev/test; validation and valid mean dev), and each raw column named in
+    `carry` (gate.slice_columns) under its own name, as strings (missing values as MISSING_VALUE).
 
     Data the raw contract would refuse (a missing column, a label outside data.labels, a text that is not a
-    string, an unknown split) raises PrepareError naming the problem and example values.
+    string, an unknown split) or a carried column the data lacks raises PrepareError naming the problem.
     """
     for setting, column in (("data.text_column", data.text_column), ("data.label_column", data.label_column),
                             ("data.split_column", data.split_column)):
         if column is not None and column not in df.columns:
             raise PrepareError(f"{setting} {column!r} is not a column of the data (columns: "
                                f"{', '.join(map(str, df.columns))})")
+    _require_carried(df, carry)
     if sources:
         if data.source_column is None or data.source_column not in df.columns:
             raise PrepareError("prepare.sources is set but data.source_column is missing from the data")
@@ -53,7 +64,27 @@ def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str]) -> pd.D
         split = _lookup(df[data.split_column], SPLIT_ALIASES)
         _refuse(df[data.split_column], split.isna(), f"splits other than {', '.join(SPLIT_ALIASES)}")
         canonical["split"] = split.to_numpy(dtype=object)
+    for column in carry:
+        canonical[column] = as_slice_values(df[column]).to_numpy(dtype=object)
     return canonical
+
+
+def _require_carried(df: pd.DataFrame, carry: Sequence[str]) -> None:
+    """Refuse slice columns the data lacks or that would overwrite a column prepare or the gate makes."""
+    clashing = [c for c in carry if c in RESERVED_COLUMNS]
+    if clashing:
+        raise PrepareError(f"gate.slice_columns {clashing} clash with the columns prepare and the gate make "
+                           f"({', '.join(RESERVED_COLUMNS)}): rename the data's column or drop it from "
+                           "gate.slice_columns")
+    absent = [c for c in carry if c not in df.columns]
+    if absent:
+        raise PrepareError(f"gate.slice_columns names {absent}, not columns of the data (columns: "
+                           f"{', '.join(map(str, df.columns))}): set gate.slice_columns to some of them, or []")
+
+
+def as_slice_values(column: pd.Series) -> pd.Series:
+    """A raw column as strings, one slice per distinct value: missing values become MISSING_VALUE."""
+    return column.map(lambda v: MISSING_VALUE if pd.api.types.is_scalar(v) and pd.isna(v) else str(v))
 
 
 def _lookup(column: pd.Series, mapping: dict) -> pd.Series:
@@ -173,17 +204,20 @@ def checked_splits(canonical: pd.DataFrame, cfg: PipelineConfig, root: Path) -> 
 
 @stage_task("prepare")
 def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Split the validated data, check the split contract, then write train/dev/test Parquet, stats and the report.
+    """Split the validated data, check the split contract, then write train/dev/test Parquet (text, label and
+    the gate.slice_columns), stats and the report.
 
     A failed contract writes nothing under artifacts/prepare (its report goes to artifacts/_failed/prepare).
     """
     require_validated(paths, paths.root / cfg.data.path)
-    canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources)
+    carried = cfg.gate.slice_columns  # the gate slices the test split by these
+    canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources, carried)
     frame, report, dropped = checked_splits(canonical, cfg, paths.root)
     if not report["success"]:
         folder = write_failure_report(paths, "prepare", report)
         raise DataValidationError(report, where=folder / "report.md")
-    splits = {name: frame.loc[frame["split"] == name, ["text", "label"]].reset_index(drop=True) for name in SPLITS}
+    splits = {name: frame.loc[frame["split"] == name, ["text", "label", *carried]].reset_index(drop=True)
+              for name in SPLITS}
     stats = {"sources": cfg.prepare.sources or "all", "dropped": dropped, "splits": split_stats(splits, cfg.data)}
     key = " / ".join(f"{len(splits[n])}" for n in SPLITS) + " rows (train/dev/test)"
     with staged_dir(paths.stage_dir("prepare")) as out:

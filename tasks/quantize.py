@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,9 @@ from onnxruntime.quantization import CalibrationDataReader
 from tasks.core.config import PipelineConfig, QuantizeConfig
 from tasks.core.io import read_json, staged_dir, write_json
 from tasks.core.metrics import classification_metrics, softmax
+from tasks.judging.stats import paired_accuracy_se
 from tasks.serving.files import MODEL_FILE, SERVING_FILE
+from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import CPU, OnnxClassifier, copy_model, has_external_data, model_mb
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
@@ -119,37 +120,44 @@ def split_timings(rungs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], di
     return kept, {rung: figures for rung, figures in timings.items() if figures}
 
 
-def batch1_latency_ms(model: OnnxClassifier, texts: list[str]) -> float:
-    """Median milliseconds for one text at a time (after one warm-up call)."""
-    model.logits(texts[:1], 1)
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        model.logits([text], 1)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+def judging_rows(dev: pd.DataFrame, calibration_rows: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The dev rows that judge every rung, and a record of which: the rows after the first `calibration_rows`
+    (which static calibration reads) when at least as many remain, else all dev rows."""
+    # Judging on rows the calibrator saw flatters the static rungs (their activation ranges were fitted
+    # there). Below as many held-out rows as calibration rows, the noise of a smaller sample (SE ~ 1/sqrt(n))
+    # costs more than that bias, so every dev row judges and the record says so.
+    held_out = dev.iloc[calibration_rows:]
+    if len(held_out) >= calibration_rows:  # calibration_rows >= 1, so never an empty set
+        return held_out.reset_index(drop=True), {"split": "dev", "rows": len(held_out), "first_row": calibration_rows,
+                                                 "calibration_rows_excluded": True}
+    return dev.reset_index(drop=True), {"split": "dev", "rows": len(dev), "first_row": 0,
+                                        "calibration_rows_excluded": False}
 
 
-def measure_rung(model: OnnxClassifier, test: pd.DataFrame, fp32_pred: np.ndarray, fp32_accuracy: float,
+def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, fp32_pred: np.ndarray, fp32_accuracy: float,
                  labels: list[str], cfg: QuantizeConfig) -> dict[str, Any]:
-    """Test accuracy, drop and agreement vs FP32, batch-1 latency; and whether it passes."""
-    texts = list(test["text"])
+    """Accuracy on the judging (dev) rows, paired drop vs FP32 with its standard error, agreement with FP32,
+    median batch-1 latency; and whether it passes."""
+    texts, truth = list(rows["text"]), rows["label"].to_numpy()
     probs = softmax(model.logits(texts, cfg.batch_size))
-    accuracy = classification_metrics(test["label"].to_numpy(), probs, labels)["accuracy"]
+    predicted = probs.argmax(axis=1)
+    accuracy = classification_metrics(truth, probs, labels)["accuracy"]
     figures = {
         "accuracy": accuracy,
         "accuracy_drop": fp32_accuracy - accuracy,
-        "agreement": float((probs.argmax(axis=1) == fp32_pred).mean()),
-        "latency_ms_b1": batch1_latency_ms(model, texts[: cfg.latency_rows]),
+        "accuracy_drop_se": paired_accuracy_se(fp32_pred == truth, predicted == truth),
+        "agreement": float((predicted == fp32_pred).mean()),
+        "latency_ms_b1": float(np.median(batch1_latencies_ms(model, texts[: cfg.latency_rows]))),
     }
     figures["passed"] = bool(figures["accuracy_drop"] <= cfg.max_accuracy_drop
                              and figures["agreement"] >= cfg.min_agreement)
     return figures
 
 
-def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: list[str], labels: list[str],
+def climb_ladder(fp32_dir: Path, work: Path, rows: pd.DataFrame, calibration: list[str], labels: list[str],
                  cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str]:
-    """Try rungs in order until one passes; returns every rung tried and the chosen model file in `work`.
+    """Try rungs in order until one passes on `rows` (dev rows, never test); returns every rung tried and the
+    chosen model file in `work`.
 
     Each record holds what the model decides (accuracy, agreement, size) and `latency_ms_b1`, a timing
     that differs run to run: split_timings takes it out before the record is written to a tracked file.
@@ -157,8 +165,8 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
     fp32 = OnnxClassifier(fp32_dir, target=SERVING_TARGET)
     # The tokenizer and serving files, so each candidate in `work` loads like a served folder.
     shutil.copytree(fp32_dir, work, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"), dirs_exist_ok=True)
-    fp32_probs = softmax(fp32.logits(list(test["text"]), cfg.batch_size))
-    fp32_accuracy = classification_metrics(test["label"].to_numpy(), fp32_probs, labels)["accuracy"]
+    fp32_probs = softmax(fp32.logits(list(rows["text"]), cfg.batch_size))
+    fp32_accuracy = classification_metrics(rows["label"].to_numpy(), fp32_probs, labels)["accuracy"]
     tried = []
     for rung in cfg.ladder:
         target = work / f"{rung}.onnx"
@@ -169,7 +177,7 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
             tried.append({**record, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
         candidate = OnnxClassifier(work, model_file=target.name, target=SERVING_TARGET)
-        record.update(measure_rung(candidate, test, fp32_probs.argmax(axis=1), fp32_accuracy, labels, cfg))
+        record.update(measure_rung(candidate, rows, fp32_probs.argmax(axis=1), fp32_accuracy, labels, cfg))
         record["mb"] = model_mb(target)
         tried.append(record)
         if record["passed"]:
@@ -179,12 +187,16 @@ def climb_ladder(fp32_dir: Path, work: Path, test: pd.DataFrame, calibration: li
 
 @stage_task("quantize")
 def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Keep the first (fastest) ladder rung within the accuracy-drop and agreement limits; record all tried."""
-    test = pd.read_parquet(paths.split("test"))
-    calibration = list(pd.read_parquet(paths.split("dev"))["text"][: cfg.quantize.calibration_rows])
+    """Keep the first (fastest) ladder rung within the accuracy-drop and agreement limits on dev; record all tried.
+
+    Reads the dev split only: the test split is kept for the gate's verdict, so no choice is made on it.
+    """
+    dev = pd.read_parquet(paths.split("dev"))
+    calibration = list(dev["text"][: cfg.quantize.calibration_rows])
+    rows, judged_on = judging_rows(dev, cfg.quantize.calibration_rows)
     with staged_dir(paths.stage_dir("quantize")) as out, tempfile.TemporaryDirectory(dir=out) as work_dir:
         work = Path(work_dir)
-        tried, chosen_file = climb_ladder(paths.onnx_dir, work, test, calibration, cfg.data.label_names, cfg.quantize)
+        tried, chosen_file = climb_ladder(paths.onnx_dir, work, rows, calibration, cfg.data.label_names, cfg.quantize)
         int8_dir = out / paths.int8_dir.name
         shutil.copytree(work, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
         copy_model(work / chosen_file, int8_dir / MODEL_FILE)
@@ -195,9 +207,11 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         fp32_mb = model_mb(paths.onnx_dir / read_json(paths.onnx_dir / SERVING_FILE)["model_file"])
         report = {
             "chosen": chosen["rung"],
+            **judged_on,  # split "dev", its rows judged (all figures below are on them)
             "accuracy": chosen["accuracy"],
             "fp32_accuracy": chosen["accuracy"] + chosen["accuracy_drop"],
             "accuracy_drop": chosen["accuracy_drop"],
+            "accuracy_drop_se": chosen["accuracy_drop_se"],
             "agreement": chosen["agreement"],
             "size_ratio": round(chosen["mb"] / fp32_mb, 4),
             "thresholds": {"max_accuracy_drop": cfg.quantize.max_accuracy_drop,
@@ -205,7 +219,8 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             "rungs": rungs,
         }
         write_json(out / "quantization.json", report)
-        key = (f"{chosen['rung']}: acc {chosen['accuracy']:.4f} (drop {chosen['accuracy_drop']:+.4f}), "
+        key = (f"{chosen['rung']}: dev acc {chosen['accuracy']:.4f}, drop {chosen['accuracy_drop']:+.4f} "
+               f"(SE {chosen['accuracy_drop_se']:.4f}) on {judged_on['rows']} rows, "
                f"{report['size_ratio']:.2f}x FP32 size, {len(tried)} rung(s) tried")
         result = write_result(out, StageResult(stage="quantize", key_figure=key, chosen=chosen["rung"]))
     write_run_record(paths, "quantize", {"chosen": chosen["rung"], "timings": timings})

@@ -116,3 +116,81 @@ def test_write_overrides_replaces_a_block_list_on_its_key_line(tmp_path):
     write_overrides(params, ["prepare.sources=[]"])
     assert "  sources: []  # [] keeps every source\n  dev_fraction:" in params.read_text()
     assert load_config(params).prepare.sources == []
+
+
+# Rules across keys (and sections): each refusal names both keys with their values and what to change.
+# rule: (the two settings that clash, other settings that keep the case to this one rule, the advice)
+CROSS_KEY_RULES = {
+    "quantize limit above the gate's": (
+        {"quantize.max_accuracy_drop": 0.02, "gate.max_quantization_drop": 0.01}, {},
+        "set quantize.max_accuracy_drop at or below gate.max_quantization_drop"),
+    "row bounds crossed": (
+        {"validate.min_rows": 500, "validate.max_rows": 400}, {},
+        "lower validate.min_rows or raise validate.max_rows"),
+    "text length bounds crossed": (
+        {"validate.min_text_chars": 50, "validate.max_text_chars": 20}, {}, "lower validate.min_text_chars"),
+    "class share bounds crossed": (
+        {"validate.min_class_share": 0.4, "validate.max_class_share": 0.3}, {}, "lower validate.min_class_share"),
+    "min class share no data can meet": (
+        {"validate.min_class_share": 0.6, "data.labels": [0, 1]}, {"validate.max_class_share": 0.95},
+        "lower validate.min_class_share to at most 1/2"),
+    "max class share no data can meet": (
+        {"validate.max_class_share": 0.4, "data.labels": [0, 1]}, {"validate.min_class_share": 0.05},
+        "raise validate.max_class_share to at least 1/2"),
+    "split fractions leave no train rows": (
+        {"prepare.dev_fraction": 0.6, "prepare.test_fraction": 0.4}, {}, "so that their sum is below 1"),
+    "latency rows above the test cap": (
+        {"gate.latency_rows": 200, "prepare.max_test_rows": 150}, {"gate.min_compare_rows": 100},
+        "lower gate.latency_rows or raise prepare.max_test_rows"),
+    "slice rows above the test cap": (
+        {"gate.min_slice_rows": 100, "prepare.max_test_rows": 80}, {"gate.latency_rows": 50, "gate.min_compare_rows": 50},
+        "lower gate.min_slice_rows"),
+    "compare rows above the test cap": (
+        {"gate.min_compare_rows": 200, "prepare.max_test_rows": 150}, {"gate.latency_rows": 100},
+        "lower gate.min_compare_rows"),
+    "slicing by the text column": (
+        {"gate.slice_columns": ["source", "text"], "data.text_column": "text"}, {},
+        "remove 'text' from gate.slice_columns"),
+    "slicing by the label column": (
+        {"gate.slice_columns": ["label"], "data.label_column": "label"}, {},
+        "remove 'label' from gate.slice_columns"),
+}
+
+
+def _with(raw: dict, settings: dict) -> dict:
+    for key, value in settings.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    return raw
+
+
+@pytest.mark.parametrize("rule", list(CROSS_KEY_RULES))
+def test_config_refuses_settings_that_cannot_work_together_naming_both_keys(rule):
+    clash, background, fix = CROSS_KEY_RULES[rule]
+    raw = _with(read_params(REPO / "params.yaml"), background)
+    assert parse_config(raw), "the background settings alone are valid"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(_with(raw, clash))
+    message = str(refused.value)
+    for key, value in clash.items():
+        assert f"{key} ({value})" in message or f"{key} ({value!r})" in message, (key, value, message)
+    assert fix in message
+
+
+def test_config_accepts_the_edge_of_each_cross_key_rule():
+    edges = {"quantize.max_accuracy_drop": 0.01, "gate.max_quantization_drop": 0.01,
+             "validate.min_rows": 400, "validate.max_rows": 400,
+             "validate.min_class_share": 0.5, "validate.max_class_share": 0.5,
+             "prepare.dev_fraction": 0.6, "prepare.test_fraction": 0.3,  # one fraction above 0.5 is fine alone
+             "prepare.max_test_rows": 200, "gate.latency_rows": 200, "gate.min_compare_rows": 200}
+    cfg = parse_config(_with(read_params(REPO / "params.yaml"), edges))
+    assert cfg.prepare.dev_fraction == 0.6 and cfg.gate.latency_rows == cfg.prepare.max_test_rows == 200
+
+
+def test_config_reports_every_broken_cross_section_rule_at_once():
+    settings = {"quantize.max_accuracy_drop": 0.02, "gate.max_quantization_drop": 0.01,
+                "gate.latency_rows": 200, "prepare.max_test_rows": 150}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(_with(read_params(REPO / "params.yaml"), settings))
+    assert "quantize.max_accuracy_drop (0.02)" in str(refused.value)
+    assert "gate.latency_rows (200) exceeds prepare.max_test_rows (150)" in str(refused.value)

@@ -38,14 +38,14 @@ def test_predict_file_in_and_out_without_torch(staged_pipeline, tmp_path):
 
 def test_predict_agrees_with_the_quantized_stage_accuracy(staged_pipeline, tmp_path):
     _, paths = staged_pipeline
-    test = pd.read_parquet(paths.split("test"))
-    test.assign(text=test["text"]).to_csv(tmp_path / "test.csv", index=False)
-    assert main(["predict", "--model", str(paths.int8_dir), "--input", str(tmp_path / "test.csv")]) == 0
-    predicted = pd.read_csv(tmp_path / "test.predictions.csv")
-    names = ["negative", "positive"]
-    accuracy = (predicted["predicted_label"] == [names[i] for i in test["label"]]).mean()
     report = json.loads(paths.quantization_report.read_text())
-    assert accuracy == report["accuracy"]
+    judged = pd.read_parquet(paths.split(report["split"])).iloc[report["first_row"]:]  # the rows quantize judged on
+    judged.to_csv(tmp_path / "judged.csv", index=False)
+    assert main(["predict", "--model", str(paths.int8_dir), "--input", str(tmp_path / "judged.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "judged.predictions.csv")
+    names = ["negative", "positive"]
+    accuracy = (predicted["predicted_label"] == [names[i] for i in judged["label"]]).mean()
+    assert len(judged) == report["rows"] and accuracy == report["accuracy"]
 
 
 def test_predict_explains_bad_usage(staged_pipeline, tmp_path, monkeypatch, capsys):

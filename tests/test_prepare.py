@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from tasks.core.config import parse_config
-from tasks.prepare import PrepareError, cap_rows, make_splits, to_canonical
+from tasks.prepare import MISSING_VALUE, PrepareError, cap_rows, make_splits, to_canonical
+from tasks.contracts.splits import split_contract
 from tasks.contracts.text import normalise_texts
-from tests.conftest import tiny_params
+from tests.conftest import REPO, tiny_params
 
 
 @pytest.fixture
@@ -87,7 +88,9 @@ def test_cap_rows_keeps_class_balance(reviews_frame, cfg):
 def test_prepare_stage_writes_splits_and_stats(staged_pipeline):
     cfg, paths = staged_pipeline
     splits = {name: pd.read_parquet(paths.split(name)) for name in ("train", "dev", "test")}
-    assert all(list(frame.columns) == ["text", "label"] for frame in splits.values())
+    assert cfg.gate.slice_columns == ["source"]
+    assert all(list(frame.columns) == ["text", "label", "source"] for frame in splits.values())
+    assert set(splits["test"]["source"]) == {"rotten_tomatoes"}  # prepare.sources keeps only those rows
     stats = (paths.stage_dir("prepare") / "stats.json").read_text()
     assert '"train"' in stats and '"negative"' in stats
 
@@ -109,3 +112,38 @@ def test_to_canonical_refuses_defects_with_the_problem_named(reviews_frame, cfg,
     data = cfg.data.model_copy(update={"split_column": "split"})
     with pytest.raises(PrepareError, match=message.replace("(", r"\(").replace(")", r"\)")):
         to_canonical(defect(reviews_frame.assign(split="train")), data, [])
+
+
+def test_to_canonical_carries_slice_columns_with_their_raw_values(reviews_frame, cfg):
+    rows = to_canonical(reviews_frame, cfg.data, [], carry=["source"])
+    assert list(rows.columns) == ["text", "label", "source"]
+    assert rows["source"].tolist() == reviews_frame["source"].tolist()
+    assert rows["source"].value_counts().to_dict() == {"rotten_tomatoes": 400, "imdb": 40}
+
+
+def test_to_canonical_carries_slice_values_as_strings_and_missing_as_its_own_value(reviews_frame, cfg):
+    frame = reviews_frame.head(4).assign(year=[2001, 2002, None, 2002], source=["a", None, "b", "a"])
+    rows = to_canonical(frame, cfg.data, [], carry=["source", "year"])
+    assert rows["source"].tolist() == ["a", MISSING_VALUE, "b", "a"]
+    assert rows["year"].tolist() == ["2001.0", "2002.0", MISSING_VALUE, "2002.0"]  # pandas made the column float
+
+
+def test_to_canonical_refuses_a_slice_column_the_data_lacks(reviews_frame, cfg):
+    with pytest.raises(PrepareError, match=r"gate.slice_columns names \['genre'\], not columns of the data "
+                                           r"\(columns: text, label, source\)"):
+        to_canonical(reviews_frame, cfg.data, [], carry=["source", "genre"])
+
+
+def test_to_canonical_refuses_a_slice_column_that_would_overwrite_its_own(reviews_frame, cfg):
+    with pytest.raises(PrepareError, match=r"gate.slice_columns \['label'\] clash"):
+        to_canonical(reviews_frame, cfg.data, [], carry=["label"])
+
+
+def test_split_keeps_each_row_with_its_slice_value_and_the_contract_holds(reviews_frame, cfg):
+    frame = to_canonical(reviews_frame, cfg.data, [], carry=["source"])
+    rows, keys, pairs, _ = make_splits(frame, cfg)
+    source_of = dict(zip(reviews_frame["text"], reviews_frame["source"]))
+    assert [source_of[t] for t in rows["text"]] == rows["source"].tolist()
+    assert set(rows.loc[rows["split"] == "test", "source"]) == {"rotten_tomatoes", "imdb"}
+    report = split_contract(rows, keys, pairs, cfg, REPO, tokenizer_dir=None)
+    assert report["success"], [c for c in report["checks"] if not c["success"]]

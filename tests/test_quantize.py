@@ -1,6 +1,8 @@
-"""quantize: the ladder keeps the first rung within limits, records every rung, falls back to FP32."""
+"""quantize: the ladder keeps the first rung within limits on dev (never test), records every rung with the
+standard error of its accuracy drop, falls back to FP32."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,6 +10,8 @@ import pytest
 
 import tasks.quantize as stage
 from tasks.core.config import QUANTIZATION_RUNGS, ConfigError, parse_config
+from tasks.core.paths import ArtifactPaths
+from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import CPU, OnnxClassifier
 from tests.conftest import tiny_params
 
@@ -23,31 +27,52 @@ def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
     assert served.model_file == "model.onnx" and served.logits(["fine"], 1).shape == (1, 2)
 
 
-def test_quantization_report_keeps_timings_out_and_the_run_record_keeps_them(staged_pipeline):
-    _, paths = staged_pipeline
+def test_quantize_judges_on_dev_rows_the_calibrator_did_not_see(staged_pipeline):
+    cfg, paths = staged_pipeline
     report = json.loads(paths.quantization_report.read_text())
-    assert all("latency_ms_b1" not in rung for rung in report["rungs"]), "a timing would change the report each run"
-    assert set(report["rungs"][0]) >= {"rung", "method", "accuracy", "accuracy_drop", "agreement", "passed", "mb"}
-    record = json.loads(paths.run_record("quantize").read_text())
-    assert record["chosen"] == report["chosen"] and record["timings"][report["chosen"]]["latency_ms_b1"] > 0
-    assert "ms" not in json.loads(paths.result("quantize").read_text())["key_figure"]
+    dev_rows = len(pd.read_parquet(paths.split("dev")))
+    assert dev_rows - cfg.quantize.calibration_rows >= cfg.quantize.calibration_rows, "fixture: enough dev rows"
+    assert report["split"] == "dev" and report["calibration_rows_excluded"] is True
+    assert report["first_row"] == cfg.quantize.calibration_rows
+    assert report["rows"] == dev_rows - cfg.quantize.calibration_rows
+    assert report["accuracy_drop_se"] == report["rungs"][-1]["accuracy_drop_se"] >= 0
+    key = json.loads(paths.result("quantize").read_text())["key_figure"]
+    assert f"drop {report['accuracy_drop']:+.4f} (SE {report['accuracy_drop_se']:.4f}) on {report['rows']} rows" in key
+    assert key.startswith(f"{report['chosen']}: dev acc")
 
 
-def test_split_timings_takes_clock_readings_out_of_rung_records():
-    rungs = [{"rung": "dynamic_per_tensor", "accuracy": 0.9, "latency_ms_b1": 3.2, "passed": False},
-             {"rung": "fp32", "error": "ValueError: no", "passed": False}]
-    kept, timings = stage.split_timings(rungs)
-    assert kept == [{"rung": "dynamic_per_tensor", "accuracy": 0.9, "passed": False},
-                    {"rung": "fp32", "error": "ValueError: no", "passed": False}]
-    assert timings == {"dynamic_per_tensor": {"latency_ms_b1": 3.2}}
+def test_quantize_never_reads_the_test_split(staged_pipeline, tmp_path):
+    """The test split is the gate's: a project whose prepare output has no test split still quantizes."""
+    cfg, paths = staged_pipeline
+    copy = ArtifactPaths(tmp_path)
+    shutil.copytree(paths.stage_dir("prepare"), copy.stage_dir("prepare"), ignore=shutil.ignore_patterns("test.*"))
+    shutil.copytree(paths.stage_dir("export"), copy.stage_dir("export"))
+    assert not copy.split("test").exists()
+    stage.quantize.fn(cfg, copy)
+    assert json.loads(copy.quantization_report.read_text()) == json.loads(paths.quantization_report.read_text())
+
+
+def test_judging_rows_are_the_dev_rows_after_calibration_when_as_many_remain():
+    dev = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": [i % 2 for i in range(10)]})
+    rows, record = stage.judging_rows(dev, 5)
+    assert list(rows["text"]) == [f"t{i}" for i in range(5, 10)]
+    assert record == {"split": "dev", "rows": 5, "first_row": 5, "calibration_rows_excluded": True}
+
+
+@pytest.mark.parametrize("calibration_rows", [6, 10, 500])
+def test_judging_rows_are_all_dev_rows_when_fewer_than_the_calibration_rows_remain(calibration_rows):
+    dev = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": [i % 2 for i in range(10)]})
+    rows, record = stage.judging_rows(dev, calibration_rows)
+    assert list(rows["text"]) == list(dev["text"])
+    assert record == {"split": "dev", "rows": 10, "first_row": 0, "calibration_rows_excluded": False}
 
 
 @pytest.mark.parametrize("rung", [r for r in QUANTIZATION_RUNGS])
 def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     cfg, paths = staged_pipeline
     work = tmp_path / "work"
-    test = pd.read_parquet(paths.split("test")).head(8)
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, work, test, list(test["text"]), cfg.data.label_names,
+    dev = pd.read_parquet(paths.split("dev")).head(8)
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, work, dev, list(dev["text"]), cfg.data.label_names,
                                        cfg.quantize.model_copy(update={"ladder": [rung]}))
     assert tried[0]["rung"] == rung and "error" not in tried[0], tried[0]
     logits = OnnxClassifier(work, model_file=chosen).logits(["a test"], 1)
@@ -67,8 +92,8 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
         return figures
 
     monkeypatch.setattr(stage, "measure_rung", measure_with_first_rung_broken)
-    test = pd.read_parquet(paths.split("test"))
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"][:8]),
+    dev = pd.read_parquet(paths.split("dev"))
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
                                        cfg.data.label_names, cfg.quantize)
     assert [r["rung"] for r in tried] == ["dynamic_per_tensor", "dynamic_per_channel"]
     assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "dynamic_per_channel.onnx"
@@ -83,12 +108,12 @@ def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeli
         return {**figures, "passed": model.model_file == "fp32.onnx"}
 
     monkeypatch.setattr(stage, "measure_rung", only_fp32_passes)
-    test = pd.read_parquet(paths.split("test"))
+    dev = pd.read_parquet(paths.split("dev"))
     quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "static_minmax", "fp32"]})
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"][:8]),
+    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
                                        cfg.data.label_names, quick)
     assert chosen == "fp32.onnx" and [r["passed"] for r in tried] == [False, False, True]
-    assert tried[-1]["accuracy_drop"] == 0.0 and tried[-1]["agreement"] == 1.0
+    assert tried[-1]["accuracy_drop"] == 0.0 and tried[-1]["agreement"] == 1.0 and tried[-1]["accuracy_drop_se"] == 0.0
 
 
 def test_ladder_must_end_with_fp32(tiny_model_dir):
@@ -109,8 +134,8 @@ def test_weight_sqnr_ranks_outlier_heavy_weights_as_sensitive():
 def test_quantize_measures_every_rung_on_cpu_even_where_cuda_is_offered(staged_pipeline, tmp_path, gpu_host):
     """INT8 ops have no CUDA kernels: quantize's accuracy and latency must describe CPU serving on any host."""
     cfg, paths = staged_pipeline
-    test = pd.read_parquet(paths.split("test")).head(8)
-    stage.climb_ladder(paths.onnx_dir, tmp_path / "w", test, list(test["text"]), cfg.data.label_names,
+    dev = pd.read_parquet(paths.split("dev")).head(8)
+    stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"]), cfg.data.label_names,
                        cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "fp32"], "latency_rows": 2}))
     assert gpu_host.sessions.requests and all(asked == [CPU] for asked in gpu_host.sessions.requests)
 
@@ -119,3 +144,23 @@ def test_the_shipped_quantized_folder_says_it_serves_on_cpu(staged_pipeline, gpu
     _, paths = staged_pipeline
     assert json.loads((paths.int8_dir / "serving.json").read_text())["providers"] == [CPU]
     assert OnnxClassifier(paths.int8_dir).providers == [CPU] and gpu_host.sessions.requests == [[CPU]]
+
+
+class _CountingModel:
+    """Stands in for an OnnxClassifier: records the batches it was asked to score."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[str], int]] = []
+
+    def logits(self, texts, batch_size):
+        self.calls.append((list(texts), batch_size))
+        return np.zeros((len(texts), 2))
+
+
+def test_batch1_latencies_time_each_text_alone_after_one_untimed_warm_up():
+    model = _CountingModel()
+    times = batch1_latencies_ms(model, ["a", "b", "c"])
+    assert times.shape == (3,) and (times >= 0).all()
+    assert model.calls == [(["a"], 1), (["a"], 1), (["b"], 1), (["c"], 1)]  # warm-up, then one call per text
+    assert batch1_latencies_ms(_CountingModel(), []).shape == (0,)
+

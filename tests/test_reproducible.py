@@ -27,7 +27,10 @@ RUN_SPECIFIC_WORDS = {"seconds", "ms", "time", "timestamp", "elapsed", "host", "
 
 
 def run_specific(key: str) -> bool:
-    return bool(set(re.split(r"[_/.\- ]", key.lower())) & RUN_SPECIFIC_WORDS)
+    """A key naming a reading of the clock or machine; params.yaml's own keys (e.g. a latency bound) are settings."""
+    return key not in PARAMS_KEYS and bool(set(re.split(r"[_/.\- ]", key.lower())) & RUN_SPECIFIC_WORDS)
+
+
 VOCABULARY_FILES = {"tokenizer.json", "vocab.txt"}  # word lists: "time" and "host" are words there
 
 
@@ -43,6 +46,9 @@ def json_keys(value) -> set[str]:
     if isinstance(value, list):
         return {k for v in value for k in json_keys(v)}
     return set()
+
+
+PARAMS_KEYS = json_keys(tiny_params(REPO))
 
 
 def test_tracked_outputs_hold_no_timings_hosts_or_project_paths(staged_pipeline):

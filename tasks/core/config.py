@@ -60,11 +60,19 @@ class ValidateConfig(_Section):
     max_length_ks: float = Field(ge=0, le=1)
     max_oov_rate: float = Field(ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateConfig:
+        problems = [_min_above_max("validate", low, high, getattr(self, low), getattr(self, high))
+                    for low, high in (("min_rows", "max_rows"), ("min_text_chars", "max_text_chars"),
+                                      ("min_class_share", "max_class_share"))]
+        _raise_problems(problems)
+        return self
+
 
 class PrepareConfig(_Section):
     sources: list[str]
-    dev_fraction: float = Field(gt=0, lt=0.5)
-    test_fraction: float = Field(gt=0, lt=0.5)
+    dev_fraction: float = Field(gt=0, lt=1)  # their sum is checked below: the rule that bites
+    test_fraction: float = Field(gt=0, lt=1)
     max_train_rows: int | None = Field(ge=1)
     max_dev_rows: int | None = Field(ge=1)
     max_test_rows: int | None = Field(ge=1)
@@ -81,6 +89,10 @@ class PrepareConfig(_Section):
     def _bands_divide_permutations(self) -> PrepareConfig:
         if self.minhash_permutations % self.lsh_bands:
             raise ValueError("prepare.lsh_bands must divide prepare.minhash_permutations")
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError(f"prepare.dev_fraction ({self.dev_fraction}) + prepare.test_fraction "
+                             f"({self.test_fraction}) = {self.dev_fraction + self.test_fraction:g} leaves no rows "
+                             "to train on: lower one of them so that their sum is below 1")
         return self
 
 
@@ -153,6 +165,85 @@ class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
     min_macro_f1: float = Field(ge=0, le=1)
     max_quantization_drop: float = Field(ge=0, le=1)
+    confidence: float = Field(gt=0, lt=1)
+    bootstrap_samples: int = Field(ge=100)
+    calibration_bins: int = Field(ge=2)
+    length_buckets: list[int] = Field(min_length=1)
+    slice_columns: list[str]
+    min_slice_rows: int = Field(ge=1)
+    min_slice_accuracy: float = Field(ge=0, le=1)
+    max_slice_gap: float = Field(ge=0, le=1)
+    champion: str | None
+    first_run: Literal["promote_if_checks_pass", "require_champion"]
+    margin: float = Field(ge=0, le=1)
+    min_compare_rows: int = Field(ge=1)
+    latency_rows: int = Field(ge=1)
+    max_latency_ms_b1: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _buckets_increase(self) -> GateConfig:
+        edges = self.length_buckets
+        if any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 1:
+            raise ValueError("gate.length_buckets must be increasing token counts of at least 1")
+        if len(set(self.slice_columns)) != len(self.slice_columns):
+            raise ValueError("gate.slice_columns must not repeat")
+        return self
+
+
+def _min_above_max(section: str, low: str, high: str, low_value: float, high_value: float) -> str | None:
+    """The complaint when a lower bound exceeds its upper bound (no data could pass both), else None."""
+    if low_value <= high_value:
+        return None
+    return (f"{section}.{low} ({low_value}) exceeds {section}.{high} ({high_value}): no data can satisfy both; "
+            f"lower {section}.{low} or raise {section}.{high}")
+
+
+def _raise_problems(problems: list[str | None]) -> None:
+    """One ValueError listing every rule broken (a user fixes them all in one edit), or nothing."""
+    found = [p for p in problems if p]
+    if found:
+        raise ValueError("; ".join(found))
+
+
+def _class_share_problems(data: DataConfig, check: ValidateConfig) -> list[str | None]:
+    """Class-share bounds no data with len(data.labels) classes can meet (shares sum to 1)."""
+    classes = len(data.labels)
+    too_high = check.min_class_share * classes > 1
+    too_low = check.max_class_share * classes < 1
+    return [
+        f"validate.min_class_share ({check.min_class_share}) x {classes} classes in data.labels "
+        f"({data.labels}) = {check.min_class_share * classes:g} > 1: no data can hold every class at that share; "
+        f"lower validate.min_class_share to at most 1/{classes} ({1 / classes:.4g})" if too_high else None,
+        f"validate.max_class_share ({check.max_class_share}) x {classes} classes in data.labels "
+        f"({data.labels}) = {check.max_class_share * classes:g} < 1: the classes cannot fill the data at that share; "
+        f"raise validate.max_class_share to at least 1/{classes} ({1 / classes:.4g})" if too_low else None,
+    ]
+
+
+def _gate_problems(cfg: PipelineConfig) -> list[str | None]:
+    """Gate settings that another section makes unreachable or meaningless."""
+    gate, problems = cfg.gate, []
+    if cfg.quantize.max_accuracy_drop > gate.max_quantization_drop:
+        problems.append(
+            f"quantize.max_accuracy_drop ({cfg.quantize.max_accuracy_drop}) exceeds gate.max_quantization_drop "
+            f"({gate.max_quantization_drop}): quantize would keep a rung that the gate's stricter bar then rejects; "
+            "set quantize.max_accuracy_drop at or below gate.max_quantization_drop")
+    cap = cfg.prepare.max_test_rows
+    needs = {"latency_rows": "the gate could never time that many test rows",
+             "min_slice_rows": "no slice could ever be judged",
+             "min_compare_rows": "no comparison with the champion could ever be resolved (always INCONCLUSIVE)"}
+    for key, why in needs.items():
+        if cap is not None and getattr(gate, key) > cap:
+            problems.append(f"gate.{key} ({getattr(gate, key)}) exceeds prepare.max_test_rows ({cap}): {why}; "
+                            f"lower gate.{key} or raise prepare.max_test_rows (or set it to null)")
+    why_not = {"text_column": "every distinct text would be a slice of its own",
+               "label_column": "a slice per label is a class, and per-class figures are reported already"}
+    for key, why in why_not.items():
+        column = getattr(cfg.data, key)
+        if column in gate.slice_columns:
+            problems.append(f"gate.slice_columns ({gate.slice_columns}) names data.{key} ({column!r}): {why}; "
+                            f"remove {column!r} from gate.slice_columns")
+    return problems
 
 
 class PipelineConfig(_Section):
@@ -169,6 +260,12 @@ class PipelineConfig(_Section):
     # `validate` shadows a pydantic method, hence the alias.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _sections_agree(self) -> PipelineConfig:
+        """Rules across sections, each naming both keys: settings valid alone that cannot work together."""
+        _raise_problems([*_class_share_problems(self.data, self.validate_), *_gate_problems(self)])
+        return self
+
     def section(self, name: str) -> _Section:
         """The config section of a stage or shared section, by its params.yaml name."""
         return self.validate_ if name == "validate" else getattr(self, name)
@@ -183,9 +280,9 @@ def parse_config(raw: dict[str, Any]) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        # A rule across sections has no location: its message names its keys itself.
+        messages = [(err["loc"], err["msg"].removeprefix("Value error, ")) for err in exc.errors()]
+        problems = "; ".join(f"{'.'.join(str(p) for p in loc)}: {msg}" if loc else msg for loc, msg in messages)
         raise ConfigError(f"invalid params: {problems}") from exc
 
 

@@ -4,3 +4,6 @@ SERVING_FILE = "serving.json"  # model_file, max_length, labels, padding token
 MODEL_FILE = "model.onnx"  # as exported (and, in a quantized folder, the chosen model)
 OPTIMIZED_FILE = "model.optimized.onnx"  # after onnxruntime's offline graph optimisation
 FP16_FILE = "model.fp16.onnx"  # for the CUDA execution provider
+# A gate's release folder (artifacts/gate/release): the served files plus what the gate judged.
+RELEASE_FILE = "release.json"  # the model's hash, its training run and the gate's decision
+TEST_ROWS_FILE = "test_rows.json"  # keys of the test rows it was judged on (a later gate compares on the shared ones)

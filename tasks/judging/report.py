@@ -1,0 +1,105 @@
+"""The gate's decision as a person reads it: the verdict first, then why, then the figures behind it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.core.config import GateConfig
+
+
+def _span(figure: dict[str, float] | None, signed: bool = False) -> str:
+    if figure is None:
+        return "n/a"
+    form = "+.4f" if signed else ".4f"
+    return f"{figure['value']:{form}} [{figure['low']:{form}}, {figure['high']:{form}}]"
+
+
+def key_figure(decision: dict[str, Any]) -> str:
+    """One line for the run summary: the verdict, the shipped accuracy and, when there is one, the comparison."""
+    line = f"{decision['decision']}: shipped acc {_span(decision['metrics']['accuracy'])}"
+    comparison = decision.get("comparison")
+    if comparison and comparison["rows"]:
+        line += f", vs champion {_span(comparison['differences']['accuracy'], signed=True)}"
+    failed = [c["check"] for c in decision["checks"] if not c["passed"]]
+    return line + (f" (failed: {', '.join(failed)})" if failed else "")
+
+
+def _checks(decision: dict[str, Any]) -> list[str]:
+    lines = ["| check | value | interval | rule | threshold | result |", "|---|---|---|---|---|---|"]
+    for c in decision["checks"]:
+        value = "see run record" if c["value"] is None else f"{c['value']:.4f}"
+        span = f"[{c['interval'][0]:.4f}, {c['interval'][1]:.4f}]" if "interval" in c else ""
+        lines.append(f"| {c['check']} | {value} | {span} | {c['rule']} | {c['threshold']:.4f} | "
+                     f"{'pass' if c['passed'] else 'FAIL'} |")
+    return lines
+
+
+def _metrics(metrics: dict[str, Any], confidence: float) -> list[str]:
+    lines = [f"| metric | value [{confidence:.0%} interval] |", "|---|---|",
+             f"| accuracy | {_span(metrics['accuracy'])} |", f"| macro-F1 | {_span(metrics['macro_f1'])} |"]
+    if metrics.get("roc_auc") is not None:
+        lines.append(f"| ROC-AUC | {_span(metrics['roc_auc'])} |")
+    lines.append(f"| expected calibration error | {_span(metrics['ece'])} |")
+    for name, figures in metrics["per_class"].items():
+        for measure in ("precision", "recall", "f1"):
+            lines.append(f"| {name} {measure} (support {figures['support']}) | {_span(figures[measure])} |")
+    return lines
+
+
+def _comparison(comparison: dict[str, Any] | None, decision: dict[str, Any]) -> list[str]:
+    if comparison is None:
+        return [f"No production model to compare with (gate.champion is null; gate.first_run: {decision['first_run']})."]
+    champion = comparison["champion"]
+    lines = [f"Champion `{champion['path']}` (version {champion['version'] or 'unrecorded'}, model sha256 "
+             f"{champion['sha256'][:12]}…): {comparison['scope']}.", ""]
+    if not comparison["rows"]:
+        return lines + ["No test row was judged by both models."]
+    mcnemar = comparison["mcnemar"]
+    lines += ["| candidate - champion | difference [interval] | SE |", "|---|---|---|"]
+    for name, figure in comparison["differences"].items():
+        lines.append(f"| {name} | {_span(figure, signed=True)} | {figure['se']:.4f} |")
+    needed = comparison["rows_needed"]
+    resolution = ("; a margin of 0 can never be resolved" if needed is None else
+                  f"; at this disagreement rate the interval narrows below the margin at about {needed} rows")
+    lines += ["", f"Rows compared: {comparison['rows']}; the models disagree on correctness on "
+                  f"{comparison['disagreement']:.1%} of them (candidate alone right: {mcnemar['a_only']}, champion "
+                  f"alone right: {mcnemar['b_only']}; McNemar exact p = {mcnemar['p_value']:.3g}). Non-inferiority "
+                  f"margin {comparison['margin']:g}{resolution}. Outcome: {comparison['outcome']}."]
+    return lines
+
+
+def _slices(slices: list[dict[str, Any]], cfg: GateConfig) -> list[str]:
+    lines = [f"Judged when a slice has at least {cfg.min_slice_rows} rows: accuracy >= {cfg.min_slice_accuracy:g} "
+             f"and at most {cfg.max_slice_gap:g} below overall.", "",
+             "| slice | rows | accuracy [interval] | gap to overall | result |", "|---|---|---|---|---|"]
+    for s in slices:
+        result = ("too small" if not s["judged"] else "pass" if s["passed"] else "FAIL: " + "; ".join(s["failed"]))
+        lines.append(f"| {s['column']} = {s['value']} | {s['rows']} | {_span(s['accuracy'])} | {s['gap']:+.4f} | "
+                     f"{result} |")
+    return lines
+
+
+def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
+    """report.md: verdict, why, checks, metrics with intervals, the comparison, slices, the candidate."""
+    quantization = decision["reference"]["quantization"]
+    candidate = decision["candidate"]
+    pytorch = decision["reference"]["pytorch"]
+    lines = [
+        f"# Gate: {decision['decision']}", "",
+        f"Why: {decision['why']}.", "",
+        f"The shipped model (`{candidate['model']}`, {candidate['precision']}) was run by the serving code on "
+        f"{decision['metrics']['rows']} test rows: accuracy {_span(decision['metrics']['accuracy'])}, macro-F1 "
+        f"{_span(decision['metrics']['macro_f1'])} ({cfg.confidence:.0%} bootstrap intervals, "
+        f"{cfg.bootstrap_samples} resamples). The PyTorch model it came from: accuracy {pytorch['accuracy']:.4f}, "
+        f"macro-F1 {pytorch['macro_f1']:.4f}; quantization cost {quantization['accuracy_drop']:+.4f} accuracy "
+        f"(SE {quantization['accuracy_drop_se']:.4f}; {quantization['agreement']:.1%} of predictions agree).", "",
+        "## Checks", "", *_checks(decision), "",
+        "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
+        "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
+        "## Slices", "", *_slices(decision["slices"], cfg), "",
+        "## Candidate", "",
+        f"Model sha256 {candidate['sha256'][:12]}…, training run {candidate['train_run']} (its stamp: "
+        "`artifacts/train/stamp.json`); release folder `artifacts/gate/release`. Latency figures: "
+        "`.tunegate/runs/gate.json`; reliability diagram: `dvc plots show artifacts/gate/reliability.csv`.",
+    ]
+    return "\n".join(lines) + "\n"
