@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tasks.core.config import STAGES
 from tasks.core.errors import TunegateError
+from tasks.serving.files import PREDICT_BATCH_SIZE
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
@@ -226,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run validate -> prepare -> train -> evaluate -> export -> quantize -> gate. "
                                      "Stages DVC reports up to date are skipped; stages that run are recorded in "
                                      "dvc.lock, so a later `dvc repro` has nothing to do. Uses PREFECT_API_URL when "
-                                     "set, else an ephemeral Prefect server.")
+                                     "set, else an ephemeral Prefect server. Exits 0 when the pipeline completes, whatever "
+                                     "the gate decided (PROMOTE, REJECT or INCONCLUSIVE: artifacts/gate/decision.json "
+                                     "and report.md); judge against an earlier model with "
+                                     "-S gate.champion=PATH/artifacts/gate/release.")
     run.set_defaults(func=cmd_run)
 
     stage = sub.add_parser("stage", help="run one stage in this process (what dvc.yaml calls)",
@@ -273,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "default: INPUT with suffix .predictions.csv)")
     predict.add_argument("--text-column", help="text column of --input (default: data.text_column of params.yaml "
                                                "in the current folder; without one, text)")
-    predict.add_argument("--batch-size", type=int, default=32, help="texts per batch, grouped by length")
+    predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
+                         help="texts per model call, grouped by length (default %(default)s). A dynamic INT8 model "
+                              "quantizes activations per call, so a few labels can change with the batch: 1 gives "
+                              "each text the label the gate judged (gate.batch_size)")
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", parents=[overrides],

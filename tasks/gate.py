@@ -21,7 +21,7 @@ from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, comp
 from tasks.judging.report import key_figure, render_report
 from tasks.judging.slices import length_buckets, slice_report, token_lengths
 from tasks.judging.stats import metric_intervals, paired_accuracy_se
-from tasks.serving.files import MODEL_FILE, RELEASE_FILE, TEST_ROWS_FILE
+from tasks.serving.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
 from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import OnnxClassifier
 from tasks.serving.predict import load_served_model, predict_texts
@@ -92,7 +92,7 @@ def compare_with_champion(champion: Champion, test: pd.DataFrame, keys: list[str
     rows = shared_rows(keys, champion)
     model = load_served_model(champion.folder)
     texts = [test["text"].iloc[i] for i in rows]
-    champion_pred = served_probabilities(model, texts, cfg.evaluate.batch_size).argmax(axis=1)
+    champion_pred = served_probabilities(model, texts, cfg.gate.batch_size).argmax(axis=1)
     y_true = test["label"].to_numpy()[rows]
     comparison = compare_predictions(y_true, candidate_pred[rows], champion_pred, len(cfg.data.label_names),
                                      cfg.gate, cfg.seed)
@@ -127,8 +127,13 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     test = pd.read_parquet(paths.split("test"))
     texts, y_true = list(test["text"]), test["label"].to_numpy()
     model = load_served_model(paths.int8_dir)
-    probs = served_probabilities(model, texts, cfg.evaluate.batch_size)
+    probs = served_probabilities(model, texts, g.batch_size)
     predicted = probs.argmax(axis=1)
+    # Dynamic INT8 quantizes activations per call: how many labels change when predict batches the texts.
+    batched = served_probabilities(model, texts, PREDICT_BATCH_SIZE).argmax(axis=1)
+    batching = {"judged_batch_size": g.batch_size, "predict_batch_size": PREDICT_BATCH_SIZE,
+                "agreement": float((batched == predicted).mean()),
+                "accuracy_at_predict_batch_size": float((batched == y_true).mean())}
     metrics = metric_intervals(y_true, probs, cfg.data.label_names, g.bootstrap_samples, g.confidence, cfg.seed,
                                g.calibration_bins)
     pytorch = pd.read_parquet(paths.stage_dir("evaluate") / "predictions.parquet")
@@ -152,7 +157,7 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                  "train_run": read_json(paths.train_stamp)["run_fingerprint"]}
     decision = {**decide(checks, comparison, g), "checks": checks, "metrics": metrics,
                 "reference": {"pytorch": {k: read_json(paths.metrics)[k] for k in ("accuracy", "macro_f1")},
-                              "quantization": quantization},
+                              "quantization": quantization, "batching": batching},
                 "slices": slices, "comparison": comparison, "first_run": g.first_run if champion is None else None,
                 "candidate": candidate}
     with staged_dir(paths.stage_dir("gate")) as out:

@@ -165,6 +165,7 @@ class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
     min_macro_f1: float = Field(ge=0, le=1)
     max_quantization_drop: float = Field(ge=0, le=1)
+    batch_size: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     bootstrap_samples: int = Field(ge=100)
     calibration_bins: int = Field(ge=2)

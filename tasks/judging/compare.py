@@ -50,6 +50,9 @@ class Champion:
 def find_champion(setting: str, root: Path, labels: list[str]) -> Champion:
     """The folder `gate.champion` names (relative to the project root), checked to serve the same labels."""
     folder = Path(setting) if Path(setting).is_absolute() else root / setting
+    if folder.resolve().is_relative_to((root / "artifacts").resolve()):
+        raise ChampionError(f"gate.champion {setting!r} is inside this project's artifacts/, which the pipeline "
+                            "rewrites (the champion would become the candidate): copy the release folder elsewhere")
     if not (folder / SERVING_FILE).is_file():
         raise ChampionError(f"gate.champion {setting!r}: {folder} is not a served model folder (no {SERVING_FILE}); "
                             "point it at a past run's artifacts/gate/release, or set it to null")

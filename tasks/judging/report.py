@@ -79,6 +79,16 @@ def _slices(slices: list[dict[str, Any]], cfg: GateConfig) -> list[str]:
     return lines
 
 
+def _batching(batching: dict[str, Any]) -> str:
+    judged, served = batching["judged_batch_size"], batching["predict_batch_size"]
+    if batching["agreement"] == 1.0:
+        return f"Labels are the same whether texts are scored {judged} or {served} to a call."
+    return (f"Judged {judged} text(s) per call. Scored {served} to a call (`tunegate predict`'s default), "
+            f"{1 - batching['agreement']:.1%} of the labels change (accuracy "
+            f"{batching['accuracy_at_predict_batch_size']:.4f}): a dynamically quantized model scales its "
+            "activations per call, so a text's label can depend on the texts batched with it.")
+
+
 def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
     """report.md: verdict, why, checks, metrics with intervals, the comparison, slices, the candidate."""
     quantization = decision["reference"]["quantization"]
@@ -93,6 +103,7 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         f"{cfg.bootstrap_samples} resamples). The PyTorch model it came from: accuracy {pytorch['accuracy']:.4f}, "
         f"macro-F1 {pytorch['macro_f1']:.4f}; quantization cost {quantization['accuracy_drop']:+.4f} accuracy "
         f"(SE {quantization['accuracy_drop_se']:.4f}; {quantization['agreement']:.1%} of predictions agree).", "",
+        _batching(decision["reference"]["batching"]), "",
         "## Checks", "", *_checks(decision), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
