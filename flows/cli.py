@@ -206,6 +206,93 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ci(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.ci import ci_main, ci_pr
+
+    root = Path(args.project).resolve()
+    if args.ci_command == "pr":
+        return ci_pr(root, debugging(args))
+    return ci_main(root, args.push, debugging(args))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from tasks.registry.promote import promote
+
+    done = promote(Path(args.project).resolve(), args.bump, args.stage, args.force, args.reason, args.push)
+    verdict = f"gate {done.decision}" + (" [bold yellow](forced)[/]" if done.forced else "")
+    console.print(f"[bold green]{done.version}[/] of {escape(done.registration_tag.split('@')[0])} "
+                  f"(commit {done.commit[:12]}, {verdict}) is in [bold]{done.stage}[/]", soft_wrap=True)
+    console.print(f"  bytes: the gate's outputs are in the DVC remote {escape(done.dvc_remote)!r} (verified)",
+                  soft_wrap=True)
+    console.print(f"  tags: {escape(done.registration_tag)} ({'created' if done.registered else 'already there'}), "
+                  f"{escape(done.stage_tag)} ({'created' if done.moved else f'already there: {done.stage} not moved'})",
+                  soft_wrap=True)
+    for note in done.notes:
+        console.print(f"  note: {note}", soft_wrap=True, markup=False, highlight=False)
+    if done.pushed_to:
+        console.print(f"  pushed both tags to {escape(done.pushed_to)}", soft_wrap=True)
+    else:
+        console.print("  tags are local: publish them with `tunegate promote --push [REMOTE]`", soft_wrap=True,
+                      markup=False)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tasks.registry.rollback import rollback
+
+    done = rollback(Path(args.project).resolve(), args.stage, args.to, args.reason, args.push)
+    if done.moved:
+        console.print(f"{done.stage}: {done.from_version} -> [bold]{done.to_version}[/] ({done.tag})", soft_wrap=True)
+        console.print(f"smoke test on {done.folder}: {done.smoke}", soft_wrap=True, markup=False, highlight=False)
+    else:
+        console.print(f"{done.stage} already holds {done.to_version} ({done.tag}): nothing moved", soft_wrap=True)
+    if done.pushed_to:
+        console.print(f"pushed {done.tag} to {done.pushed_to}", soft_wrap=True)
+    return 0
+
+
+def print_models(root: Path) -> None:
+    from tasks.registry import tags
+    from tasks.registry.history import iso, model_rows
+
+    table = Table(title=f"{tags.ARTIFACT} versions")
+    for column in ("version", "commit", "registered (UTC)", "by", "gate", "stages now"):
+        table.add_column(column, no_wrap=column != "by")
+    for row in model_rows(tags.versions(root), tags.stage_moves(root)):
+        table.add_row(row.version, row.commit, iso(row.registered), row.by, row.gate, ", ".join(row.stages))
+    console.print(table)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print_models(Path(args.project).resolve())
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from tasks.registry import tags
+    from tasks.registry.history import describe_holder, events, iso, parse_instant
+
+    root = Path(args.project).resolve()
+    if args.short:
+        print_models(root)
+        return 0
+    if args.at is not None:
+        at, stage = parse_instant(args.at), args.stage or tags.PROD
+        console.print(describe_holder(tags.in_stage(root, stage, at), stage, at),
+                      soft_wrap=True, markup=False, highlight=False)
+        return 0
+    table = Table(title=f"{tags.ARTIFACT} registry history")
+    for column in ("when (UTC)", "event", "version", "who", "why", "gate"):
+        table.add_column(column, no_wrap=column in ("when (UTC)", "version"), overflow="fold")
+    for e in events(tags.versions(root), tags.stage_moves(root, args.stage)):
+        table.add_row(iso(e.at), e.event, e.version, e.who, e.why, e.gate)
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunegate",
@@ -290,6 +377,95 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
     serve.add_argument("--cron", default="0 3 * * *", help="schedule (default: daily at 03:00)")
     serve.set_defaults(func=cmd_serve)
+
+    ci = sub.add_parser("ci", help="what the promotion workflow runs: `ci pr` gates a pull request, `ci main` "
+                                   "promotes after a merge",
+                        description="The two jobs of .github/workflows/promote.yml, runnable locally too. Both run "
+                                    "`dvc pull` (a missing remote or missing files are a warning: the pipeline "
+                                    "rebuilds stage outputs), then the flow as `tunegate run` does (the gate judges "
+                                    "against the registry's prod version), and append the gate report to "
+                                    "$GITHUB_STEP_SUMMARY when set.")
+    ci_sub = ci.add_subparsers(dest="ci_command", required=True)
+    ci_pr = ci_sub.add_parser("pr", help="reproduce and gate; exit 1 when the gate says REJECT",
+                              description="Reproduce and gate, publish artifacts/gate/report.md (job summary; a PR "
+                                          "comment when GITHUB_TOKEN, GITHUB_REPOSITORY and GITHUB_EVENT_PATH's "
+                                          "pull_request.number are set, posted to GITHUB_API_URL; a comment that "
+                                          "cannot be posted is a warning). Exits 1 on REJECT or a failed pipeline, "
+                                          "0 on PROMOTE and INCONCLUSIVE (said loudly: main will not promote it).")
+    ci_pr.add_argument("--project", default=".", help="project root, a git repository (default: current folder)")
+    ci_pr.set_defaults(func=cmd_ci)
+    ci_main = ci_sub.add_parser("main", help="reproduce and gate the merged commit; promote it on PROMOTE",
+                                description="On a clean checkout of the merged commit: reproduce and gate. Fails "
+                                            "when the run changed tracked files (the committed dvc.lock is not what "
+                                            "this code reproduces: run `tunegate run` on the branch and commit "
+                                            "dvc.lock). On PROMOTE runs `tunegate promote --push REMOTE` and prints "
+                                            "the version; on REJECT or INCONCLUSIVE prints the verdict, promotes "
+                                            "nothing and exits 0; nor when the model is already a registered "
+                                            "version's (prod's, or one prod was rolled back from).")
+    ci_main.add_argument("--project", default=".", help="project root, a git repository (default: current folder)")
+    ci_main.add_argument("--push", default="origin", metavar="REMOTE",
+                         help="git remote that receives the new tags (default: origin)")
+    ci_main.set_defaults(func=cmd_ci)
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument("--project", default=".", help="project root, a git repository (default: current folder)")
+    stage_move = argparse.ArgumentParser(add_help=False, parents=[registry])  # what promote and rollback share
+    stage_move.add_argument("--stage", default="prod", help="stage to move (default: prod; one of .gto's stages)")
+    stage_move.add_argument("--push", nargs="?", const="origin", metavar="REMOTE",
+                            help="then `git push REMOTE` the tags (REMOTE default: origin)")
+
+    promote = sub.add_parser("promote", parents=[stage_move],
+                             help="register HEAD's gated model as a version and move prod to it (PROMOTE only)",
+                             description="Publish the model the gate judged (artifacts/gate/release) as the next "
+                                         "version of HEAD's commit and move a stage to it. Refused unless "
+                                         "artifacts/gate/decision.json says PROMOTE (or --force --reason); the "
+                                         "tracked files are committed; the gate and every stage before it match "
+                                         "dvc.lock; the release's model hash is the one judged; and the gate "
+                                         "compared with the registry's current prod version (none on a first run). "
+                                         "The gate's outputs are pushed to the default DVC remote and checked there "
+                                         "before any tag is made. Tags: tunegate@vX.Y.Z (registration) and "
+                                         "tunegate#STAGE#N (stage move), annotated with the verdict, the reason, "
+                                         "and the decision, model and data hashes (`git show TAG`). Rerunning "
+                                         "finishes a promotion cut short: the version registered for this commit is "
+                                         "reused, a stage that holds it is not moved again. Exits 1 on a refusal.")
+    promote.add_argument("--bump", choices=("major", "minor", "patch"), default="minor",
+                         help="which part of the latest version to raise (default: minor; the first is v0.1.0)")
+    promote.add_argument("--force", action="store_true",
+                         help="promote a REJECT or INCONCLUSIVE decision, or one judged against another champion "
+                              "than prod's version; needs --reason")
+    promote.add_argument("--reason", help="why (recorded in both tags; required with --force)")
+    promote.set_defaults(func=cmd_promote)
+
+    back = sub.add_parser("rollback", parents=[stage_move],
+                          help="move prod back to an earlier version, after fetching and smoke-testing it",
+                          description="Move a stage (default prod) back to --to VERSION, or to the version it held "
+                                      "before its current one (versions a rollback moved away from are skipped). "
+                                      "First that version's artifacts/gate/release is fetched through DVC at its "
+                                      "commit (local cache, then the DVC remote; never artifacts/) into "
+                                      ".tunegate/registry/VERSION and must classify a few fixed texts (finite "
+                                      "probabilities summing to 1 over the release's labels); only then is the "
+                                      "stage tag made, recording the version rolled back from, the reason and the "
+                                      "smoke test (git show TAG). If the stage already holds VERSION nothing moves.")
+    back.add_argument("--to", metavar="VERSION", help="version to restore, e.g. v0.1.0 (default: the previous one)")
+    back.add_argument("--reason", help="why, recorded in the tag message")
+    back.set_defaults(func=cmd_rollback)
+
+    history = sub.add_parser("history", parents=[registry],
+                             help="every registration and stage move; --at TIME: what was in prod then",
+                             description="Print every registered version and stage move, oldest first: when (UTC), "
+                                         "event, version, who (the tag's tagger), why (the reason recorded, else "
+                                         "the tag message's first line) and the gate's verdict. --at TIME answers "
+                                         "which version the stage held at that instant instead.")
+    history.add_argument("--at", metavar="TIME",
+                         help="ISO 8601 time, e.g. 2026-11-29T13:05:00Z or 2026-11-29T14:05+01:00; no offset means "
+                              "UTC; a date means its 00:00 UTC; a future time gives the current version")
+    history.add_argument("--stage", help="only this stage's moves (with --at: the stage asked about, default prod)")
+    history.add_argument("--short", action="store_true", help="one row per version instead (as `tunegate models`)")
+    history.set_defaults(func=cmd_history)
+
+    models = sub.add_parser("models", parents=[registry], help="registered versions and the stages that hold them",
+                            description="One row per registered version: commit, when and by whom it was "
+                                        "registered, the gate's verdict, and the stages at that version now.")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

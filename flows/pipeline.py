@@ -22,6 +22,7 @@ from tasks.core.io import recover_swaps
 from tasks.core.errors import TunegateError
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import load_stage, read_result
+from tasks.registry.champion import champion_moved
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,11 @@ def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcSt
     """Run one stage unless DVC says it is up to date; record it in dvc.lock when it ran on the deps
     and params it started with (a change while it ran leaves it unrecorded, so the next run reruns it)."""
     started = time.perf_counter()
-    if cache.is_up_to_date(name):
+    # The gate's champion is the registry's prod version: a git tag that DVC does not see move.
+    moved = champion_moved(paths, cfg.gate.champion) if name == "gate" else None
+    if moved:
+        _warn(f"gate: rerun although DVC has it up to date: {moved}")
+    if not moved and cache.is_up_to_date(name):
         report_skipped(name)
         clear_failure_report(paths, name)
         previous = read_result(paths, name)

@@ -16,11 +16,12 @@ from tasks.core.metrics import reliability_bins
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
-from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, compare_predictions, find_champion,
-                                   row_keys, shared_rows)
+from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, champion_folder, compare_predictions,
+                                   find_champion, row_keys, shared_rows)
 from tasks.judging.report import key_figure, render_report
 from tasks.judging.slices import length_buckets, slice_report, token_lengths
 from tasks.judging.stats import metric_intervals, paired_accuracy_se
+from tasks.registry.champion import prod_release
 from tasks.serving.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
 from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import OnnxClassifier
@@ -80,10 +81,11 @@ def decide(checks: list[dict[str, Any]], comparison: dict[str, Any] | None, cfg:
         return {"decision": comparison["outcome"], "why": comparison["why"]}
     if cfg.first_run == "require_champion":
         return {"decision": INCONCLUSIVE,
-                "why": "no production model to compare with (gate.champion is null) and gate.first_run is "
-                       "require_champion"}
-    return {"decision": PROMOTE, "why": "every check holds; no production model to compare with (gate.champion is "
-                                        "null): first run, gate.first_run is promote_if_checks_pass"}
+                "why": "no production model to compare with (nothing in the registry's prod stage, gate.champion "
+                       "null) and gate.first_run is require_champion"}
+    return {"decision": PROMOTE, "why": "every check holds; no production model to compare with (nothing in the "
+                                        "registry's prod stage, gate.champion null): first run, gate.first_run is "
+                                        "promote_if_checks_pass"}
 
 
 def compare_with_champion(champion: Champion, test: pd.DataFrame, keys: list[str], candidate_pred: np.ndarray,
@@ -100,6 +102,18 @@ def compare_with_champion(champion: Champion, test: pd.DataFrame, keys: list[str
              if champion.test_keys is None else
              f"compared on the {len(rows)} of {len(keys)} candidate test rows its own gate also judged")
     return {"champion": champion.identity(), "candidate_rows": len(keys), "scope": scope, **comparison}
+
+
+def resolve_champion(cfg: PipelineConfig, paths: ArtifactPaths) -> Champion | None:
+    """gate.champion's folder when set; else the registry's prod version (fetched through DVC); else None."""
+    labels = cfg.data.label_names
+    if cfg.gate.champion:
+        return find_champion(champion_folder(cfg.gate.champion, paths.root), cfg.gate.champion, labels)
+    prod = prod_release(paths)
+    if prod is None:
+        return None
+    move, folder = prod
+    return find_champion(folder, f"registry: {move.stage} = {move.version} ({move.tag})", labels, version=move.version)
 
 
 def slice_frame(test: pd.DataFrame, predicted: np.ndarray, lengths: np.ndarray, cfg: GateConfig) -> pd.DataFrame:
@@ -123,7 +137,7 @@ def write_release(out: Path, shipped: Path, keys: list[str], release: dict[str, 
 def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Write decision.json, report.md, reliability.csv and the release folder; never moves the production pointer."""
     g = cfg.gate
-    champion = find_champion(g.champion, paths.root, cfg.data.label_names) if g.champion else None
+    champion = resolve_champion(cfg, paths)
     test = pd.read_parquet(paths.split("test"))
     texts, y_true = list(test["text"]), test["label"].to_numpy()
     model = load_served_model(paths.int8_dir)

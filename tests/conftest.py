@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -30,7 +31,7 @@ pytest_plugins = ("tests.simulated_gpu",)  # the gpu_host fixture: a simulated o
 
 REPO = Path(__file__).resolve().parents[1]
 # What a project copy needs for `dvc repro` and the flow: the stage definitions and every dep.
-PROJECT_FILES = ("dvc.yaml", "expectations", "tasks", "flows")
+PROJECT_FILES = ("dvc.yaml", ".gto", "expectations", "tasks", "flows")
 BIN = Path(sys.executable).parent
 
 
@@ -87,6 +88,32 @@ def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv") -> d
     raw["quantize"].update(max_accuracy_drop=1.0, min_agreement=0.0, calibration_rows=16, latency_rows=4)
     raw["gate"]["max_quantization_drop"] = 1.0  # quantize's limit may not exceed the gate's (a config rule)
     return raw
+
+
+# Gate bounds any model passes (a random tiny model sits near 50% accuracy): only a comparison can then decide.
+LENIENT_GATE = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "max_quantization_drop": 1.0, "min_slice_accuracy": 0.0,
+                "max_slice_gap": 1.0, "max_latency_ms_b1": 1.0e6, "min_compare_rows": 20}
+
+
+# Labelled by one sentiment word among filler: a tiny model learns it from enough rows, not from a few.
+POSITIVE = "great wonderful superb brilliant delightful charming excellent moving".split()
+NEGATIVE = "awful boring dreadful terrible dull tedious clumsy bland".split()
+FILLER = ("the a film movie story plot actor cast scene music ending script director camera was is felt seemed "
+          "quite very rather overall and but with from this that its of in on at by about some every").split()
+
+
+def keyword_reviews(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Short texts whose label is set by one sentiment word among random filler: learnable by a tiny model."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(rows):
+        label = i % 2
+        words = list(rng.choice(FILLER, size=rng.integers(8, 14)))
+        words.insert(int(rng.integers(0, len(words))), str(rng.choice(POSITIVE if label else NEGATIVE)))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return pd.DataFrame({"text": texts, "label": labels, "source": "rotten_tomatoes"})
+
 
 
 def pytest_collection_modifyitems(items):
@@ -195,3 +222,30 @@ def latest_artifact(key: str):
                                       sort=ArtifactSort.CREATED_DESC, limit=1)
     assert found, f"no Prefect artifact {key!r}"
     return found[0]
+
+
+@pytest.fixture
+def registry_project(make_project, tiny_model_dir, tmp_path):
+    """A git + DVC project on keyword data with a local DVC remote, `dvc repro` run once and dvc.lock committed:
+    a first model ready for `tunegate promote`. Build another model with `retrain(root, max_train_rows=N)`."""
+    params = tiny_params(tiny_model_dir)
+    params["gate"].update(LENIENT_GATE)
+    params["train"].update(epochs=6, learning_rate=1.0e-3)  # 400 rows: accuracy 1.0; 100 rows: 0.5 (chance)
+    params["quantize"]["ladder"] = ["fp32"]
+    params["prepare"]["max_train_rows"] = 400
+    root = make_project(frame=keyword_reviews(1000), params=params, name="registry-project")
+    run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root)
+    run([str(BIN / "dvc"), "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "first model"], root)
+    return root
+
+
+def retrain(root: Path, **prepare) -> None:
+    """Change prepare's settings (e.g. max_train_rows), reproduce, and commit: the next model version."""
+    from tasks.core.config import write_overrides
+
+    write_overrides(root / "params.yaml", [f"prepare.{key}={value}" for key, value in prepare.items()])
+    run([str(BIN / "dvc"), "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", f"model with {prepare}"], root)

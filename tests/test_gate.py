@@ -12,9 +12,9 @@ from tasks.core.io import file_sha256
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import load_stage
 from tasks.gate import absolute_checks, check, decide
-from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, ChampionError, compare_predictions,
-                                   find_champion, row_keys)
-from tests.conftest import REPO, tiny_params
+from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, ChampionError, champion_folder,
+                                   compare_predictions, find_champion, row_keys)
+from tests.conftest import LENIENT_GATE, REPO, keyword_reviews, tiny_params
 
 GATE = parse_config(tiny_params(REPO)).gate.model_copy(update={"margin": 0.01, "min_compare_rows": 200})
 
@@ -120,12 +120,13 @@ def test_row_keys_match_reformatted_texts_only():
 def test_a_champion_folder_that_is_not_served_or_has_other_labels_is_refused(staged_pipeline, tmp_path):
     _, paths = staged_pipeline
     with pytest.raises(ChampionError, match="not a served model folder"):
-        find_champion(str(tmp_path), paths.root, ["negative", "positive"])
+        find_champion(tmp_path, str(tmp_path), ["negative", "positive"])
     release = paths.stage_dir("gate") / "release"
     with pytest.raises(ChampionError, match="cannot be compared"):
-        find_champion(str(release), tmp_path, ["bad", "good"])
+        find_champion(release, str(release), ["bad", "good"])
     with pytest.raises(ChampionError, match="inside this project's artifacts"):
-        find_champion("artifacts/gate/release", paths.root, ["negative", "positive"])
+        champion_folder("artifacts/gate/release", paths.root)
+    assert champion_folder("../production", paths.root) == paths.root / "../production"
 
 
 # --- the stage on the tiny setup ---------------------------------------------------------------------------
@@ -194,9 +195,7 @@ def test_gate_stage_writes_the_reliability_diagram(staged_pipeline):
 
 def judged_leniently(cfg, **gate):
     """cfg whose absolute checks pass on any model, so that only the comparison decides."""
-    lenient = {"min_accuracy": 0.0, "min_macro_f1": 0.0, "max_quantization_drop": 1.0, "min_slice_accuracy": 0.0,
-               "max_slice_gap": 1.0, "max_latency_ms_b1": 1e6, "min_compare_rows": 20, **gate}
-    return cfg.model_copy(update={"gate": cfg.gate.model_copy(update=lenient)})
+    return cfg.model_copy(update={"gate": cfg.gate.model_copy(update={**LENIENT_GATE, **gate})})
 
 
 def test_gate_stage_against_itself_promotes_with_a_difference_of_zero(staged_pipeline, tmp_path):
@@ -234,25 +233,6 @@ def test_gate_compares_on_the_test_rows_both_models_were_judged_on(staged_pipeli
 
 
 # --- a real comparison: a model trained on a tenth of the data against one trained on all of it -------------
-
-POSITIVE = "great wonderful superb brilliant delightful charming excellent moving".split()
-NEGATIVE = "awful boring dreadful terrible dull tedious clumsy bland".split()
-FILLER = ("the a film movie story plot actor cast scene music ending script director camera was is felt seemed "
-          "quite very rather overall and but with from this that its of in on at by about some every").split()
-
-
-def keyword_reviews(rows: int, seed: int = 0) -> pd.DataFrame:
-    """Short texts whose label is set by one sentiment word among random filler: learnable by a tiny model."""
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(rows):
-        label = i % 2
-        words = list(rng.choice(FILLER, size=rng.integers(8, 14)))
-        words.insert(int(rng.integers(0, len(words))), str(rng.choice(POSITIVE if label else NEGATIVE)))
-        texts.append(" ".join(words))
-        labels.append(label)
-    return pd.DataFrame({"text": texts, "label": labels, "source": "rotten_tomatoes"})
-
 
 def run_all_stages(root, cfg):
     paths = ArtifactPaths(root)

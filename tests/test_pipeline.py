@@ -1,6 +1,7 @@
 """The whole pipeline both ways: `dvc repro` and the Prefect flow, sharing DVC's cache."""
 
 import json
+import shutil
 
 import pytest
 
@@ -8,7 +9,7 @@ from flows.pipeline import PipelineFailed, training_pipeline
 from tasks.contracts.report import check_name, summary
 from tasks.core.config import STAGES
 from tasks.validate import DataValidationError
-from tests.conftest import BIN, run, tiny_params, latest_artifact
+from tests.conftest import BIN, LENIENT_GATE, latest_artifact, run, tiny_params
 
 pytestmark = pytest.mark.e2e  # whole flows and `dvc repro` on a project copy
 
@@ -20,7 +21,7 @@ def dvc(root, *args, check=True):
 def promoting_params(tiny_model_dir) -> dict:
     """Tiny params whose gate lets any model through (a random tiny model sits near 50% accuracy)."""
     params = tiny_params(tiny_model_dir)
-    params["gate"].update(min_accuracy=0.0, min_macro_f1=0.0, max_quantization_drop=1.0)
+    params["gate"].update(LENIENT_GATE)
     return params
 
 
@@ -65,6 +66,24 @@ def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, ti
     assert "min_accuracy: 0.99" in (root / "params.yaml").read_text()
     # A 2-layer, 32-wide model trained for one epoch on 352 rows cannot reach 99% accuracy.
     assert json.loads((root / "artifacts" / "gate" / "decision.json").read_text())["decision"] == "REJECT"
+
+
+def test_flow_judges_a_candidate_against_a_champion_named_by_override(make_project, prefect_api, tiny_model_dir,
+                                                                      tmp_path):
+    root = make_project(params=promoting_params(tiny_model_dir))
+    training_pipeline(project=str(root))
+    champion = tmp_path / "production"
+    shutil.copytree(root / "artifacts" / "gate" / "release", champion)  # the model now in production
+    outcomes = training_pipeline(overrides=[f"gate.champion={champion}"], project=str(root))
+    assert {o.stage: o.status for o in outcomes} == {**{s: "skipped" for s in STAGES[:-1]}, "gate": "completed"}
+    decision = json.loads((root / "artifacts" / "gate" / "decision.json").read_text())
+    assert decision["decision"] == "PROMOTE", decision["why"]
+    assert decision["comparison"]["differences"]["accuracy"]["value"] == 0.0  # the same model, judged twice
+    assert "vs champion +0.0000" in outcomes[-1].key_figure
+    assert latest_artifact("gate-decision").data.startswith("# Gate: PROMOTE")
+    assert dvc(root, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    strict = training_pipeline(overrides=["gate.champion=null", "gate.first_run=require_champion"], project=str(root))
+    assert "INCONCLUSIVE" in strict[-1].key_figure  # the flow completes whatever the verdict
 
 
 def test_bad_data_stops_the_flow_at_validate_with_nothing_downstream(make_project, prefect_api, reviews_frame):

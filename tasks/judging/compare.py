@@ -36,34 +36,40 @@ class Champion:
     """The production model's served folder, as the gate found it."""
 
     folder: Path
-    setting: str  # gate.champion as written in params.yaml
+    setting: str  # where it came from: gate.champion as written in params.yaml, or the registry's stage move
     sha256: str
     release: dict[str, Any] | None  # its release.json (a gate's release folder), None for another served folder
     test_keys: frozenset[str] | None  # keys of the test rows its own gate judged, None when not recorded
+    version: str | None = None  # its registry version, when it came from the registry
 
     def identity(self) -> dict[str, Any]:
         release = self.release or {}
-        return {"path": self.setting, "sha256": self.sha256, "version": release.get("version"),
+        return {"path": self.setting, "sha256": self.sha256, "version": self.version or release.get("version"),
                 "train_run": release.get("train_run"), "test_rows_recorded": self.test_keys is not None}
 
 
-def find_champion(setting: str, root: Path, labels: list[str]) -> Champion:
-    """The folder `gate.champion` names (relative to the project root), checked to serve the same labels."""
+def champion_folder(setting: str, root: Path) -> Path:
+    """The folder gate.champion names (relative to the project root), refused inside this project's artifacts/."""
     folder = Path(setting) if Path(setting).is_absolute() else root / setting
     if folder.resolve().is_relative_to((root / "artifacts").resolve()):
         raise ChampionError(f"gate.champion {setting!r} is inside this project's artifacts/, which the pipeline "
                             "rewrites (the champion would become the candidate): copy the release folder elsewhere")
+    return folder
+
+
+def find_champion(folder: Path, setting: str, labels: list[str], version: str | None = None) -> Champion:
+    """The champion in `folder` (named by `setting`), checked to be a served model with the candidate's labels."""
     if not (folder / SERVING_FILE).is_file():
-        raise ChampionError(f"gate.champion {setting!r}: {folder} is not a served model folder (no {SERVING_FILE}); "
-                            "point it at a past run's artifacts/gate/release, or set it to null")
+        raise ChampionError(f"champion {setting!r}: {folder} is not a served model folder (no {SERVING_FILE}); "
+                            "point gate.champion at a past run's artifacts/gate/release, or set it to null")
     serving = read_json(folder / SERVING_FILE)
     if serving["labels"] != labels:
-        raise ChampionError(f"gate.champion {setting!r} predicts labels {serving['labels']}, the candidate {labels}: "
+        raise ChampionError(f"champion {setting!r} predicts labels {serving['labels']}, the candidate {labels}: "
                             "the two cannot be compared")
     release = read_json(folder / RELEASE_FILE) if (folder / RELEASE_FILE).is_file() else None
     keys = read_json(folder / TEST_ROWS_FILE)["keys"] if (folder / TEST_ROWS_FILE).is_file() else None
     return Champion(folder, setting, file_sha256(folder / serving["model_file"]), release,
-                    frozenset(keys) if keys is not None else None)
+                    frozenset(keys) if keys is not None else None, version)
 
 
 def shared_rows(candidate_keys: list[str], champion: Champion) -> np.ndarray:

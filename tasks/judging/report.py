@@ -48,10 +48,13 @@ def _metrics(metrics: dict[str, Any], confidence: float) -> list[str]:
 
 def _comparison(comparison: dict[str, Any] | None, decision: dict[str, Any]) -> list[str]:
     if comparison is None:
-        return [f"No production model to compare with (gate.champion is null; gate.first_run: {decision['first_run']})."]
+        return [f"No production model to compare with (nothing in the registry's prod stage and gate.champion is "
+                f"null; gate.first_run: {decision['first_run']})."]
     champion = comparison["champion"]
-    lines = [f"Champion `{champion['path']}` (version {champion['version'] or 'unrecorded'}, model sha256 "
-             f"{champion['sha256'][:12]}…): {comparison['scope']}.", ""]
+    version = (f"version {champion['version']}" if champion["version"] else
+               f"training run {champion['train_run']}" if champion["train_run"] else "no release.json")
+    lines = [f"Champion `{champion['path']}` ({version}, model sha256 {champion['sha256'][:12]}…): "
+             f"{comparison['scope']}.", ""]
     if not comparison["rows"]:
         return lines + ["No test row was judged by both models."]
     mcnemar = comparison["mcnemar"]
@@ -59,8 +62,9 @@ def _comparison(comparison: dict[str, Any] | None, decision: dict[str, Any]) -> 
     for name, figure in comparison["differences"].items():
         lines.append(f"| {name} | {_span(figure, signed=True)} | {figure['se']:.4f} |")
     needed = comparison["rows_needed"]
-    resolution = ("; a margin of 0 can never be resolved" if needed is None else
-                  f"; at this disagreement rate the interval narrows below the margin at about {needed} rows")
+    resolution = "" if comparison["outcome"] != "INCONCLUSIVE" else (
+        "; a margin of 0 can never be resolved" if needed is None else
+        f"; at this disagreement rate the interval narrows below the margin at about {needed} rows")
     lines += ["", f"Rows compared: {comparison['rows']}; the models disagree on correctness on "
                   f"{comparison['disagreement']:.1%} of them (candidate alone right: {mcnemar['a_only']}, champion "
                   f"alone right: {mcnemar['b_only']}; McNemar exact p = {mcnemar['p_value']:.3g}). Non-inferiority "
