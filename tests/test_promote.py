@@ -73,7 +73,7 @@ def test_stale_comparison_passes_when_the_gate_compared_with_prods_version():
 ])
 def test_stale_comparison_refuses_a_decision_judged_against_another_champion(champion, prod, match):
     why = stale_comparison(decision(champion=champion), prod, this_version=None)
-    assert match in why and "dvc repro --force gate" in why
+    assert match in why and "dvc repro -f -s gate" in why
 
 
 def test_stale_comparison_lets_a_rerun_finish_once_prod_holds_this_commits_version():

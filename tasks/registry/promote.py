@@ -26,7 +26,7 @@ from tasks.serving.files import RELEASE_FILE, SERVING_FILE
 
 GATE_STAGE = "gate"  # the dvc.yaml stage whose outputs (decision.json, the release folder) a version ships
 # The registry's prod version is not a DVC dep of the gate, so a plain `dvc repro` does not rerun it when prod moves.
-REGATE = "`dvc repro --force gate`"
+REGATE = "`tunegate run` (or `dvc repro -f -s gate`)"
 LOCK_NAME = "tunegate-registry.lock"  # in the git dir: shared by every worktree of the repository, never committed
 
 
