@@ -339,6 +339,13 @@ def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str
             "world_size": world, "device": {"type": device.type, "precision": precision(device)}}
 
 
+def train_params(cfg: PipelineConfig) -> dict[str, Any]:
+    """The params train's dvc.yaml stage declares (seed, data.label_names, train): all the stamp records, since a
+    setting of a later stage would make the stamp differ from a run that DVC considers the same."""
+    dump = cfg.dump()
+    return {"seed": dump["seed"], "data": {"label_names": dump["data"]["label_names"]}, "train": dump["train"]}
+
+
 @stage_task("train", retries=1)
 def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Fine-tune train.base_model on the prepared splits; save the best epoch as a plain HF folder + stamp."""
@@ -381,7 +388,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             tokenizer.save_pretrained(out / "model")
             write_json(out / "history.json", outcome.history)
             copy_curves(live, out / paths.train_live.name)
-            write_json(out / "stamp.json", build_stamp(paths, cfg.dump(), paths.root / cfg.data.path, {
+            write_json(out / "stamp.json", build_stamp(paths, train_params(cfg), paths.root / cfg.data.path, {
                 "stage": "train",
                 "base_model": provenance,
                 "device": str(device),

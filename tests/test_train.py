@@ -192,3 +192,14 @@ def test_deterministic_algorithms_on_cuda_fix_the_cublas_workspace_and_leave_out
         assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     assert torch.backends.cuda.flash_sdp_enabled() and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_stamp_records_exactly_the_params_dvc_tracks_for_train(staged_pipeline):
+    import yaml
+
+    cfg, paths = staged_pipeline
+    # Another stage's setting in the stamp would make it differ from a run DVC counts as the same (a fresh clone).
+    assert yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"] == [
+        "seed", "data.label_names", "train"]
+    assert json.loads(paths.train_stamp.read_text())["config"] == {
+        "seed": cfg.seed, "data": {"label_names": cfg.data.label_names}, "train": cfg.dump()["train"]}
