@@ -126,12 +126,11 @@ def post_pr_comment(markdown: str, env: Mapping[str, str], timeout_s: float = 20
 # --- the project: git, DVC, the pipeline ------------------------------------------------------------------
 
 
-def tracked_changes(root: Path) -> list[str]:
-    """Tracked files whose contents differ from the checked-out commit (staged or not)."""
-    done = subprocess.run(["git", "diff", "--name-only", "HEAD", "--"], cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise CiError(f"cannot compare the working tree of {root} with its commit: {done.stderr.strip()}")
-    return done.stdout.split()
+def _dirty_files(root: Path) -> list[str]:
+    """Tracked files that differ from HEAD (promote's check, imported late: it loads numpy)."""
+    from tasks.registry.promote import dirty_files
+
+    return dirty_files(root)
 
 
 def head_commit(root: Path) -> str:
@@ -207,14 +206,6 @@ def gate_verdict(paths: ArtifactPaths) -> tuple[dict, str]:
     return read_json(paths.decision), report.read_text(encoding="utf-8") if report.is_file() else ""
 
 
-def registered_as(root: Path, model_sha256: str) -> str | None:
-    """The version whose registration recorded this model file, if any."""
-    from tasks.registry.tags import version_of_model
-
-    registered = version_of_model(root, model_sha256)
-    return registered.version if registered else None
-
-
 def already_registered(root: Path, decision: dict) -> str | None:
     """Why there is nothing new to promote (the model the gate judged is a registered version's), or None.
 
@@ -224,7 +215,10 @@ def already_registered(root: Path, decision: dict) -> str | None:
     from tasks.registry.tags import PROD, in_stage
 
     sha256 = (decision.get("candidate") or {}).get("sha256")
-    version = registered_as(root, sha256) if sha256 else None
+    from tasks.registry.tags import version_of_model
+
+    registered = version_of_model(root, sha256) if sha256 else None
+    version = registered.version if registered else None
     if version is None:
         return None
     prod = in_stage(root, PROD)
@@ -265,7 +259,7 @@ def ci_pr(root: Path, debug: bool = False, env: Mapping[str, str] | None = None)
         return code
     verdict, report = gate_verdict(paths)
     decision, why = verdict["decision"], verdict.get("why", "")
-    changed = tracked_changes(root)
+    changed = _dirty_files(root)
     note = ""
     if known := already_registered(root, verdict):
         console.print(f"{known}: merging this promotes nothing", markup=False, highlight=False)
@@ -298,7 +292,7 @@ def ci_main(root: Path, remote: str = DEFAULT_REMOTE, debug: bool = False,
     env = os.environ if env is None else env
     paths = ArtifactPaths(root)
     # Checked first: a dirty checkout would cost a whole pipeline run before promote refused it.
-    if dirty := tracked_changes(root):
+    if dirty := _dirty_files(root):
         raise CiError(f"tracked files differ from the checked-out commit ({', '.join(dirty)}): `tunegate ci main` "
                       "promotes what a commit records; commit or restore them first")
     prepare_workspace(root, env)
@@ -313,7 +307,7 @@ def ci_main(root: Path, remote: str = DEFAULT_REMOTE, debug: bool = False,
         say("notice", f"{known}: nothing promoted (gate: {decision})", env)
         append_step_summary(headline("main", root, "nothing new to promote") + f"\n{known}.\n\n" + report, env)
         return 0
-    if changed := tracked_changes(root):
+    if changed := _dirty_files(root):
         advice = stale_lock_advice(changed)
         append_step_summary(headline("main", root, f"{decision}, not promoted") + f"\n{advice}.\n\n" + report, env)
         raise CiError(f"{advice}. Nothing promoted.")

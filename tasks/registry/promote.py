@@ -187,9 +187,11 @@ def git(root: Path, *args: str) -> str:
 
 def dirty_files(root: Path) -> list[str]:
     """Tracked files that differ from HEAD (staged or not); untracked files do not count."""
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                         text=True, check=True).stdout
-    return [line[3:] for line in out.splitlines() if line.strip()]
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # not through git(): its stripping would cut the first line's status column
+        raise RegistryError(f"cannot compare the working tree of {root} with its commit: {done.stderr.strip()}")
+    return [line[3:] for line in done.stdout.splitlines() if line.strip()]
 
 
 def data_md5(root: Path) -> str:
