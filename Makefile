@@ -38,7 +38,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train gpu-check clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -82,6 +82,18 @@ bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic
 
 bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
 	$(BIN)/python benchmarks/train_vs_trainer.py
+
+bench-serve: setup  ## HTTP serving under load: tunegate serve (batched / unbatched) vs a FastAPI + HF pipeline; ~7 min; quiet host
+	$(BIN)/python benchmarks/serving.py $(ARGS)
+
+bench-batch: setup  ## tunegate predict --input on a 1M-row CSV: peak RSS (target < 1 GiB) and texts/s (ARGS=--rows 100000)
+	$(BIN)/python benchmarks/batch_scoring.py $(ARGS)
+
+bench-week: setup  ## a simulated week of traffic through tunegate serve, monitored hourly: drift delay, false alarms (ARGS=--retrain)
+	$(BIN)/python benchmarks/simulate_week.py $(ARGS)
+
+bench-orchestration: setup  ## no-op flow run vs no-op `dvc repro` on the finished run: per-stage overhead (target < 1 s)
+	$(BIN)/python benchmarks/orchestration.py $(ARGS)
 
 gpu-check: setup  ## on a GPU host: what only a GPU settles (~5 min), one JSON line (CPU: add ARGS=--cpu-dry-run)
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)

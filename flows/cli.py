@@ -174,8 +174,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
-    from tasks.serving.predict import (PredictInputError, default_text_column, load_served_model, predict_file,
-                                       predict_texts)
+    from tasks.serving.predict import PredictInputError, default_text_column, load_served_model, predict_texts
+    from tasks.serving.stream import predict_file
 
     if bool(args.texts) == bool(args.input):
         raise PredictInputError("give texts as arguments or --input FILE (one of the two)")
@@ -183,7 +183,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input:
         output = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.csv")
         text_column = args.text_column or default_text_column(Path.cwd())
-        rows = predict_file(model, Path(args.input), output, text_column, args.batch_size)
+        # SIGTERM/SIGHUP unwind like Ctrl-C, so the half-written temp output is removed on those too
+        with signals_interrupt(), file_progress(f"scoring {args.input}") as progress:
+            rows = predict_file(model, Path(args.input), output, text_column, args.batch_size, progress=progress)
         console.print(f"{rows} rows classified (text column {text_column!r}) -> {output}", soft_wrap=True)
         return 0
     frame = predict_texts(model, args.texts, args.batch_size)
@@ -197,13 +199,98 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_batch_score(args: argparse.Namespace) -> int:
     _prefect_defaults()
-    from flows.pipeline import training_pipeline
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a local cluster logs every start and stop
+    with signals_interrupt():
+        from prefect.settings import PREFECT_API_URL
 
-    training_pipeline.serve(name=args.name, cron=args.cron,
-                            parameters={"overrides": args.set or None, "project": str(Path(args.project).resolve())})
+        from flows.batch_scoring import batch_scoring
+        from flows.console_log import quiet_user_errors
+        from flows.ephemeral_api import prefect_api
+        from tasks.serving.predict import default_text_column
+
+        if not debugging(args):
+            quiet_user_errors()
+        text_column = args.text_column or default_text_column(Path.cwd())
+        where = args.dask_address or f"a local Dask cluster of {args.workers} workers"
+        console.print(f"[bold]batch_scoring[/] of {len(args.inputs)} input(s) on {where} -> {args.output_dir} "
+                      f"(Prefect API: {PREFECT_API_URL.value() or 'a temporary server for this run'})", soft_wrap=True)
+        with prefect_api():
+            rows = batch_scoring(inputs=args.inputs, output_dir=args.output_dir, model=args.model,
+                                 batch_size=args.batch_size, workers=args.workers, dask_address=args.dask_address,
+                                 text_column=text_column)
+    table = Table(title=f"batch_scoring -> {args.output_dir}")
+    table.add_column("part")
+    table.add_column("rows", justify="right")
+    for part, count in rows.items():
+        table.add_row(part, str(count))
+    table.add_row("[bold]total[/]", f"[bold]{sum(rows.values())}[/]")
+    console.print(table)
     return 0
+
+
+@contextmanager
+def file_progress(description: str) -> Iterator[object]:
+    """A progress callback (done, total, unit) drawing a rich bar on a terminal; None (no bar) elsewhere."""
+    if not errors.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress("{task.description}", BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=errors, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int, unit: str) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.deployments import serve_all
+
+    # The nightly retraining, the monitor and the event-triggered retraining, as prefect.yaml declares them.
+    serve_all(Path(args.project).resolve() / "params.yaml", args.set or None, args.name, args.cron)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Only FastAPI, uvicorn, onnxruntime and tokenizers on this path: no Prefect, torch or transformers.
+    if args.cron is not None or args.name is not None or args.set:
+        errors.print("tunegate serve is now the HTTP inference service; the scheduled Prefect deployment moved to "
+                     "`tunegate schedule` (same flags: --name, --cron, -S, --project)", style="bold red", markup=False)
+        return 2
+    from tasks.core.config import ServeConfig
+    from tasks.serving.service import run_service
+    from tasks.serving.settings import load_serve_settings
+
+    root = Path(args.project).resolve()
+    params = root / "params.yaml"
+    flags = {name: getattr(args, name) for name in ServeConfig.model_fields}
+    run_service(load_serve_settings(params if params.is_file() else None, flags), root)
+    return 0
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per serve setting, generated from ServeConfig (its description, params.yaml key, variable)."""
+    from tasks.core.config import ServeConfig
+    from tasks.serving.settings import ENV_PREFIX
+
+    for name, field in ServeConfig.model_fields.items():
+        where = f"params.yaml serve.{name}; env {ENV_PREFIX}{name.upper()}"
+        flag = "--" + name.replace("_", "-")
+        kind = next((t for t in (bool, int, float, list) if t is field.annotation or t in getattr(
+            field.annotation, "__args__", ()) or getattr(field.annotation, "__origin__", None) is t), str)
+        help_text = f"{field.description} ({where})"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list:
+            parser.add_argument(flag, dest=name, nargs="*", metavar="ITEM", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
@@ -293,6 +380,74 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor_run(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.console_log import quiet_user_errors
+    from flows.ephemeral_api import prefect_api
+    from flows.monitoring import monitor
+
+    if not debugging(args):
+        quiet_user_errors()
+    root = Path(args.project).resolve()
+    api = PREFECT_API_URL.value() or "a temporary server for this run"
+    console.print(f"[bold]monitor[/] on {root} (Prefect API: {api})", soft_wrap=True)
+    with signals_interrupt(), prefect_api():
+        result = monitor(project=str(root), window_minutes=args.window_minutes, end=args.end)
+        flush_events()  # before a temporary server stops: the events are what starts retraining
+    print_monitor_result(result)
+    return 0
+
+
+def flush_events() -> None:
+    """Send the events emitted so far (Prefect sends them from a background worker)."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+
+
+def print_monitor_result(result: dict) -> None:
+    from tasks.monitoring.report import check_verdict, iso, overall_verdict
+
+    table = Table(title=f"monitor: {iso(result['start'])} to {iso(result['end'])}, {result['texts']} texts, "
+                        f"version {result['version']}")
+    for column in ("check", "value", "bound", "severity", "verdict"):
+        table.add_column(column)
+    colours = {"pass": "green", "skipped": "dim", "warning": "yellow", "ALARM": "bold red"}
+    for check in result["checks"]:
+        verdict = check_verdict(check)
+        value = "-" if check["value"] is None else f"{check['value']:.4g}"
+        table.add_row(check["name"], value, f"{check['threshold']:.4g}", check["severity"],
+                      f"[{colours[verdict]}]{verdict}[/]")
+    console.print(table)
+    console.print(f"verdict: {overall_verdict(result)}; new labelled rows: {result['new_rows']}; events: "
+                  f"{', '.join(result['events']) or 'none'}", soft_wrap=True, highlight=False)
+    console.print(f"report: {result['report']['html']}", soft_wrap=True, markup=False, highlight=False)
+
+
+def cmd_monitor_history(args: argparse.Namespace) -> int:
+    from tasks.core.config import load_config
+    from tasks.core.paths import ArtifactPaths
+    from tasks.monitoring.history import history_path, history_table, read_history
+
+    root = Path(args.project).resolve()
+    path = history_path(root, load_config(ArtifactPaths(root).params).monitor.history)
+    rows = read_history(path, args.last)
+    if not rows:
+        console.print(f"no monitor runs recorded yet in {path} (tunegate monitor run)", soft_wrap=True,
+                      markup=False, highlight=False)
+        return 0
+    columns, cells = history_table(rows)
+    table = Table(title=f"monitor history ({path.name}, {len(rows)} runs)")
+    for i, column in enumerate(columns):  # many checks: their headers fold (at '_') rather than vanish
+        table.add_column(column.replace("_", " "), no_wrap=i < 2, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunegate",
@@ -360,8 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="artifacts/quantize/onnx",
                          help="model folder (default: artifacts/quantize/onnx, the shipped INT8 model)")
     predict.add_argument("--input", help="CSV, Parquet or JSONL file to classify instead of TEXT arguments")
-    predict.add_argument("--output", help="where to write --input with predictions added (.csv or .jsonl; "
-                                          "default: INPUT with suffix .predictions.csv)")
+    predict.add_argument("--output", help="where to write --input with predictions added (.csv, .jsonl or .parquet; "
+                                          "default: INPUT with suffix .predictions.csv). Files of any size are "
+                                          "read and written chunk by chunk in bounded memory; the output appears "
+                                          "only once complete")
     predict.add_argument("--text-column", help="text column of --input (default: data.text_column of params.yaml "
                                                "in the current folder; without one, text)")
     predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
@@ -370,12 +527,63 @@ def build_parser() -> argparse.ArgumentParser:
                               "each text the label the gate judged (gate.batch_size)")
     predict.set_defaults(func=cmd_predict)
 
-    serve = sub.add_parser("serve", parents=[overrides],
-                           help="serve training_pipeline as a scheduled Prefect deployment (blocks)",
-                           description="Create a deployment of training_pipeline on the Prefect API in "
-                                       "PREFECT_API_URL and run its scheduled flow runs until stopped.")
-    serve.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
-    serve.add_argument("--cron", default="0 3 * * *", help="schedule (default: daily at 03:00)")
+    batch = sub.add_parser("batch-score", help="score files or a dataset's Parquet row groups on a Dask cluster "
+                                               "(Prefect flow batch_scoring)",
+                           description="Expand INPUTs (files, folders, glob patterns) into parts: each CSV or JSONL "
+                                       "file, each row group of a Parquet file. One Prefect task per part scores it "
+                                       "with the streaming code of `tunegate predict --input` and writes "
+                                       "OUTPUT_DIR/PART.predictions.parquet atomically. Tasks run on a local Dask "
+                                       "cluster of --workers processes (onnxruntime threads per worker: cores // "
+                                       "workers), or on the cluster at --dask-address (paths must then be readable "
+                                       "at the same place on its workers). Uses PREFECT_API_URL when set, else an "
+                                       "ephemeral Prefect server.")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="CSV/Parquet/JSONL files, folders or glob patterns")
+    batch.add_argument("--output-dir", required=True, help="folder for PART.predictions.parquet files")
+    batch.add_argument("--model", default="artifacts/quantize/onnx",
+                       help="model folder (default: artifacts/quantize/onnx, the shipped INT8 model)")
+    batch.add_argument("--text-column", help="text column (default: data.text_column of params.yaml in the current "
+                                             "folder; without one, text)")
+    batch.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
+                       help="texts per model call, as for `tunegate predict` (default %(default)s)")
+    batch.add_argument("--workers", type=int, default=2,
+                       help="Dask worker processes of the local cluster (default %(default)s); with --dask-address, "
+                            "worker processes per host, to split its cores between them")
+    batch.add_argument("--dask-address", metavar="ADDR", help="scheduler of a running Dask cluster, e.g. "
+                                                              "tcp://scheduler:8786 (default: start a local one)")
+    batch.set_defaults(func=cmd_batch_score)
+
+    schedule = sub.add_parser("schedule", parents=[overrides],
+                              help="serve the nightly retraining, the monitor and the event-triggered retraining "
+                                   "as Prefect deployments (blocks)",
+                              description="Create prefect.yaml's three deployments on the Prefect API in "
+                                          "PREFECT_API_URL and run their flow runs here until stopped, without a "
+                                          "work pool: the nightly retraining (cron, orchestration.nightly_cron), "
+                                          "the monitor (every monitor.every_minutes) and the retraining that the "
+                                          "monitor's events tunegate.drift.detected / tunegate.data.arrived start "
+                                          "(one at a time). -S overrides go to both retrainings. (Called `tunegate "
+                                          "serve` before that became the HTTP service.)")
+    schedule.add_argument("--name", default="nightly", help="name of the nightly deployment (default: nightly)")
+    schedule.add_argument("--cron", default=None, help="the nightly schedule, UTC (default: params.yaml's "
+                                                       "orchestration.nightly_cron)")
+    schedule.set_defaults(func=cmd_schedule)
+
+    serve = sub.add_parser("serve", help="the HTTP inference service for the production model (blocks)",
+                           description="Serve a shipped model folder (serve.model, default artifacts/quantize/onnx) "
+                                       "or the registry's version in a stage (registry:prod) over HTTP with "
+                                       "FastAPI + uvicorn + onnxruntime: /v1/predict, /v2/health/live, "
+                                       "/v2/health/ready, /v2/models/NAME, /v2/repository/models/NAME/load, "
+                                       "/metrics, /openapi.json. Each setting comes from (highest first) its flag, "
+                                       "its TUNEGATE_ variable, then params.yaml's serve section. API keys: "
+                                       "serve.api_keys_file or TUNEGATE_API_KEYS=key1,key2. SIGTERM or Ctrl-C "
+                                       "stops it after the requests in flight. The scheduled Prefect deployment "
+                                       "is `tunegate schedule`.")
+    serve.add_argument("--project", default=".", help="project root: its params.yaml, and where relative "
+                                                      "serve.model and serve.log_dir are (default: current folder)")
+    add_serve_flags(serve)
+    # The scheduling command's flags, kept only to say where it went.
+    serve.add_argument("--cron", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--name", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("-S", "--set", action="append", default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     ci = sub.add_parser("ci", help="what the promotion workflow runs: `ci pr` gates a pull request, `ci main` "
@@ -466,6 +674,34 @@ def build_parser() -> argparse.ArgumentParser:
                             description="One row per registered version: commit, when and by whom it was "
                                         "registered, the gate's verdict, and the stages at that version now.")
     models.set_defaults(func=cmd_models)
+
+    watch = sub.add_parser("monitor", help="judge live traffic against the production model's training data",
+                           description="`monitor run`: the Prefect flow monitor on one window of the prediction "
+                                       "log; `monitor history`: every run's figures.")
+    watch_sub = watch.add_subparsers(dest="monitor_command", required=True)
+    watch_run = watch_sub.add_parser(
+        "run", help="run the monitor flow once and print each check's verdict",
+        description="Read the last monitor.window_minutes of the prediction log (serve.log_dir) and any new "
+                    "labelled files (monitor.labelled_dir), compare them with the production model's training data "
+                    "(the registry's prod version through DVC; without one, serve.model's folder and "
+                    "artifacts/prepare/train.parquet), write .tunegate/monitoring/reports/TIME.{md,html}, publish "
+                    "the Prefect artifact `monitoring`, append to monitor.history, and emit tunegate.drift.detected "
+                    "(an alarm-severity check failed) and tunegate.data.arrived (monitor.min_new_rows new labelled "
+                    "rows). Uses PREFECT_API_URL when set, else a temporary Prefect server. Exits 0 whatever the "
+                    "verdict.")
+    watch_run.add_argument("--window-minutes", type=float, default=None, metavar="M",
+                           help="window length (default: monitor.window_minutes)")
+    watch_run.add_argument("--end", default=None, metavar="TIME",
+                           help="window end, ISO 8601 (UTC without an offset; default: now)")
+    watch_run.add_argument("--project", default=".", help="project root (default: current folder)")
+    watch_run.set_defaults(func=cmd_monitor_run)
+    watch_history = watch_sub.add_parser("history", help="every monitor run's figures as a table",
+                                         description="One row per monitor run (monitor.history), oldest first: "
+                                                     "window end, version, texts, verdict, new labelled rows and "
+                                                     "each check's figure ('-': skipped).")
+    watch_history.add_argument("--last", type=int, default=None, metavar="N", help="only the last N runs")
+    watch_history.add_argument("--project", default=".", help="project root (default: current folder)")
+    watch_history.set_defaults(func=cmd_monitor_history)
     return parser
 
 

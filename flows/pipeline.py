@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -13,6 +15,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.states import Completed
 
+from flows.reliability import call_with_retries, stage_deadline
 from flows.workspace import clear_failure_report, workspace_lock
 from tasks.core.config import STAGES, PipelineConfig, load_config, write_overrides
 from tasks.contracts.report import DataValidationError, render_markdown
@@ -68,22 +71,34 @@ def _warn(message: str) -> None:
 
 def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcStageCache) -> StageOutcome:
     """Run one stage unless DVC says it is up to date; record it in dvc.lock when it ran on the deps
-    and params it started with (a change while it ran leaves it unrecorded, so the next run reruns it)."""
+    and params it started with (a change while it ran leaves it unrecorded, so the next run reruns it).
+
+    Transient failures (flows/reliability.py) of the stage and of each DVC call are retried on their own
+    (a busy dvc.lock after train must not rerun train); each attempt of the stage has its time limit."""
     started = time.perf_counter()
+    orchestration = cfg.orchestration
+
+    def retried(label: str, call: Callable[[], Any]) -> Any:
+        return call_with_retries(label, call, orchestration.retries, orchestration.retry_delay_seconds, _warn)
+
+    def attempt() -> Any:
+        with stage_deadline(name, orchestration.stage_timeout_minutes[name]):
+            return load_stage(name)(cfg, paths)
+
     # The gate's champion is the registry's prod version: a git tag that DVC does not see move.
     moved = champion_moved(paths, cfg.gate.champion) if name == "gate" else None
     if moved:
         _warn(f"gate: rerun although DVC has it up to date: {moved}")
-    if not moved and cache.is_up_to_date(name):
+    if not moved and retried(f"{name} (DVC status)", lambda: cache.is_up_to_date(name)):
         report_skipped(name)
         clear_failure_report(paths, name)
         previous = read_result(paths, name)
         return StageOutcome(name, "skipped", time.perf_counter() - started,
                             previous.key_figure if previous else "")
-    deps_before = cache.dep_hashes(name)
-    result = load_stage(name)(cfg, paths)
+    deps_before = retried(f"{name} (DVC dep hashes)", lambda: cache.dep_hashes(name))
+    result = retried(name, attempt)
     clear_failure_report(paths, name)
-    changes = cache.record(name, deps_before, cfg.dump())
+    changes = retried(f"{name} (dvc.lock record)", lambda: cache.record(name, deps_before, cfg.dump()))
     if changes:
         note = f"not recorded in dvc.lock: {'; '.join(changes)}. The next run reruns {name}."
         _warn(f"{name}: {note}")

@@ -13,7 +13,7 @@ from tasks.core.config import ExportConfig, PipelineConfig
 from tasks.core.errors import TunegateError
 from tasks.core.io import staged_dir, write_json
 from tasks.training.modeling import load_classifier, torch_logits
-from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
+from tasks.serving.files import FP16_FILE, LONG_TEXT_HEAD, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
 from tasks.serving.onnx_model import (CPU, OnnxClassifier, inference_session, load_onnx, model_mb, providers_for,
                                       save_onnx)
 from tasks.core.paths import ArtifactPaths
@@ -79,6 +79,7 @@ def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length:
         "pad_token": tokenizer.pad_token,
         "pad_id": tokenizer.pad_token_id,
         "providers": providers,
+        "long_text": LONG_TEXT_HEAD,
     })
 
 
@@ -154,7 +155,7 @@ def check_parity(name: str, report: dict[str, float], atol: float) -> None:
         )
 
 
-@stage_task("export", retries=1)
+@stage_task("export")
 def export(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Export the trained model to ONNX, optimise it offline and prove both match PyTorch on test texts."""
     # Eager attention traces to the plain MatMul/Softmax pattern onnxruntime fuses into Attention.

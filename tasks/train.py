@@ -21,6 +21,7 @@ from tasks.training.checkpoint import (load_latest, remove_runs, restore_rng_sta
 from tasks.core.config import PipelineConfig, TrainConfig
 from tasks.core.io import file_sha256, staged_dir, write_json
 from tasks.training.loader import StepBatches, epoch_steps, step_loader
+from tasks.training.memory import fit_within_memory, release_device_memory
 from tasks.training.lora import add_lora, merge_lora, trainable_share
 from tasks.core.metrics import classification_metrics, softmax
 from tasks.core.base_model import resolve_base_model
@@ -174,17 +175,23 @@ def cpu_state(model: Any) -> dict[str, torch.Tensor]:
 
 def optimizer_step(runner: Any, micro_batches: list, accelerator: Any, trainable: list[torch.Tensor], optimizer: Any,
                    scheduler: Any, max_grad_norm: float, device: torch.device) -> float:
-    """One optimizer step over a step's micro-batches (gradients accumulated); returns their mean loss."""
+    """One optimizer step over a step's micro-batches (gradients accumulated); returns the step's mean loss.
+
+    Each micro-batch's mean loss is weighted by its share of the step's rows: the step's gradient is that of
+    the mean over all its rows however they are cut (micro-batches of unequal size included).
+    """
     step_loss = torch.zeros((), device=device)
+    step_rows = sum(len(targets) for _, targets in micro_batches)
     for i, (inputs, targets) in enumerate(micro_batches):
+        share = len(targets) / step_rows
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         # Under DDP, gradients are all-reduced on the last micro-batch of a step only.
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(runner):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
                 loss = runner(**inputs, labels=targets.to(device, non_blocking=True)).loss
-            (loss / len(micro_batches)).backward()
-        step_loss += loss.detach() / len(micro_batches)
+            (loss * share).backward()
+        step_loss += loss.detach() * share
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     optimizer.step()
     scheduler.step()
@@ -346,7 +353,34 @@ def train_params(cfg: PipelineConfig) -> dict[str, Any]:
     return {"seed": dump["seed"], "data": {"label_names": dump["data"]["label_names"]}, "train": dump["train"]}
 
 
-@stage_task("train", retries=1)
+@dataclass
+class TrainAttempt:
+    """One training attempt at one config: the model (best weights not loaded yet) and how it went."""
+
+    model: Any
+    tokenizer: Any
+    outcome: TrainOutcome
+    identity: dict[str, Any]
+    checkpoints: Path
+    trained_share: float
+
+
+def train_once(cfg: PipelineConfig, paths: ArtifactPaths, base: str, provenance: dict[str, Any], accelerator: Any,
+               train_df: pd.DataFrame, dev_df: pd.DataFrame) -> TrainAttempt:
+    """Build the seeded model and fit it with cfg, resuming this exact config's checkpoints when there are some."""
+    model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
+    if cfg.train.method == "lora":
+        model = add_lora(model, cfg.train.lora)
+    trained_share = trainable_share(model)
+    identity = run_identity(cfg, paths, provenance, accelerator.num_processes, accelerator.device)
+    checkpoints = paths.checkpoints("train", run_fingerprint(identity))
+    outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, accelerator.device,
+                  checkpoint_dir=checkpoints, token_cache=paths.token_cache, accelerator=accelerator,
+                  live_dir=paths.train_live_in_progress)
+    return TrainAttempt(model, tokenizer, outcome, identity, checkpoints, trained_share)
+
+
+@stage_task("train")
 def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Fine-tune train.base_model on the prepared splits; save the best epoch as a plain HF folder + stamp."""
     started = time.perf_counter()
@@ -359,18 +393,23 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         console.print(f"train: device {device_note}")
         console.print(f"train: {provenance} on {device} x {accelerator.num_processes} process(es)"
                       f"{' (bf16)' if bf16_enabled(device) else ''}, method {cfg.train.method}")
-    model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
-    if cfg.train.method == "lora":
-        model = add_lora(model, cfg.train.lora)
-    trained_share = trainable_share(model)
     train_df, dev_df = pd.read_parquet(paths.split("train")), pd.read_parquet(paths.split("dev"))
-    identity = run_identity(cfg, paths, provenance, accelerator.num_processes, device)
-    checkpoints = paths.checkpoints("train", run_fingerprint(identity))
     live = paths.train_live_in_progress
     if main:
         console.print(f"train: curves while it runs: {live_dir_note(live, paths.root)}")
-    outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, device,
-                  checkpoint_dir=checkpoints, token_cache=paths.token_cache, accelerator=accelerator, live_dir=live)
+
+    def release() -> None:
+        accelerator.free_memory()  # drops the failed attempt's model and optimizer that accelerate holds
+        release_device_memory()
+
+    # On CUDA out-of-memory: again with smaller micro-batches, same effective batch (tasks/training/memory.py).
+    fitted = fit_within_memory(lambda run_cfg: train_once(run_cfg, paths, base, provenance, accelerator,
+                                                          train_df, dev_df),
+                               cfg, can_retry=accelerator.num_processes == 1, release=release,
+                               say=console.print if main else lambda _: None)
+    used, done = fitted.cfg.train, fitted.result
+    model, tokenizer, outcome, identity, checkpoints = (done.model, done.tokenizer, done.outcome, done.identity,
+                                                        done.checkpoints)
     model.load_state_dict(outcome.best_state)
     model = merge_lora(model)  # later stages load a plain transformers model
     seconds = time.perf_counter() - started
@@ -394,11 +433,14 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 "device": str(device),
                 "bf16": bf16_enabled(device),
                 "method": cfg.train.method,
-                "trainable_share": round(trained_share, 6),
-                "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+                "trainable_share": round(done.trained_share, 6),
+                # What was used: train.batch_size and gradient_accumulation_steps of params.yaml (under
+                # "config", as dvc.lock records them) unless the out-of-memory fallback cut the micro-batches.
+                "per_device_batch_size": used.batch_size,
+                "gradient_accumulation_steps": used.gradient_accumulation_steps,
+                "memory_fallback": fitted.fallbacks,
                 "world_size": outcome.world_size,
-                "effective_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps
-                                        * outcome.world_size,
+                "effective_batch_size": used.batch_size * used.gradient_accumulation_steps * outcome.world_size,
                 "run_fingerprint": checkpoints.name,
                 "run_identity": identity,
                 "tokens_cache_keys": outcome.tokens_keys,
@@ -411,6 +453,8 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             "seconds": round(seconds, 1),
             "samples_per_second": round(outcome.samples_seen / max(outcome.train_seconds, 1e-9), 1),
             "resumed_from": outcome.resumed_from,
+            "memory_fallback": fitted.fallbacks,
+            "memory_fallback_errors": fitted.errors,
             "base_model_folder": str(base),
             "data_path": str((paths.root / cfg.data.path).resolve()),
         })

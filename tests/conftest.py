@@ -123,35 +123,40 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+def build_project(root: Path, frame: pd.DataFrame, params: dict) -> Path:
+    """A git + DVC project copy at `root` (created) with these params and this data, committed; returns `root`."""
+    from ruamel.yaml import YAML
+
+    root.mkdir()
+    for item in PROJECT_FILES:
+        source = REPO / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / item)
+    with (root / "params.yaml").open("w") as handle:
+        YAML().dump(params, handle)
+    (root / "data").mkdir()
+    frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
+    (root / ".gitignore").write_text("/artifacts/\n/.tunegate/\n__pycache__/\n")
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "tests@tunegate.invalid"], root)
+    run(["git", "config", "user.name", "tunegate tests"], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    run([str(BIN / "dvc"), "add", "-q", "data"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "test project"], root)
+    return root
+
+
 @pytest.fixture
 def make_project(tmp_path, tiny_model_dir, reviews_frame):
     """Build a git + DVC project copy with tiny params and a data slice; returns its root."""
 
     def build(frame: pd.DataFrame | None = None, params: dict | None = None, name: str = "project") -> Path:
-        from ruamel.yaml import YAML
-
-        root = tmp_path / name
-        root.mkdir()
-        for item in PROJECT_FILES:
-            source = REPO / item
-            if source.is_dir():
-                shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, root / item)
-        with (root / "params.yaml").open("w") as handle:
-            YAML().dump(params or tiny_params(tiny_model_dir), handle)
-        (root / "data").mkdir()
-        (reviews_frame if frame is None else frame).to_csv(root / "data" / "movie_reviews.csv", index=False)
-        (root / ".gitignore").write_text("/artifacts/\n/.tunegate/\n__pycache__/\n")
-        run(["git", "init", "-q"], root)
-        run(["git", "config", "user.email", "tests@tunegate.invalid"], root)
-        run(["git", "config", "user.name", "tunegate tests"], root)
-        run([str(BIN / "dvc"), "init", "-q"], root)
-        run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
-        run([str(BIN / "dvc"), "add", "-q", "data"], root)
-        run(["git", "add", "-A"], root)
-        run(["git", "commit", "-q", "-m", "test project"], root)
-        return root
+        return build_project(tmp_path / name, reviews_frame if frame is None else frame,
+                             params or tiny_params(tiny_model_dir))
 
     return build
 
@@ -249,3 +254,63 @@ def retrain(root: Path, **prepare) -> None:
     run([str(BIN / "dvc"), "repro"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", f"model with {prepare}"], root)
+
+
+SERVED_LABELS = ["negative", "positive"]
+
+
+def export_served_folder(folder: Path, model_dir: Path, max_length: int = 16) -> Path:
+    """The tiny random BERT with a fresh random classifier head, exported as an FP32 served folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tasks.export import export_onnx
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=2, id2label=dict(enumerate(SERVED_LABELS)),
+        label2id={k: i for i, k in enumerate(SERVED_LABELS)})
+    export_onnx(model, AutoTokenizer.from_pretrained(model_dir), folder, max_length,
+                parse_config(tiny_params(model_dir)).export)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def served_folders(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """Two FP32 served folders of the tiny BERT (max_length 16) whose heads differ: two versions that answer
+    differently."""
+    return (export_served_folder(tmp_path_factory.mktemp("served-a"), tiny_model_dir),
+            export_served_folder(tmp_path_factory.mktemp("served-b"), tiny_model_dir))
+
+
+def build_released_project(root: Path, served_folder: Path, train_parquet: Path, params: dict) -> Path:
+    """A git + DVC project whose committed (dvc add-ed) gate release, training split and decision are what
+    `tunegate promote` registers, without running the pipeline (seconds, not minutes). Nothing is registered yet."""
+    import json
+
+    from ruamel.yaml import YAML
+
+    from tasks.core.io import file_sha256
+
+    release = root / "artifacts" / "gate" / "release"
+    shutil.copytree(served_folder, release)
+    (release / "release.json").write_text(json.dumps({"sha256": file_sha256(release / "model.onnx"),
+                                                      "decision": "PROMOTE"}))
+    span = {"value": 0.9, "low": 0.85, "high": 0.95}
+    (root / "artifacts" / "gate" / "decision.json").write_text(json.dumps(
+        {"decision": "PROMOTE", "metrics": {"rows": 100, "accuracy": span, "macro_f1": span}}))
+    (root / "artifacts" / "prepare").mkdir(parents=True)
+    shutil.copy2(train_parquet, root / "artifacts" / "prepare" / "train.parquet")
+    with (root / "params.yaml").open("w") as handle:
+        YAML().dump(params, handle)
+    shutil.copy2(REPO / ".gto", root / ".gto")
+    (root / "dvc.yaml").write_text("artifacts:\n  tunegate:\n    type: model\n    path: artifacts/gate/release\n")
+    (root / ".gitignore").write_text("/.tunegate/\n")
+    for args in (["init", "-q"], ["config", "user.email", "tests@tunegate.invalid"],
+                 ["config", "user.name", "tunegate tests"]):
+        run(["git", *args], root)
+    run([str(BIN / "dvc"), "init", "-q"], root)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    run([str(BIN / "dvc"), "add", "-q", "artifacts/gate/release", "artifacts/gate/decision.json",
+         "artifacts/prepare/train.parquet"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "a released model"], root)
+    return root

@@ -2,15 +2,21 @@
 on the tiny model and a few rows (each must print its JSON result line), so a refactor cannot break one."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 from ruamel.yaml import YAML
 
 from benchmarks.inference import encoder_gemms, int8_floor_ms, time_interleaved
+from benchmarks.serving import first_label, max_rps_within, overload_figures, speedup
+from benchmarks.orchestration import per_stage_overhead
+from benchmarks.simulate_week import cycle, first_alarm_delay, in_domain_pool, unshifted_alarms
 from tests.conftest import REPO, tiny_params
 
 
@@ -104,3 +110,124 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     assert result["contenders"]["onnxruntime_int8"]["accuracy"] == pytest.approx(shipped["accuracy"]["value"],
                                                                                  abs=1.01 / shipped["rows"])
     assert set(result["int8_ceiling"]) == {"b1", "b32x128"}
+
+
+def level(rps: float, p99_ms: float, errors: dict | None = None, timeouts: int = 0) -> dict:
+    return {"rps": rps, "p99_ms": p99_ms, "errors": errors or {}, "timeouts": timeouts, "connection_errors": 0}
+
+
+def test_serving_sustainable_rate_is_the_best_level_within_p99_100ms_that_failed_nothing():
+    levels = [level(50, 20), level(180, 90), level(300, 100, errors={"429": 3}), level(400, 350)]
+    assert max_rps_within(levels) == 180
+    assert max_rps_within([level(40, 120)]) == 0.0
+
+
+def test_serving_speedup_falls_back_to_the_hf_best_rate_when_it_never_meets_the_p99_bound():
+    assert speedup(300.0, 50.0, 60.0) == (6.0, "hf_max_rps_at_p99_100ms")
+    ratio, basis = speedup(300.0, 0.0, 60.0)
+    assert ratio == 5.0 and basis.startswith("hf_best_rps_any_p99")
+    assert speedup(300.0, 0.0, 0.0)[0] is None
+
+
+def test_serving_overload_counts_only_answers_given_inside_the_window_as_served():
+    raw = {"window_s": 2.0, "status": [200, 200, 200, 429, 503], "latency_ms": [10.0, 20.0, 900.0, 1.0, 2.0],
+           "done_s": [0.5, 1.5, 2.4, 1.0, 1.1], "sent": 6, "timeouts": 1, "connection_errors": 0, "saturated": 0}
+    figures = overload_figures(raw, sustainable_rps=1.0, offered_rps=2.0)
+    assert figures["served_rps"] == 1.0 and figures["served_share"] == 1.0, "the answer after the window is late"
+    assert figures["refusals_429"] == 1 and figures["errors_5xx"] == 1 and figures["timeouts"] == 1
+    assert figures["p99_ms"] > 800, "a late answer still counts in the latency of served requests"
+
+
+def test_serving_reads_the_label_from_either_contenders_answer():
+    tunegate = {"model_version": "v1", "predictions": [{"label": "positive", "probabilities": {}}]}
+    assert first_label(tunegate) == "positive"
+    assert first_label({"label": "negative", "score": 0.9}) == "negative"
+    assert first_label({"detail": "queue full"}) is None
+
+
+@pytest.mark.e2e
+def test_serving_benchmark_smoke_run_serves_every_contender_and_prints_its_json(staged_pipeline, tiny_project,
+                                                                                tmp_path):
+    _, paths = staged_pipeline
+    out = tmp_path / "serving.json"
+    result = run_benchmark("serving.py", "--smoke", "--project", str(tiny_project), "--model", str(paths.int8_dir),
+                           "--hf-model", str(paths.model_dir), "--texts", str(paths.split("test")), "--threads", "1",
+                           "--out", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    assert {"max_rps_at_p99_100ms", "speedup_vs_hf_pipeline", "overload_served_share", "overload_p99_ms",
+            "overload_timeouts", "overload_5xx", "loadgen_ceiling_rps", "batched_label_agreement",
+            "targets"} <= set(result)
+    assert set(result["max_rps_at_p99_100ms"]) == {"tunegate_batched", "tunegate_unbatched", "hf_pipeline"}
+    for name, contender in result["contenders"].items():
+        assert [f["concurrency"] for f in contender["levels"]] == [1, 4]
+        assert all(f["requests"] > 0 and "no_label" not in f["errors"] for f in contender["levels"]), name
+    assert result["loadgen_ceiling_rps"] > 0 and result["overload"]["arrivals"] > 0
+    assert 0.0 <= result["batched_label_agreement"] <= 1.0
+    assert set(result["targets"]) == {"speedup_vs_hf_pipeline", "overload_served_share", "overload_p99_ms",
+                                      "overload_timeouts", "overload_5xx"}
+
+
+@pytest.mark.e2e
+def test_simulate_week_smoke_run_serves_a_tiny_week_and_prints_its_json(staged_pipeline, tiny_model_dir, tmp_path):
+    _, paths = staged_pipeline
+    params = tiny_params(tiny_model_dir)
+    params["monitor"].update(min_window_texts=20, reference_rows=100, domain_max_texts=100)
+    root = tmp_path / "week-project"
+    root.mkdir()
+    (root / "data").symlink_to(paths.root / "data")
+    with (root / "params.yaml").open("w") as handle:
+        YAML().dump(params, handle)
+    out = tmp_path / "week.json"
+    # 2 days x 2 windows x 20 texts; the shift (IMDB rows of the fixture data) half a window into day 2.
+    result = run_benchmark("simulate_week.py", "--project", str(root), "--model", str(paths.int8_dir),
+                           "--release", str(paths.stage_dir("gate") / "release"), "--train", str(paths.split("train")),
+                           "--days", "2", "--windows-per-day", "2", "--shift-day", "1", "--texts-per-window", "20",
+                           "--shuffled-windows", "3", "--threads", "1", "--out", str(out), cwd=tmp_path)
+    assert {"detection_delay_texts", "false_alarms_unshifted", "false_alarm_share_shuffled", "windows",
+            "texts_per_window", "retrain"} <= set(result)
+    assert result["windows"] == 4 and result["texts_per_window"] == 20 and result["shift_at_text"] == 50
+    assert len(json.loads(out.read_text())["window_judgements"]) == 4
+    assert all(j["judged"] and j["texts"] == 20 for j in json.loads(out.read_text())["window_judgements"])
+    # Long IMDB reviews after short Rotten Tomatoes sentences: the window holding the shift's second half alarms.
+    assert result["detection_delay_texts"] is not None and result["detection_delay_texts"] <= 30
+    assert 0.0 <= result["false_alarm_share_shuffled"] <= 1.0
+    assert result["retrain"] == {"ran": False, "decision": None, "why_not": result["retrain"]["why_not"]}
+
+
+@pytest.mark.e2e
+def test_orchestration_benchmark_smoke_run_on_a_finished_tiny_project_prints_its_json(make_project, staged_pipeline,
+                                                                                      tmp_path):
+    # A git + DVC project holding the outputs of a finished tiny run (the staged pipeline's, same params) whose
+    # dvc.lock does not record them yet: --copy always records them in a scratch copy, as it does for a workspace
+    # with edited code, and times that copy (cheaper than a `dvc repro` here).
+    _, paths = staged_pipeline
+    root = make_project(name="finished-project")
+    shutil.copytree(paths.root / "artifacts", root / "artifacts")
+    out = tmp_path / "orchestration.json"
+    result = run_benchmark("orchestration.py", "--project", str(root), "--repeats", "1", "--warmup", "0",
+                           "--copy", "always", "--out", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    assert {"dvc_repro_seconds", "flow_seconds", "flow_in_process_seconds", "api_startup_seconds",
+            "per_stage_overhead_seconds", "stages", "target", "pass"} <= set(result)
+    assert result["stages"] == 7 and result["mode"] == "copy" and result["repeats"] == 1
+    assert all(len(runs) == 1 for runs in result["runs"].values())
+    assert not (root / "dvc.lock").exists(), "the project itself is never written to"
+
+
+def test_simulate_week_delay_counts_texts_from_the_shift_to_the_end_of_the_first_alarming_window():
+    alarmed = [False, True, False, True, True]  # windows of 10 texts; the shift at text 35
+    assert first_alarm_delay(alarmed, 10, 35) == 5, "the window of texts 30-39 holds the shift and alarms"
+    assert unshifted_alarms(alarmed, 10, 35) == 1, "the alarm on texts 10-19 is false: no shifted text in it"
+    assert first_alarm_delay([True, False, False], 10, 15) is None, "an alarm before the shift detects nothing"
+
+
+def test_simulate_week_in_domain_stream_leaves_out_trained_texts_and_cycles_in_fresh_shuffles():
+    data = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "source": ["rt", "rt", "rt", "imdb", "rt"]})
+    pool = in_domain_pool(data, {"a"}, "text", "source", ["rt"])
+    assert pool == ["b", "c", "e"]
+    stream = cycle(pool, 7, np.random.default_rng(0))
+    assert len(stream) == 7 and sorted(stream[:3]) == sorted(stream[3:6]) == pool, "each pass holds every text once"
+
+
+def test_orchestration_overhead_is_the_flows_extra_seconds_shared_by_the_stages():
+    assert per_stage_overhead(flow_seconds=10.0, dvc_seconds=3.0, stages=7) == 1.0

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from flows.cli import build_parser
-from tasks.core.config import SHARED_SECTIONS, STAGES, PipelineConfig, read_params
+from tasks.core.config import SERVICE_SECTIONS, SHARED_SECTIONS, STAGES, PipelineConfig, read_params
 from tests.conftest import REPO
 
 
@@ -15,10 +15,12 @@ def dvc_stages() -> dict:
 
 
 def test_stage_names_agree_everywhere():
-    params_sections = [k for k in read_params(REPO / "params.yaml") if k not in SHARED_SECTIONS]
+    not_stages = (*SHARED_SECTIONS, *SERVICE_SECTIONS)
+    params_sections = [k for k in read_params(REPO / "params.yaml") if k not in not_stages]
     assert list(dvc_stages()) == list(STAGES) == params_sections
     config_sections = [f.alias or name for name, f in PipelineConfig.model_fields.items()]
-    assert [s for s in config_sections if s not in SHARED_SECTIONS] == list(STAGES)
+    assert [s for s in config_sections if s not in not_stages] == list(STAGES)
+    assert not any(s in stage["params"] for stage in dvc_stages().values() for s in SERVICE_SECTIONS)
     stage_choices = build_parser()._subparsers._group_actions[0].choices["stage"]._actions[-1].choices
     assert tuple(stage_choices) == STAGES
 

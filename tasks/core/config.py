@@ -15,6 +15,9 @@ STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "export",
 
 # params.yaml sections that are not stages: read by several stages.
 SHARED_SECTIONS: tuple[str, ...] = ("seed", "data")
+# Sections read by what runs around the pipeline (`tunegate serve`, the monitor flow, the flows' retries and
+# timeouts), not by any stage: no dvc.yaml stage depends on them.
+SERVICE_SECTIONS: tuple[str, ...] = ("serve", "monitor", "orchestration")
 
 
 class ConfigError(TunegateError, ValueError):
@@ -191,6 +194,89 @@ class GateConfig(_Section):
         return self
 
 
+class ServeConfig(_Section):
+    """`tunegate serve`: the HTTP service (tasks/serving/settings.py adds TUNEGATE_* variables and flags on top)."""
+    model: str = Field(min_length=1,
+                       description="a served folder (relative to the project), or registry:STAGE: the registry's "
+                                   "version in STAGE, followed as it moves")
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description='the {name} of /v2/models/{name}')
+    host: str = Field(min_length=1, description='interface to listen on (0.0.0.0: every interface, as in a container)')
+    port: int = Field(ge=1, le=65535, description='TCP port')
+    workers: int = Field(ge=1, description='uvicorn worker processes (the cores are split between them)')
+    threads: int | None = Field(ge=1, description='onnxruntime threads per worker (unset: cores // workers)')
+    max_batch_size: int = Field(ge=1,
+                                description='texts per model call (micro-batching); 1 = each text alone')
+    max_wait_ms: float = Field(ge=0, description='how long the first text of a batch waits for others (ms)')
+    max_queue_texts: int = Field(ge=1, description='texts waiting per worker; beyond it 429 with Retry-After')
+    max_queue_wait_ms: float = Field(gt=0, description='refuse (429) a request whose texts would likely wait longer '
+                                                       'than this behind the queue (from recent model time per text)')
+    request_timeout_s: float = Field(gt=0, description='a request not scored by then gets 504')
+    max_body_bytes: int = Field(ge=1024, description='request bodies above this get 413')
+    max_texts: int = Field(ge=1, description='texts per request (422 above)')
+    max_text_chars: int = Field(ge=1, description='characters per text (422 above)')
+    api_keys_file: str | None = Field(
+        description='file of API keys, one per line (or TUNEGATE_API_KEYS=k1,k2); none: no auth, a warning at start')
+    cors_origins: list[str] = Field(description='origins allowed by CORS (none: CORS off)')
+    reload_seconds: float = Field(ge=0,
+                                  description='poll the model source every this many seconds; 0 = never')
+    log_dir: str = Field(min_length=1, description='prediction log folder (relative to the project)')
+    log_texts: bool = Field(description='keep request texts in the prediction log (off: a hash and lengths only)')
+    log_file_mb: float = Field(gt=0, description='a prediction-log part is closed at this size (MB)')
+    log_max_mb: float = Field(gt=0, description='oldest prediction-log parts are deleted beyond this total (MB)')
+    log_flush_seconds: float = Field(gt=0,
+                                     description='prediction-log records are written within this many seconds')
+
+    @model_validator(mode="after")
+    def _log_bounds(self) -> ServeConfig:
+        if self.log_file_mb > self.log_max_mb:
+            raise ValueError(f"serve.log_file_mb ({self.log_file_mb}) must not exceed serve.log_max_mb ({self.log_max_mb})")
+        if self.max_texts > self.max_queue_texts:  # such a request could never be queued
+            raise ValueError(f"serve.max_texts ({self.max_texts}) must not exceed serve.max_queue_texts "
+                             f"({self.max_queue_texts})")
+        if self.max_batch_size > self.max_queue_texts:
+            raise ValueError(f"serve.max_batch_size ({self.max_batch_size}) must not exceed serve.max_queue_texts "
+                             f"({self.max_queue_texts})")
+        return self
+
+
+class DriftCheck(_Section):
+    """One monitoring check: its bound and what crossing it means (alarm: emits tunegate.drift.detected)."""
+    max: float = Field(ge=0)
+    severity: Literal["warning", "alarm"]
+
+
+class MonitorConfig(_Section):
+    """The monitor flow (flows/monitoring.py): live traffic in the prediction log against prod's training data."""
+    window_minutes: float = Field(gt=0)
+    every_minutes: float = Field(gt=0)
+    min_window_texts: int = Field(ge=1)
+    reference_rows: int = Field(ge=100)
+    checks: dict[Literal["label_psi", "label_js", "confidence_ks", "length_ks", "unknown_rate", "oov_rate",
+                         "domain_auc", "accuracy_drop", "macro_f1_drop"], DriftCheck]
+    domain_folds: int = Field(ge=2)
+    domain_max_texts: int = Field(ge=50)
+    labelled_dir: str | None
+    min_new_rows: int = Field(ge=1)
+    history: str = Field(min_length=1)
+
+
+class OrchestrationConfig(_Section):
+    """How the flows run stages: retries of transient failures and per-stage time limits."""
+    retries: int = Field(ge=0)
+    retry_delay_seconds: float = Field(ge=0)
+    stage_timeout_minutes: dict[str, float]
+    nightly_cron: str = Field(min_length=9)  # five cron fields
+    retrain_branch: str = Field(min_length=1)
+    retrain_push: str | None
+
+    @model_validator(mode="after")
+    def _every_stage(self) -> OrchestrationConfig:
+        if set(self.stage_timeout_minutes) != set(STAGES) or min(self.stage_timeout_minutes.values()) <= 0:
+            raise ValueError(f"orchestration.stage_timeout_minutes must give a positive limit for exactly the "
+                             f"stages {', '.join(STAGES)}")
+        return self
+
+
 def _min_above_max(section: str, low: str, high: str, low_value: float, high_value: float) -> str | None:
     """The complaint when a lower bound exceeds its upper bound (no data could pass both), else None."""
     if low_value <= high_value:
@@ -257,6 +343,9 @@ class PipelineConfig(_Section):
     export: ExportConfig
     quantize: QuantizeConfig
     gate: GateConfig
+    serve: ServeConfig
+    monitor: MonitorConfig
+    orchestration: OrchestrationConfig
 
     # `validate` shadows a pydantic method, hence the alias.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)

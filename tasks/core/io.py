@@ -13,10 +13,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pandas as pd
 from tasks.core.errors import TunegateError
+
+if TYPE_CHECKING:  # pandas is imported where tables are read: the serving install (atomic writes, JSON) has none
+    import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 
@@ -218,6 +220,8 @@ def _fsync(path: Path) -> None:
 
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, Parquet or JSONL file, or every such file in a folder (concatenated)."""
+    import pandas as pd
+
     if path.is_dir():
         return pd.concat(read_table_files(path).values(), ignore_index=True)
     if not path.is_file():

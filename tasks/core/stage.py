@@ -13,9 +13,6 @@ from pydantic import BaseModel, ConfigDict
 from tasks.core.io import read_json, write_json
 from tasks.core.paths import ArtifactPaths
 
-# Failures worth a retry: I/O hiccups and memory pressure, never a failed check or bad data.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, TimeoutError)
-
 
 class StageResult(BaseModel):
     """Small record a stage returns and writes to artifacts/<stage>/result.json."""
@@ -26,25 +23,11 @@ class StageResult(BaseModel):
     key_figure: str
 
 
-def _retry_only_transient(task_: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except TRANSIENT_ERRORS:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is deterministic: do not retry
-        return False
-    return False
-
-
-def stage_task(name: str, *, retries: int = 0):
-    """Prefect @task for a stage shell; DVC owns caching, so Prefect's cache is off."""
-    return task(
-        name=name,
-        retries=retries,
-        retry_delay_seconds=5,
-        retry_condition_fn=_retry_only_transient if retries else None,
-        cache_policy=NO_CACHE,
-    )
+def stage_task(name: str):
+    """Prefect @task for a stage shell; DVC owns caching, so Prefect's cache is off. No Prefect retries:
+    the flow retries transient failures itself, with the backoff and time limits of params.yaml's
+    `orchestration` section (flows/reliability.py)."""
+    return task(name=name, cache_policy=NO_CACHE)
 
 
 def write_result(out_dir: Path, result: StageResult) -> StageResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from tasks.core.batching import length_sorted_batches
 from tasks.core.errors import TunegateError
 from tasks.core.io import read_json
-from tasks.serving.files import SERVING_FILE
+from tasks.serving.files import LONG_TEXT_HEAD, LONG_TEXT_RULES, SERVING_FILE
 
 
 
@@ -132,7 +133,12 @@ def folder_target(serving: dict[str, Any], model: Path) -> Target:
     declared = serving.get("providers")
     if declared is not None:
         return "auto" if CUDA in declared else "cpu"
-    return "cpu" if is_quantized(model) else "auto"  # folders exported before serving.json named providers
+    # Folders exported before serving.json named providers. Reading the graph needs `onnx`, which the serving
+    # install (requirements/serve.txt) leaves out: there the CPU provider is the only one anyway.
+    try:
+        return "cpu" if is_quantized(model) else "auto"
+    except ModuleNotFoundError:
+        return "cpu"
 
 
 _preloaded = False
@@ -216,20 +222,34 @@ def inference_session(model: Path | bytes, options: Any = None, *, providers: li
 class OnnxClassifier:
     """A text classifier from an exported folder: an .onnx model, tokenizer.json and serving.json."""
 
-    def __init__(self, folder: Path, model_file: str | None = None, target: Target | None = None):
+    def __init__(self, folder: Path, model_file: str | None = None, target: Target | None = None,
+                 threads: int | None = None):
         """`target`: cpu (CPU only), cuda (CUDA required: an error where it does not load) or auto (CUDA
-        where usable); None = the folder's own (serving.json `providers`, CPU for an INT8 model)."""
+        where usable); None = the folder's own (serving.json `providers`, CPU for an INT8 model).
+        `threads`: intra-op threads of this session's own pool (inter-op 1); None = onnxruntime's default."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.folder = folder
         self.serving = read_json(folder / SERVING_FILE)
         self.labels: list[str] = self.serving["labels"]
+        # Folders exported before serving.json named its rule were read head-only.
+        self.long_text: str = self.serving.get("long_text", LONG_TEXT_HEAD)
+        if self.long_text not in LONG_TEXT_RULES:
+            raise TunegateError(f"{folder / SERVING_FILE}: long_text {self.long_text!r} is not one this version reads "
+                                f"({', '.join(LONG_TEXT_RULES)}): upgrade tunegate")
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.serving["max_length"])
         self.tokenizer.enable_padding(pad_id=self.serving["pad_id"], pad_token=self.serving["pad_token"])
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
+        if threads is not None:
+            # A service sets it so its workers' pools together never exceed the cores (spinning pools slow each other).
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            # Idle pool threads spin for a while after each run by default: in a service that CPU is taken from
+            # the event loop parsing and answering requests on the same cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model_file = model_file or self.serving["model_file"]
         self.target: Target = target or folder_target(self.serving, folder / self.model_file)
         self.session = inference_session(folder / self.model_file, options, providers=providers_for(self.target),
@@ -254,3 +274,34 @@ class OnnxClassifier:
             (batch_logits,) = self.session.run(["logits"], self.encode([texts[i] for i in idx]))
             out[idx] = batch_logits
         return out
+
+    def unpadded_tokenizers(self) -> tuple[Any, Any]:
+        """(reading, whole): clones of the tokenizer without padding; `reading` truncates exactly as `encode`
+        does (serving.json's long_text rule), `whole` does not truncate (to count a text's tokens)."""
+        clone = type(self.tokenizer).from_str
+        reading = clone(self.tokenizer.to_str())
+        reading.no_padding()
+        whole = clone(self.tokenizer.to_str())
+        whole.no_padding()
+        whole.no_truncation()
+        return reading, whole
+
+    def unknown_token_id(self) -> int | None:
+        """The id of tokenizer.json's model.unk_token; None where the tokenizer has none (byte-level BPE)."""
+        unk = json.loads(self.tokenizer.to_str())["model"].get("unk_token")
+        return None if unk is None else self.tokenizer.token_to_id(unk)
+
+    def logits_of_encodings(self, encodings: list[Any]) -> np.ndarray:
+        """[n, classes] float32 logits of unpadded encodings, run as one batch padded to its longest."""
+        width = max(len(e) for e in encodings)
+        pad_id = self.serving["pad_id"]
+        fields = {name: np.zeros((len(encodings), width), dtype=np.int64)
+                  for name in ("input_ids", "attention_mask", "token_type_ids")}
+        fields["input_ids"].fill(pad_id)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            fields["input_ids"][row, :n] = e.ids
+            fields["attention_mask"][row, :n] = e.attention_mask
+            fields["token_type_ids"][row, :n] = e.type_ids  # padding's type id is 0, as in `encode`
+        (logits,) = self.session.run(["logits"], {name: fields[name] for name in self.input_names})
+        return logits

@@ -8,7 +8,6 @@ import pandas as pd
 
 from tasks.core.config import load_config
 from tasks.core.errors import TunegateError
-from tasks.core.io import atomic_file, read_table
 from tasks.core.metrics import softmax
 from tasks.serving.files import SERVING_FILE
 from tasks.serving.onnx_model import OnnxClassifier
@@ -43,25 +42,3 @@ def predict_texts(model: OnnxClassifier, texts: list[str], batch_size: int) -> p
     for i, name in enumerate(model.labels):
         frame[f"p_{name}"] = probs[:, i]
     return frame
-
-
-def predict_file(model: OnnxClassifier, source: Path, target: Path, text_column: str, batch_size: int) -> int:
-    """Classify every row of a CSV/Parquet/JSONL file; write it back with predictions (CSV or JSONL)."""
-    table = read_table(source)
-    if text_column not in table.columns:
-        raise PredictInputError(f"{source} has no column {text_column!r} (columns: {', '.join(map(str, table.columns))})")
-    texts = table[text_column].fillna("").astype(str).tolist()
-    predictions = predict_texts(model, texts, batch_size)
-    clashes = sorted(set(predictions.columns) & set(map(str, table.columns)))
-    if clashes:
-        raise PredictInputError(f"{source} already has columns {clashes}: rename them before predicting")
-    result = pd.concat([table.reset_index(drop=True), predictions], axis=1)
-    suffix = target.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise PredictInputError(f"output {target} must end in .csv or .jsonl")
-    with atomic_file(target) as tmp:
-        if suffix == ".csv":
-            result.to_csv(tmp, index=False)
-        else:
-            result.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    return len(result)

@@ -18,14 +18,17 @@ def epoch_steps(lengths: np.ndarray, cfg: TrainConfig, seed: int, epoch: int, wo
                 rank: int) -> list[list[np.ndarray]]:
     """This process's micro-batches for each optimizer step of `epoch`: a pure function of (seed, epoch).
 
-    So the sampler position is just (epoch, step): a resumed run sees the very same batches.
+    So the sampler position is just (epoch, step): a resumed run sees the very same batches. The rows of a
+    step depend on the effective batch (batch_size x gradient_accumulation_steps) alone, cut into micro-batches
+    of batch_size: the out-of-memory fallback (half the batch, twice the accumulation) trains on the same rows
+    at every step.
     """
-    batches = shuffled_length_batches(lengths, cfg.batch_size, np.random.default_rng([seed, epoch]))
-    # DDP needs every process to take the same number of steps: drop the few batches that do not divide.
-    batches = batches[:len(batches) - len(batches) % world]
-    mine = batches[rank::world]
-    accum = cfg.gradient_accumulation_steps
-    return [mine[i:i + accum] for i in range(0, len(mine), accum)]
+    step_rows = cfg.batch_size * cfg.gradient_accumulation_steps
+    steps = shuffled_length_batches(lengths, step_rows, np.random.default_rng([seed, epoch]))
+    # DDP needs every process to take the same number of steps: drop the few steps that do not divide.
+    steps = steps[:len(steps) - len(steps) % world]
+    size = cfg.batch_size
+    return [[rows[i:i + size] for i in range(0, len(rows), size)] for rows in steps[rank::world]]
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -1,0 +1,1 @@
+"""Monitoring: live traffic (the prediction log, labelled batches) against the prod version's training data."""

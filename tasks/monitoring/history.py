@@ -1,0 +1,103 @@
+"""The monitor's time series: one JSON line per monitor run (monitor.history), read by `tunegate monitor history`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def history_path(project: Path, history: str) -> Path:
+    """monitor.history, relative to the project unless absolute."""
+    return Path(project) / history
+
+
+def history_row(judgement: dict[str, Any], new_rows: int = 0) -> dict[str, Any]:
+    """What one monitor run adds to the series: window, version, verdicts and every check's figure."""
+    return {
+        "start": judgement["start"], "end": judgement["end"], "version": judgement["version"],
+        "texts": judgement["texts"], "judged": judgement["judged"],
+        "alarms": list(judgement["alarms"]), "warnings": list(judgement["warnings"]), "new_rows": new_rows,
+        "figures": {c["name"]: finite(c["value"]) for c in judgement["checks"]},
+    }
+
+
+def finite(value: Any) -> float | None:
+    """A figure as a plain float, None when absent or not finite (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    """Append one row as one line. A single O_APPEND write of a whole line: a reader (or a second monitor run)
+    never sees half a row but a last line cut by a crash, which read_history skips."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, separators=(",", ":"), allow_nan=False, default=_plain) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars from the statistics: plain numbers in the file
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_history(path: Path, last: int | None = None) -> list[dict[str, Any]]:
+    """The rows, oldest first (the last `last` only); lines that are not whole JSON objects are skipped with a
+    warning."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            log.warning("monitor history: %s line %d is not a JSON row; skipped", path, number)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows[-last:] if last else rows
+
+
+def utc(at: float) -> str:
+    """UNIX seconds as 'YYYY-MM-DD HH:MM' UTC."""
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """ALARM / warning / ok, or 'not judged' for a window with too few texts."""
+    if not row.get("judged", True):
+        return "not judged"
+    return "ALARM" if row["alarms"] else "warning" if row["warnings"] else "ok"
+
+
+def _figure(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def history_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of the series: window end (UTC), version, texts, verdict, new labelled rows, then one
+    column per check (in first-seen order; '-' where a run skipped it)."""
+    checks: list[str] = []
+    for row in rows:
+        checks.extend(name for name in row.get("figures", {}) if name not in checks)
+    columns = ["end (UTC)", "version", "texts", "verdict", "new rows", *checks]
+    cells = [[utc(row["end"]), str(row["version"]), str(row["texts"]), verdict(row), str(row.get("new_rows", 0)),
+              *(_figure(row.get("figures", {}).get(name)) for name in checks)] for row in rows]
+    return columns, cells

@@ -1,0 +1,99 @@
+"""Prometheus metrics of `tunegate serve`, on the service's own registry (several apps may live in one process)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set (to a fresh folder) by the runner before workers > 1 start
+
+# Why a request was refused: the `reason` label's only values (low cardinality by construction).
+REFUSAL_REASONS = ("unauthorized", "body_too_large", "invalid_input", "queue_full", "timeout", "disconnected")
+
+# Seconds; the service answers in milliseconds when well, up to serve.request_timeout_s (default 10) when not.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Texts per model call; serve.max_batch_size is 16 by default.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def multiprocess() -> bool:
+    """Whether this process writes its metrics to PROMETHEUS_MULTIPROC_DIR (several uvicorn workers)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class ServiceMetrics:
+    """Every metric of the service; implements tasks.serving.batcher.BatchObserver."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_seconds = Histogram("tunegate_request_seconds", "HTTP request latency by route and status",
+                                         ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_call_seconds = Histogram("tunegate_model_call_seconds", "Latency of one model call (one batch)",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_texts = Histogram("tunegate_batch_texts", "Texts per model call", buckets=BATCH_BUCKETS, registry=r)
+        # livesum: the texts waiting in every live worker.
+        self.queue_texts = Gauge("tunegate_queue_texts", "Texts waiting for the model", registry=r,
+                                 multiprocess_mode="livesum")
+        self.texts_scored = Counter("tunegate_texts_scored", "Texts scored, by predicted label", ["label"], registry=r)
+        # A gauge set to 1 for the version served (0 once swapped out): Info has no multiprocess mode.
+        self.model_version = Gauge("tunegate_model_version_info", "The model version served (1 = current)",
+                                   ["name", "version"], registry=r, multiprocess_mode="livemax")
+        self.refused = Counter("tunegate_requests_refused", "Requests refused, by reason", ["reason"], registry=r)
+        self.log_dropped = Counter("tunegate_prediction_log_dropped", "Prediction-log records dropped (queue full)",
+                                   registry=r)
+        self.reload_failures = Counter("tunegate_reload_failures", "Failed reloads of the model source", registry=r)
+        for reason in REFUSAL_REASONS:  # every reason shows as 0 before the first refusal
+            self.refused.labels(reason)
+        self._dropped_seen = 0
+        self._version: tuple[str, str] | None = None
+
+    # BatchObserver
+    def on_batch(self, version: str, texts: int, seconds: float) -> None:
+        self.model_call_seconds.observe(seconds)
+        self.batch_texts.observe(texts)
+
+    def on_queue_depth(self, texts: int) -> None:
+        self.queue_texts.set(texts)
+
+    def on_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.request_seconds.labels(endpoint, str(status)).observe(seconds)
+
+    def on_refused(self, reason: str) -> None:
+        if reason not in REFUSAL_REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        self.refused.labels(reason).inc()
+
+    def on_scored(self, labels: list[str]) -> None:
+        for label in labels:
+            self.texts_scored.labels(label).inc()
+
+    def on_log_dropped(self, dropped_total: int) -> None:
+        """Record the prediction log's running total of dropped records."""
+        if dropped_total > self._dropped_seen:
+            self.log_dropped.inc(dropped_total - self._dropped_seen)
+            self._dropped_seen = dropped_total
+
+    def on_reload_failed(self) -> None:
+        self.reload_failures.inc()
+
+    def set_version(self, name: str, version: str) -> None:
+        if self._version is not None and self._version != (name, version):
+            self.model_version.labels(*self._version).set(0)
+        self.model_version.labels(name, version).set(1)
+        self._version = (name, version)
+
+    def close(self) -> None:
+        """A stopping worker's live gauges (queue depth, version) leave the sum; its counters stay counted."""
+        if multiprocess():
+            mark_process_dead(os.getpid())
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text of this process, or of every worker in multiprocess mode; with its content type."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
