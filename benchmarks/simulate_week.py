@@ -255,7 +255,7 @@ def retrain_on_copy(args, cfg: PipelineConfig, shifted: list[str], data: pd.Data
             shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, root / item)
-    text, label, source_col = cfg.data.text_column, cfg.data.label_column, cfg.data.source_column
+    text, source_col = cfg.data.text_column, cfg.data.source_column
     # The first `retrain_rows` distinct shifted texts served, labelled (as a labelling team would label a first
     # batch): they are rows of the data already (with their true labels), so the new data version re-tags them with
     # a source of their own that prepare.sources then takes in; appending them again would only duplicate texts.
