@@ -284,8 +284,13 @@ def retrain_on_copy(args, cfg: PipelineConfig, shifted: list[str], data: pd.Data
                           capture_output=True, text=True)
     seconds = round(time.perf_counter() - started, 1)
     decision_file = ArtifactPaths(root).decision
-    decision = json.loads(decision_file.read_text())["decision"] if decision_file.is_file() else None
-    return {"ran": True, "decision": decision, "seconds": seconds, "exit_code": done.returncode,
+    verdict = json.loads(decision_file.read_text()) if decision_file.is_file() else {}
+    decision = verdict.get("decision")
+    # Why, kept before the scratch copy goes: the gate's own sentence and every check that failed, with its figure.
+    failed = [f"{c['check']}: {c['value']:.4f} (needs {c['rule']} {c['threshold']})" if isinstance(c.get("value"), float)
+              else f"{c['check']}: {c.get('value')}" for c in verdict.get("checks", []) if not c.get("passed", True)]
+    return {"ran": True, "decision": decision, "why": verdict.get("why"), "failed_checks": failed,
+            "comparison": verdict.get("comparison"), "seconds": seconds, "exit_code": done.returncode,
             "new_rows": int(picked.sum()), "project": str(root),
             "log_tail": "" if done.returncode == 0 else (done.stdout[-1500:] + done.stderr[-1500:])}
 
