@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,6 +14,7 @@ from prefect_dask import DaskTaskRunner
 from tasks.core.errors import TunegateError
 from tasks.core.io import TABLE_SUFFIXES
 from tasks.serving.files import PREDICT_BATCH_SIZE, SERVING_FILE
+from tasks.serving.scoring import cores
 
 OUTPUT_SUFFIX = ".predictions.parquet"
 
@@ -78,7 +78,7 @@ def plan_parts(files: list[Path]) -> list[Part]:
 
 def onnx_threads(workers: int) -> int:
     """onnxruntime threads per Dask worker process, so the workers on one host never oversubscribe its cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, cores() // max(1, workers))
 
 
 @functools.lru_cache(maxsize=2)

@@ -227,7 +227,7 @@ def test_batch_inputs_that_match_nothing_or_collide_are_refused(reviews, tmp_pat
 
 
 def test_batch_workers_split_the_cores_between_them(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("flows.batch_scoring.cores", lambda: 16)  # the CPUs this process may use
     assert (onnx_threads(2), onnx_threads(4), onnx_threads(32)) == (8, 4, 1)
 
 

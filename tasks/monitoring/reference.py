@@ -3,7 +3,6 @@ by the prod release one text at a time (as live requests are), cached per versio
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from tasks.monitoring.performance import gate_figures_at
 from tasks.registry.fetch import fetch_release
 from tasks.registry.tags import PROD, RegistryError, find_version, in_stage
 from tasks.serving.files import RELEASE_FILE, SERVING_FILE
+from tasks.serving.scoring import cores
 
 TRAIN_PATH = "artifacts/prepare/train.parquet"  # the training split the version was trained on (a DVC out)
 CACHE_FORMAT = 1  # bump when the cached fields change: older caches are then recomputed
@@ -59,7 +59,7 @@ def sample_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 def scoring_threads(cfg: PipelineConfig) -> int:
     """onnxruntime threads for the monitor's scoring: serve.threads, unset meaning the cores (one process)."""
-    return cfg.serve.threads or max(1, os.cpu_count() or 1)
+    return cfg.serve.threads or cores()
 
 
 

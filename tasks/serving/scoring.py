@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from tasks.core.errors import TunegateError
+from tasks.core.io import file_sha256
 from tasks.core.metrics import softmax
 from tasks.serving.files import RELEASE_FILE, SERVING_FILE
 from tasks.serving.onnx_model import OnnxClassifier
+from tasks.serving.source import version_of_sha256
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +130,12 @@ class ServedModel:
         self._classifier = None  # the session's memory goes with the last reference
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def cores() -> int:
+    """CPUs this process may run on (the affinity mask a container or taskset gives, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def release_precision(folder: Path) -> str | None:
@@ -157,7 +158,7 @@ def load_served(folder: Path, name: str, version: str | None, threads: int) -> S
                                 f"which is not in {folder}")
     classifier = OnnxClassifier(folder, threads=threads)
     sha = file_sha256(model_path)
-    info = ModelInfo(name=name, version=version or f"sha256:{sha[:12]}", labels=list(classifier.labels),
+    info = ModelInfo(name=name, version=version or version_of_sha256(sha), labels=list(classifier.labels),
                      max_length=int(classifier.serving["max_length"]), long_text=classifier.long_text,
                      model_sha256=sha, precision=release_precision(folder), folder=str(folder))
     served = ServedModel(classifier, info)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.core.errors import TunegateError
 from tasks.serving.metrics import MULTIPROC_ENV
+from tasks.serving.scoring import cores
 from tasks.serving.settings import ServeSettings
 
 log = logging.getLogger("tasks.serving")
@@ -25,14 +26,6 @@ APP_FACTORY = "tasks.serving.service:app_from_environment"
 
 class ServiceEnvironmentError(TunegateError):
     """A worker started without the settings its runner passes in the environment."""
-
-
-def cores() -> int:
-    """CPUs this process may run on (the affinity mask a container or taskset gives, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def thread_plan(settings: ServeSettings, available: int) -> tuple[int, str | None]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from tasks.core.errors import TunegateError
+from tasks.core.io import file_sha256
 from tasks.serving.files import SERVING_FILE
 from tasks.serving.settings import REGISTRY_PREFIX
 
@@ -35,14 +35,6 @@ class ModelSource(Protocol):
         ...
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def served_model_file(folder: Path) -> Path:
     """The model file a served folder's serving.json names; SourceError when the folder is not a served one."""
     serving = folder / SERVING_FILE
@@ -63,9 +55,14 @@ def served_model_file(folder: Path) -> Path:
     return model
 
 
+def version_of_sha256(sha256: str) -> str:
+    """A folder's version from its model file's hex sha256: "sha256:" + its first VERSION_HEX digits."""
+    return "sha256:" + sha256[:VERSION_HEX]
+
+
 def folder_version(model: Path) -> str:
     """A folder's version: "sha256:" + the first 12 hex digits of its model file's sha256."""
-    return "sha256:" + _sha256(model)[:VERSION_HEX]
+    return version_of_sha256(file_sha256(model))
 
 
 class FolderSource:
