@@ -38,7 +38,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -74,8 +74,11 @@ test: setup  ## set up, then run the whole test suite (offline, tiny models); wh
 test-fast: setup  ## the quick loop: every test but the end-to-end ones (marked e2e)
 	$(BIN)/python -m pytest -m "not e2e"
 
-bench: setup  ## side-by-side inference benchmark (needs a finished `make run`)
+bench: setup  ## side-by-side inference benchmark, texts/s per long-text reading rule (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py
+
+bench-long: setup  ## long reviews: accuracy on 1,000 unseen IMDB reviews + RT test rows through predict, texts/s (ARGS=--rows 200)
+	$(BIN)/python benchmarks/long_reviews.py $(ARGS)
 
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py

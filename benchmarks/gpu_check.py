@@ -298,6 +298,7 @@ def exported(bench: Bench, size: str) -> tuple[Path, Any]:
     from tasks.export import export_onnx, optimise_onnx
     from tasks.serving.files import OPTIMIZED_FILE
     from tasks.train import build_model
+    from tasks.serving.long_text import HEAD
     from tasks.training.modeling import load_classifier, torch_logits
 
     if size in bench.exports:
@@ -311,7 +312,7 @@ def exported(bench: Bench, size: str) -> tuple[Path, Any]:
                                        attn_implementation="eager")
     raw = export_onnx(model, tokenizer, onnx_dir, 64, bench.cfg.export)
     optimise_onnx(raw, onnx_dir / OPTIMIZED_FILE, model.config, external=False)
-    reference = torch_logits(model, tokenizer, bench.texts, 64, 32, torch.device("cpu"))
+    reference = torch_logits(model, tokenizer, bench.texts, 64, 32, torch.device("cpu"), long_text=HEAD)
     bench.exports[size] = onnx_dir, reference
     return onnx_dir, reference
 

@@ -5,11 +5,14 @@ The contenders' timed runs are interleaved in rounds, so drifting load on a shar
 the onnxruntime sessions share one thread pool, so none is slowed by another's spinning threads.
 Prints a table with ratios against PyTorch eager, the INT8 ceiling of this CPU (the least time
 an INT8 model of this architecture could take on onnxruntime's kernels: its GEMMs, timed in the
-same rounds), then one JSON line:
+same rounds), the reading rules' throughput (texts/s of the shipped INT8 model through
+OnnxClassifier.logits at predict's batch size, per train.long_text candidate's window set, on long
+reviews of the data and on test texts that fit one window), then one JSON line:
   {"contenders": {...}, "int8_ceiling": {...}, "speedup_b1": ..., "speedup_b32x128": ...,
-   "accuracy_drop": ..., "size_ratio": ...}
+   "accuracy_drop": ..., "size_ratio": ..., "reading_texts_per_s": {rule: {"long": ..., "short": ...}}}
 
     python benchmarks/inference.py [--project .] [--runs-b1 200] [--runs-b32 20] [--rounds 5]
+                                   [--long-texts 200] [--short-texts 500] [--reading-rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,10 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cpu_kernels import empty_call, gemm_call  # noqa: E402
+from tasks.core.config import PipelineConfig, load_config  # noqa: E402
+from tasks.core.data import load_dataset  # noqa: E402
 from tasks.core.io import read_json, write_json  # noqa: E402
 from tasks.core.metrics import softmax  # noqa: E402
+from tasks.judging.slices import token_lengths  # noqa: E402
 from tasks.training.modeling import load_classifier, torch_logits  # noqa: E402
-from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE  # noqa: E402
+from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
+from tasks.serving.long_text import describe, normalise, read_texts  # noqa: E402
 from tasks.serving.onnx_model import OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
 
@@ -96,16 +104,102 @@ def int8_floor_ms(config, batch: int, tokens: int, kernel_ms: dict[str, float]) 
     return config.num_hidden_layers * (int8_ms + attention_macs * fp32_ms_per_mac)
 
 
+def reading_rules(cfg: PipelineConfig) -> list[dict]:
+    """train.long_text's candidates, one per distinct set of windows: the window aggregates combine the same
+    model calls' logits (numpy, negligible), so they cost alike."""
+    rules, seen = [], set()
+    for candidate in cfg.train.long_text.candidates:
+        rule = normalise(candidate.model_dump())
+        windows = tuple(sorted((k, v) for k, v in rule.items() if k != "aggregate"))
+        if windows not in seen:
+            seen.add(windows)
+            rules.append(rule)
+    return rules
+
+
+def folder_reading_by(folder: Path, rule: dict, view: Path) -> Path:
+    """`view`: the served folder's files linked, its serving.json's long_text set to `rule` (the folder is not
+    touched), so OnnxClassifier reads long texts by `rule` exactly as a folder exported with it would."""
+    view.mkdir()
+    for item in folder.iterdir():
+        if item.name != SERVING_FILE:
+            (view / item.name).symlink_to(item.resolve())
+    write_json(view / SERVING_FILE, {**read_json(folder / SERVING_FILE), "long_text": rule})
+    return view
+
+
+def reading_texts(cfg: PipelineConfig, paths: ArtifactPaths, test_texts: list[str], source: str, long_rows: int,
+                  short_rows: int) -> dict[str, list[str]]:
+    """long: a seeded sample of the data's rows of `source` (e.g. imdb: whole reviews); short: the first test texts
+    that fit one window of the shipped model (so every rule reads them alike)."""
+    data = load_dataset(paths.root, cfg.data)
+    column = cfg.data.source_column
+    pool = [] if column is None or column not in data.columns else \
+        data.loc[data[column] == source, cfg.data.text_column].dropna().astype(str).tolist()
+    picks = np.random.default_rng(cfg.seed).permutation(len(pool))[:long_rows]
+    window = read_json(paths.int8_dir / SERVING_FILE)["max_length"]
+    fits = token_lengths(paths.int8_dir / "tokenizer.json", test_texts) <= window
+    return {"long": [pool[i] for i in picks], "short": [t for t, ok in zip(test_texts, fits) if ok][:short_rows]}
+
+
+def reading_throughput(models: dict[str, OnnxClassifier], texts: dict[str, list[str]], rounds: int) -> dict[str, dict]:
+    """texts/s of each model (a rule) on each text set through OnnxClassifier.logits at predict's batch size: the
+    median of `rounds` timed passes, interleaved (rotating who goes first) after a short warm-up pass each."""
+    calls = {(rule, kind): (lambda m=model, t=batch: m.logits(t, PREDICT_BATCH_SIZE))
+             for rule, model in models.items() for kind, batch in texts.items() if batch}
+    for (rule, kind) in calls:
+        models[rule].logits(texts[kind][:PREDICT_BATCH_SIZE], PREDICT_BATCH_SIZE)
+    seconds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    keys = list(calls)
+    for round_index in range(rounds):
+        for key in keys[round_index % len(keys):] + keys[:round_index % len(keys)]:
+            start = time.perf_counter()
+            calls[key]()
+            seconds[key].append(time.perf_counter() - start)
+    return {rule: {kind: (round(len(batch) / float(np.median(seconds[(rule, kind)])), 1) if batch else None)
+                   for kind, batch in texts.items()} for rule in models}
+
+
+def windows_per_text(folder: Path, rules: list[dict], texts: list[str]) -> dict[str, float | None]:
+    """Mean windows the model reads per text under each rule: what multiplies a long text's cost."""
+    if not texts:
+        return {describe(rule): None for rule in rules}
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    window = read_json(folder / SERVING_FILE)["max_length"]
+    return {describe(rule): round(len(read_texts(tokenizer, texts, rule, window).windows) / len(texts), 2)
+            for rule in rules}
+
+
+def measure_reading(cfg: PipelineConfig, paths: ArtifactPaths, test_texts: list[str], args: argparse.Namespace
+                    ) -> tuple[dict[str, dict], dict[str, float | None], dict[str, int]]:
+    """texts/s per reading rule on long and short texts, windows per long text, and the texts' counts."""
+    rules = reading_rules(cfg)
+    texts = reading_texts(cfg, paths, test_texts, args.long_source, args.long_texts, args.short_texts)
+    with tempfile.TemporaryDirectory(prefix="tunegate-reading-") as scratch:
+        models = {describe(rule): OnnxClassifier(folder_reading_by(paths.int8_dir, rule, Path(scratch) / str(i)))
+                  for i, rule in enumerate(rules)}
+        throughput = reading_throughput(models, texts, args.reading_rounds)
+    return throughput, windows_per_text(paths.int8_dir, rules, texts["long"]), {k: len(v) for k, v in texts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=".", help="project root with a finished pipeline run")
     parser.add_argument("--runs-b1", type=int, default=200, help="timed runs at batch 1 x 32 tokens, per contender")
     parser.add_argument("--runs-b32", type=int, default=20, help="timed runs at batch 32 x 128 tokens, per contender")
     parser.add_argument("--rounds", type=int, default=5, help="rounds the timed runs are spread over (interleaved)")
+    parser.add_argument("--params", help="params.yaml to read (default: PROJECT/params.yaml)")
+    parser.add_argument("--long-texts", type=int, default=200, help="long texts (rows of --long-source) per pass")
+    parser.add_argument("--long-source", default="imdb", help="the data's source of long texts (data.source_column)")
+    parser.add_argument("--short-texts", type=int, default=500, help="test texts that fit one window, per pass")
+    parser.add_argument("--reading-rounds", type=int, default=3, help="timed passes per reading rule and text set")
     parser.add_argument("--out", default="benchmarks/results/inference.json", help="where to keep the JSON")
     args = parser.parse_args()
 
     paths = ArtifactPaths(Path(args.project).resolve())
+    cfg = load_config(Path(args.params) if args.params else paths.root / "params.yaml")
     torch.set_num_threads(os.cpu_count() or 1)
     share_one_thread_pool(torch.get_num_threads())  # one onnxruntime pool, as a server holding several models would
     test = pd.read_parquet(paths.split("test"))
@@ -138,12 +232,16 @@ def main() -> None:
             for name in results:
                 figures = timed[name]
                 results[name][shape] = {**figures, "samples_per_s": round(SHAPES[shape][0] / (figures["mean_ms"] / 1000), 1)}
-        eager_logits = torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"))
+        # Read as the exported folder reads texts (serving.json's long_text), so the accuracies compare.
+        eager_logits = torch_logits(model, tokenizer, texts, max_length, 64, torch.device("cpu"),
+                                    long_text=onnx_models["onnxruntime_fp32"].long_text)
     results["pytorch_eager_fp32"].update(mb=round((paths.model_dir / "model.safetensors").stat().st_size / 2**20, 2),
                                          accuracy=float((eager_logits.argmax(axis=1) == labels).mean()))
     for name, onnx_model in onnx_models.items():
         results[name].update(mb=model_mb(onnx_model.folder / onnx_model.model_file),
                              accuracy=float((softmax(onnx_model.logits(texts, 64)).argmax(axis=1) == labels).mean()))
+
+    reading, windows, reading_rows = measure_reading(cfg, paths, texts, args)
 
     eager, int8 = results["pytorch_eager_fp32"], results["onnxruntime_int8"]
     ceiling = {}
@@ -161,9 +259,13 @@ def main() -> None:
         "speedup_b32x128": round(eager["b32x128"]["p50_ms"] / int8["b32x128"]["p50_ms"], 2),
         "accuracy_drop": round(eager["accuracy"] - int8["accuracy"], 4),
         "size_ratio": round(int8["mb"] / results["onnxruntime_fp32"]["mb"], 3),
+        "reading_texts_per_s": reading,
+        "reading_windows_per_long_text": windows,
+        "reading_rows": {**reading_rows, "long_source": args.long_source, "batch_size": PREDICT_BATCH_SIZE},
     }
     print_table(results)
     print_ceiling(ceiling, summary)
+    print_reading(summary)
     write_json(Path(args.out), summary)
     print(json.dumps(summary))
 
@@ -174,6 +276,20 @@ def print_ceiling(ceiling: dict[str, dict], summary: dict) -> None:
     for shape, c in ceiling.items():
         print(f"  {shape:<8} floor {c['int8_floor_ms']:.2f} ms -> at most {c['max_speedup']:.2f}x PyTorch eager"
               f" (INT8 model: {summary[f'speedup_{shape}']:.2f}x)")
+
+
+def print_reading(summary: dict) -> None:
+    rows = summary["reading_rows"]
+    print(f"\nReading rules: the shipped INT8 model through OnnxClassifier.logits, {rows['batch_size']} texts a call, "
+          f"on {rows['long']} {rows['long_source']} texts and {rows['short']} test texts within one window:")
+    print(f"  {'rule':<32}{'long texts/s':>14}{'windows/text':>14}{'short texts/s':>15}")
+    for rule, figures in summary["reading_texts_per_s"].items():
+        windows = summary["reading_windows_per_long_text"][rule]
+        print(f"  {rule:<32}{_figure(figures['long']):>14}{_figure(windows):>14}{_figure(figures['short']):>15}")
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def print_table(results: dict[str, dict]) -> None:

@@ -313,8 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffled-windows", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="the service's onnxruntime threads")
     parser.add_argument("--retrain", action="store_true", help="retrain on a scratch copy after the alarm (slow)")
-    # 400 long reviews among the 8,530 default rows stay under prepare.max_truncated_share (5% of rows longer than
-    # train.max_length): the retraining run passes the same split contract, and takes about as long as the default.
+    # 400 labelled shifted texts: the retraining run (long ones cut into training windows) takes a little longer
+    # than the default run.
     parser.add_argument("--retrain-rows", type=int, default=400, help="labelled shifted texts added for --retrain")
     parser.add_argument("--out", type=Path, default=None, help="also write the result JSON here")
     parser.add_argument("--tunegate", default=str(Path(sys.executable).parent / "tunegate"))

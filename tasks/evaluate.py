@@ -9,8 +9,11 @@ import pandas as pd
 
 from tasks.core.config import PipelineConfig
 from tasks.core.io import staged_dir, write_json
-from tasks.core.metrics import classification_metrics, softmax
+from tasks.core.metrics import classification_metrics, confusion_matrix, per_class_rates, softmax
+from tasks.judging.slices import bucket_labels, length_buckets, token_lengths
+from tasks.serving.long_text import describe
 from tasks.training.modeling import load_classifier, pick_device, torch_logits
+from tasks.training.reading import chosen_long_text
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
 
@@ -18,6 +21,22 @@ from tasks.core.stage import StageResult, stage_task, write_result
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> pd.DataFrame:
     """One row per test example (actual, predicted): the shape DVC's confusion template reads."""
     return pd.DataFrame({"actual": [label_names[i] for i in y_true], "predicted": [label_names[i] for i in y_pred]})
+
+
+def by_length(y_true: np.ndarray, y_pred: np.ndarray, lengths: np.ndarray, edges: list[int],
+              n_classes: int) -> dict[str, dict[str, float | int]]:
+    """Rows, accuracy and macro-F1 per token-length bucket (gate.length_buckets edges, as the gate slices), in edge
+    order; a bucket without rows is left out. Macro-F1 averages every class, as the overall figure does."""
+    buckets = length_buckets(lengths, edges)
+    figures = {}
+    for name in bucket_labels(edges):
+        rows = buckets == name
+        if not rows.any():
+            continue
+        _, _, f1 = per_class_rates(confusion_matrix(y_true[rows], y_pred[rows], n_classes))
+        figures[name] = {"rows": int(rows.sum()), "accuracy": float((y_true[rows] == y_pred[rows]).mean()),
+                         "macro_f1": float(f1.mean())}
+    return figures
 
 
 def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path) -> None:
@@ -48,10 +67,19 @@ def evaluate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     device = pick_device(cfg.train.device)
     model, tokenizer = load_classifier(paths.model_dir, device)
     test = pd.read_parquet(paths.split("test"))
-    logits = torch_logits(model, tokenizer, list(test["text"]), cfg.train.max_length, cfg.evaluate.batch_size, device)
+    texts = list(test["text"])
+    # Read as the shipped model will be (train's choice on dev), so every figure here describes what ships.
+    rule = chosen_long_text(paths)
+    logits = torch_logits(model, tokenizer, texts, cfg.train.max_length, cfg.evaluate.batch_size, device,
+                          long_text=rule)
     probs = softmax(logits)
     y_true = test["label"].to_numpy()
     metrics = classification_metrics(y_true, probs, cfg.data.label_names)
+    # Whole-text token counts (special tokens included), bucketed as the gate's length slices.
+    lengths = token_lengths(paths.model_dir / "tokenizer.json", texts)
+    metrics["by_length"] = by_length(y_true, probs.argmax(axis=1), lengths, cfg.gate.length_buckets,
+                                     len(cfg.data.label_names))
+    metrics["long_text"] = describe(rule)
     predictions = test.assign(predicted=probs.argmax(axis=1), confidence=probs.max(axis=1))
     key = f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     with staged_dir(paths.stage_dir("evaluate")) as out:

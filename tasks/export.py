@@ -13,11 +13,13 @@ from tasks.core.config import ExportConfig, PipelineConfig
 from tasks.core.errors import TunegateError
 from tasks.core.io import staged_dir, write_json
 from tasks.training.modeling import load_classifier, torch_logits
-from tasks.serving.files import FP16_FILE, LONG_TEXT_HEAD, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
+from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
+from tasks.serving.long_text import normalise
 from tasks.serving.onnx_model import (CPU, OnnxClassifier, inference_session, load_onnx, model_mb, providers_for,
                                       save_onnx)
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.training.reading import chosen_long_text
 
 PROTOBUF_LIMIT_MB = 2048  # a single .onnx file cannot exceed 2 GB
 
@@ -37,8 +39,10 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
-def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg: ExportConfig) -> Path:
-    """Write model.onnx (dynamic batch/sequence axes), tokenizer files, config and serving.json."""
+def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg: ExportConfig,
+                long_text: dict[str, Any] | None = None) -> Path:
+    """Write model.onnx (dynamic batch/sequence axes), tokenizer files, config and serving.json (long_text: the
+    reading rule; None reads head, as a serving.json without one does)."""
     model = model.to("cpu").eval()
     sample = tokenizer(["a short example", "and a slightly longer second example"], padding=True,
                        return_tensors="pt")
@@ -59,7 +63,8 @@ def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg:
         save_onnx(load_onnx(path), path, external=True)
     tokenizer.save_pretrained(out_dir)
     model.config.save_pretrained(out_dir)
-    write_serving_config(out_dir, tokenizer, model.config, max_length, MODEL_FILE, providers_for(cfg.target))
+    write_serving_config(out_dir, tokenizer, model.config, max_length, normalise(long_text), MODEL_FILE,
+                         providers_for(cfg.target))
     return path
 
 
@@ -68,9 +73,10 @@ def uses_external_data(path: Path, threshold_mb: int) -> bool:
     return model_mb(path) > min(threshold_mb, PROTOBUF_LIMIT_MB)
 
 
-def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length: int, model_file: str,
-                         providers: list[str]) -> None:
-    """serving.json: the model file, tokenizer padding, labels, and the providers it is served on (export.target)."""
+def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length: int, long_text: dict[str, Any],
+                         model_file: str, providers: list[str]) -> None:
+    """serving.json: the model file, tokenizer padding, labels, how texts longer than max_length are read (the
+    rule train chose on dev), and the providers it is served on (export.target)."""
     labels = [config.id2label[i] for i in range(config.num_labels)]
     write_json(out_dir / SERVING_FILE, {
         "model_file": model_file,
@@ -79,7 +85,7 @@ def write_serving_config(out_dir: Path, tokenizer: Any, config: Any, max_length:
         "pad_token": tokenizer.pad_token,
         "pad_id": tokenizer.pad_token_id,
         "providers": providers,
-        "long_text": LONG_TEXT_HEAD,
+        "long_text": long_text,
     })
 
 
@@ -161,17 +167,19 @@ def export(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     # Eager attention traces to the plain MatMul/Softmax pattern onnxruntime fuses into Attention.
     model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"), attn_implementation="eager")
     texts = list(pd.read_parquet(paths.split("test"))["text"][: cfg.export.parity_rows])
+    long_text = chosen_long_text(paths)
+    # Parity under the shipped reading: the ONNX models read serving.json's rule, PyTorch reads the same.
     reference = torch_logits(model, tokenizer, texts, cfg.train.max_length, cfg.evaluate.batch_size,
-                             torch.device("cpu"))
+                             torch.device("cpu"), long_text=long_text)
     with staged_dir(paths.stage_dir("export")) as out:
         onnx_dir = out / paths.onnx_dir.name
-        raw = export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export)
+        raw = export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export, long_text)
         external = uses_external_data(raw, cfg.export.external_data_mb)
         report: dict[str, Any] = {"rows": len(texts), "atol": cfg.export.parity_atol, "opset": cfg.export.opset,
                                   "external_data": external, "models": {}}
         report["optimisation"] = optimise_onnx(raw, onnx_dir / OPTIMIZED_FILE, model.config, external)
         report["models"] = fp32_parity(onnx_dir, texts, reference, cfg)
-        write_serving_config(onnx_dir, tokenizer, model.config, cfg.train.max_length, OPTIMIZED_FILE,
+        write_serving_config(onnx_dir, tokenizer, model.config, cfg.train.max_length, long_text, OPTIMIZED_FILE,
                              providers_for(cfg.export.target))
         if cfg.export.target == "cuda":
             convert_fp16(onnx_dir / OPTIMIZED_FILE, onnx_dir / FP16_FILE, external)

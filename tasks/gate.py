@@ -24,6 +24,7 @@ from tasks.judging.stats import metric_intervals, paired_accuracy_se
 from tasks.registry.champion import prod_release
 from tasks.serving.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
 from tasks.serving.latency import batch1_latencies_ms
+from tasks.serving.long_text import describe, normalise
 from tasks.serving.onnx_model import OnnxClassifier
 from tasks.serving.predict import load_served_model, predict_texts
 
@@ -125,6 +126,14 @@ def slice_frame(test: pd.DataFrame, predicted: np.ndarray, lengths: np.ndarray, 
     return frame
 
 
+def reading_record(model: OnnxClassifier, lengths: np.ndarray) -> dict[str, Any]:
+    """How the judged model read the test texts: serving.json's long_text rule, its window and how many test rows
+    are longer than that window (whole-text tokens, special tokens included)."""
+    rule, window = normalise(model.long_text), int(model.serving["max_length"])
+    return {"rule": rule, "described": describe(rule), "window_tokens": window,
+            "longer_rows": int((lengths > window).sum())}
+
+
 def write_release(out: Path, shipped: Path, keys: list[str], release: dict[str, Any]) -> None:
     """artifacts/gate/release: the served folder as judged, its test row keys and the release record."""
     folder = out / "release"
@@ -172,8 +181,8 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     decision = {**decide(checks, comparison, g), "checks": checks, "metrics": metrics,
                 "reference": {"pytorch": {k: read_json(paths.metrics)[k] for k in ("accuracy", "macro_f1")},
                               "quantization": quantization, "batching": batching},
-                "slices": slices, "comparison": comparison, "first_run": g.first_run if champion is None else None,
-                "candidate": candidate}
+                "slices": slices, "long_text": reading_record(model, lengths), "comparison": comparison,
+                "first_run": g.first_run if champion is None else None, "candidate": candidate}
     with staged_dir(paths.stage_dir("gate")) as out:
         write_json(out / "decision.json", decision)
         write_text(out / "report.md", render_report(decision, g))

@@ -25,9 +25,12 @@ class PrepareError(TunegateError, ValueError):
     """The data cannot be split as configured (unknown source, empty split...)."""
 
 
-# Columns prepare (text, label, split, code) and the gate's slicing (tokens, predicted) make themselves:
+# Each canonical row's data.source_column value (as a string), when the data has that column: prepare.source_rows
+# caps sources by it and several sources are split one by one. Internal: never written to the splits.
+SOURCE = "data_source"
+# Columns prepare (text, label, split, code, data_source) and the gate's slicing (tokens, predicted) make themselves:
 # a carried slice column of one of these names would overwrite them.
-RESERVED_COLUMNS = ("text", "label", "split", "code", "tokens", "predicted")
+RESERVED_COLUMNS = ("text", "label", "split", "code", SOURCE, "tokens", "predicted")
 # A carried value that is missing (null, NaN) becomes this string: its rows stay a slice of their own.
 MISSING_VALUE = "(missing)"
 
@@ -35,8 +38,9 @@ MISSING_VALUE = "(missing)"
 def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str],
                  carry: Sequence[str] = ()) -> pd.DataFrame:
     """Rows of the wanted sources as columns `text` (str), `label` (index into data.labels), for
-    pre-split data `split` (train/dev/test; validation and valid mean dev), and each raw column named in
-    `carry` (gate.slice_columns) under its own name, as strings (missing values as MISSING_VALUE).
+    pre-split data `split` (train/dev/test; validation and valid mean dev), each raw column named in
+    `carry` (gate.slice_columns) under its own name, as strings (missing values as MISSING_VALUE), and
+    SOURCE (data.source_column as strings) when the data has that column.
 
     Data the raw contract would refuse (a missing column, a label outside data.labels, a text that is not a
     string, an unknown split) or a carried column the data lacks raises PrepareError naming the problem.
@@ -66,6 +70,8 @@ def to_canonical(df: pd.DataFrame, data: DataConfig, sources: list[str],
         canonical["split"] = split.to_numpy(dtype=object)
     for column in carry:
         canonical[column] = as_slice_values(df[column]).to_numpy(dtype=object)
+    if data.source_column is not None and data.source_column in df.columns:
+        canonical[SOURCE] = df[data.source_column].astype(str).to_numpy(dtype=object)
     return canonical
 
 
@@ -157,35 +163,134 @@ def split_frame(df: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: Prep
     return split, dropped
 
 
-def cap_rows(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A stratified, seeded subsample of at most `limit` rows (all rows when under it)."""
-    if limit is None or len(df) <= limit:
-        return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+def stratified_sample(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of at most `limit` rows keeping each label's share (floor of it per label), rows grouped by
+    label and keeping their index; `df` itself when it has no more rows than that."""
+    if len(df) <= limit:
+        return df
     share = limit / len(df)
-    parts = [group.sample(n=int(np.floor(len(group) * share)), random_state=seed)
-             for _, group in df.groupby("label")]
-    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return pd.concat([group.sample(n=int(np.floor(len(group) * share)), random_state=seed)
+                      for _, group in df.groupby("label")])
+
+
+def split_by_source(df: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: PrepareConfig,
+                    seed: int) -> tuple[np.ndarray, dict, pd.DataFrame]:
+    """split_frame on each source's rows alone (sources in sorted order, each from a fresh rng(seed)), so adding a
+    source leaves the others' splits as they were; then each group of identical or near-duplicate texts that spans
+    sources joins the split of its first row (first source, then text order), and texts whose rows disagree on the
+    label across sources are dropped. Returns the split per row, the counts, and the near-duplicate pairs over
+    `keys` found within each source or across them (`pairs`): the ones no split may separate.
+    """
+    source = df[SOURCE].to_numpy()
+    names = sorted(set(source))
+    split = np.full(len(df), "", dtype=object)
+    found = [pairs]
+    for name in names:
+        rows = source == name
+        # The source's own keys and pairs: exactly what a run on this source alone computes (its near-duplicate
+        # search hashes words per call, so the pairs it finds can depend on the other texts present).
+        own = TextKeys.of(df.loc[rows, "text"])
+        own_pairs = key_pairs(own, cfg, seed)
+        split[rows], _ = split_frame(df[rows], own, own_pairs, cfg, seed)
+        global_code = np.empty(len(own.texts), dtype=np.int64)
+        global_code[own.codes] = keys.codes[rows]  # sorted texts of a subset keep their order: a < b stays so
+        found.append(own_pairs.assign(a=global_code[own_pairs["a"].to_numpy()],
+                                      b=global_code[own_pairs["b"].to_numpy()]))
+    every_pair = pd.concat(found, ignore_index=True).drop_duplicates(["a", "b"]).reset_index(drop=True)
+    group = near_duplicate_groups(keys, every_pair)[keys.codes]  # per row, over all sources
+    place = {name: i for i, name in enumerate(names)}
+    rank = np.array([place[name] for name in source.tolist()], dtype=np.int64)  # per row: its source's place
+    united = _join_first_split(split, group, rank, keys.codes)
+    labels = df["label"].to_numpy()
+    united[_conflicting(keys.codes, labels, len(keys.texts))] = ""
+    kept = united != ""
+    kept_codes = np.unique(keys.codes[kept])
+    dropped = {"conflicting_label_rows": int(np.count_nonzero(~kept)),
+               "duplicate_rows": int(np.count_nonzero(kept) - len(kept_codes)),
+               "near_duplicate_pairs": len(every_pair),
+               "near_duplicate_rows_grouped": int(len(kept_codes) - len(np.unique(group[kept]))),
+               "rows_moved_to_a_group_in_another_source": int(np.count_nonzero(kept & (united != split)))}
+    return united, dropped, every_pair
+
+
+def _join_first_split(split: np.ndarray, group: np.ndarray, rank: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each kept row's split replaced by the split of its group's first kept row (lowest source rank, then code)."""
+    kept = split != ""
+    rows = pd.DataFrame({"group": group, "rank": rank, "code": codes, "split": split})[kept]
+    first = rows.sort_values(["rank", "code"], kind="stable").drop_duplicates("group")
+    leader = dict(zip(first["group"].tolist(), first["split"].tolist()))
+    united = split.copy()
+    united[kept] = [leader[g] for g in group[kept].tolist()]
+    return united
+
+
+def _conflicting(codes: np.ndarray, labels: np.ndarray, n_texts: int) -> np.ndarray:
+    """Per row: its text's rows disagree on the label (lowest != highest)."""
+    lowest, highest = np.full(n_texts, np.iinfo(np.int64).max), np.full(n_texts, -1)
+    np.minimum.at(lowest, codes, labels)
+    np.maximum.at(highest, codes, labels)
+    return (lowest != highest)[codes]
+
+
+def cap_rows(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A stratified, seeded subsample of at most `limit` rows (all rows when under it), shuffled."""
+    capped = df if limit is None else stratified_sample(df, limit, seed)
+    return capped.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def cap_sources(frame: pd.DataFrame, source_rows: dict[str, int], sources: list[str], seed: int) -> pd.DataFrame:
+    """Canonical rows with each source named in `source_rows` (prepare.source_rows) cut to a stratified, seeded
+    sample of at most that many rows; every other row kept, all in their order. Drawn before splitting."""
+    if not source_rows:
+        return frame
+    if SOURCE not in frame.columns:
+        raise PrepareError("prepare.source_rows caps rows per data.source_column, which is unset or not a column "
+                           "of the data: set data.source_column, or prepare.source_rows: {}")
+    named = sorted(source_rows)
+    outside = [name for name in named if sources and name not in sources]
+    if outside:
+        raise PrepareError(f"prepare.source_rows names {outside}, not in prepare.sources {sources}: add them to "
+                           "prepare.sources or remove them from prepare.source_rows")
+    present = set(frame[SOURCE])
+    absent = [name for name in named if name not in present]
+    if absent:
+        raise PrepareError(f"prepare.source_rows names sources absent from the data: {absent} (sources in "
+                           f"the data: {sorted(present)})")
+    rows = frame.reset_index(drop=True)
+    keep = np.ones(len(rows), dtype=bool)
+    for name in named:
+        of_source = rows[rows[SOURCE] == name]
+        keep[of_source.index] = False
+        keep[stratified_sample(of_source, source_rows[name], seed).index] = True
+    return rows[keep].reset_index(drop=True)
 
 
 def split_stats(splits: dict[str, pd.DataFrame], data: DataConfig) -> dict:
+    """Per split: rows, rows per class, mean characters, and rows per source when the rows carry SOURCE."""
     return {
         name: {
             "rows": len(frame),
             "per_class": {data.label_names[i]: int((frame["label"] == i).sum()) for i in range(len(data.labels))},
             "mean_chars": round(float(frame["text"].str.len().mean()), 1) if len(frame) else 0.0,
+            **({"per_source": {str(k): int(v) for k, v in sorted(frame[SOURCE].value_counts().items())}}
+               if SOURCE in frame.columns else {}),
         }
         for name, frame in splits.items()
     }
 
 
 def make_splits(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame, TextKeys, pd.DataFrame, dict]:
-    """Canonical rows with a `split` column (prepare's own split, or the one the data came with),
-    capped per split; plus their text keys, the near-duplicate pairs over them, and what was dropped."""
+    """Canonical rows, capped per source (prepare.source_rows), with a `split` column (prepare's own split, each
+    source split on its own when there are several, or the one the data came with), capped per split; plus their
+    text keys, the near-duplicate pairs over them, and what was dropped."""
+    frame = cap_sources(frame, cfg.prepare.source_rows, cfg.prepare.sources, cfg.seed)
     keys = TextKeys.of(frame["text"])
     pairs = key_pairs(keys, cfg.prepare, cfg.seed)
     if "split" in frame.columns:  # pre-split data: kept as given, and checked like our own split
         dropped: dict = {"pre_split": True}
         split = frame["split"].to_numpy()
+    elif SOURCE in frame.columns and frame[SOURCE].nunique() > 1:
+        split, dropped, pairs = split_by_source(frame, keys, pairs, cfg.prepare, cfg.seed)
     else:
         split, dropped = split_frame(frame, keys, pairs, cfg.prepare, cfg.seed)
     frame = frame.assign(split=split, code=keys.codes)
@@ -216,9 +321,10 @@ def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     if not report["success"]:
         folder = write_failure_report(paths, "prepare", report)
         raise DataValidationError(report, where=folder / "report.md")
-    splits = {name: frame.loc[frame["split"] == name, ["text", "label", *carried]].reset_index(drop=True)
-              for name in SPLITS}
-    stats = {"sources": cfg.prepare.sources or "all", "dropped": dropped, "splits": split_stats(splits, cfg.data)}
+    in_split = {name: frame[frame["split"] == name].reset_index(drop=True) for name in SPLITS}
+    splits = {name: rows[["text", "label", *carried]] for name, rows in in_split.items()}
+    stats = {"sources": cfg.prepare.sources or "all", "source_rows": cfg.prepare.source_rows, "dropped": dropped,
+             "long_text": report.get("long_text"), "splits": split_stats(in_split, cfg.data)}
     key = " / ".join(f"{len(splits[n])}" for n in SPLITS) + " rows (train/dev/test)"
     with staged_dir(paths.stage_dir("prepare")) as out:
         for name, split in splits.items():

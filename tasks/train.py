@@ -31,6 +31,7 @@ from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.core.runlog import write_run_record
 from tasks.core.stamp import build_stamp, portable_provenance
+from tasks.training.reading import choose_long_text, summary, write_long_text
 from tasks.training.tokens import TokenizedTexts, prune_token_cache, tokenize, tokenizer_fingerprint
 from tasks.training.tracking import LiveCurves, PrefectProgress, copy_curves, live_dir_note
 
@@ -38,6 +39,8 @@ console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
 # train keys that do not change the result: editing them after a crash must not lose the checkpoints.
 HOUSEKEEPING_KEYS = {"checkpoint_every_steps", "keep_checkpoints", "dataloader_workers", "token_cache_entries"}
+# train.long_text keys read only after training (choosing the reading rule): they do not change the weights either.
+AFTER_TRAINING_KEYS = {"candidates", "min_gain_se"}
 
 
 @dataclass
@@ -72,6 +75,8 @@ class TrainOutcome:
     resumed_from: str | None = None
     world_size: int = 1
     tokens_keys: dict[str, str] = field(default_factory=dict)
+    # Training texts, rows trained on, texts cut into windows (train.long_text.train_windows) and their windows.
+    train_rows: dict[str, int] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -211,11 +216,17 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
     accelerator = accelerator or make_accelerator(device)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     tok_hash = tokenizer_fingerprint(tokenizer)
-    train_tokens = tokenize(tokenizer, list(train_df["text"]), cfg.max_length, token_cache, tok_hash)
+    max_windows = cfg.long_text.max_train_windows if cfg.long_text.train_windows else None  # None: heads only
+    train_tokens = tokenize(tokenizer, list(train_df["text"]), cfg.max_length, token_cache, tok_hash, max_windows)
+    # Dev during training (best epoch, early stopping) reads heads: cheap, and the same for every epoch. The
+    # reading rule is chosen on dev after training (tasks/training/reading.py).
     dev_tokens = tokenize(tokenizer, list(dev_df["text"]), cfg.max_length, token_cache, tok_hash)
     if token_cache is not None and accelerator.is_main_process:  # the two keys just used are the newest
         prune_token_cache(token_cache, cfg.token_cache_entries)
-    labels = torch.tensor(train_df["label"].to_numpy(), dtype=torch.long)
+    labels = torch.tensor(train_tokens.row_labels(train_df["label"].to_numpy()), dtype=torch.long)
+    if accelerator.is_main_process and train_tokens.windowed_texts:
+        console.print(f"train: {train_tokens.windowed_texts} training texts longer than {cfg.max_length} tokens "
+                      f"read as {train_tokens.windowed_rows} windows ({len(train_tokens)} rows in all)")
     steps_per_epoch = len(epoch_steps(train_tokens.lengths, cfg, seed, 1, world, rank))
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_df)} training rows make no step for {world} processes")
@@ -294,7 +305,10 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
     return TrainOutcome(best_state=best_state, best_epoch=state.best_epoch, best_dev_accuracy=state.best_dev_accuracy,
                         history=state.history, steps=state.steps, samples_seen=state.samples_seen,
                         train_seconds=state.train_seconds, resumed_from=resumed_from, world_size=world,
-                        tokens_keys={"train": train_tokens.key, "dev": dev_tokens.key})
+                        tokens_keys={"train": train_tokens.key, "dev": dev_tokens.key},
+                        train_rows={"texts": len(train_df), "rows": len(train_tokens),
+                                    "windowed_texts": train_tokens.windowed_texts,
+                                    "windows": train_tokens.windowed_rows})
 
 
 def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor], dev_tokens: TokenizedTexts,
@@ -325,6 +339,20 @@ def end_epoch(state: TrainState, model: Any, best_state: dict[str, torch.Tensor]
     return best_state
 
 
+def choose_reading(model: Any, tokenizer: Any, dev_df: pd.DataFrame, cfg: TrainConfig,
+                   device: torch.device) -> tuple[dict[str, Any], float]:
+    """long_text.json's report (every train.long_text candidate on dev, the choice), logged; and its seconds."""
+    tick = time.perf_counter()
+    report = choose_long_text(model, tokenizer, dev_df, cfg, device)
+    for candidate in report["candidates"]:
+        on_long = candidate["dev_long_accuracy"]
+        console.print(f"train: long texts by {candidate['described']}: dev accuracy {candidate['dev_accuracy']:.4f}, "
+                      f"on long rows {'-' if on_long is None else f'{on_long:.4f}'}"
+                      f"{'  <- chosen' if candidate['chosen'] else ''}")
+    console.print(f"train: {summary(report)}")
+    return report, time.perf_counter() - tick
+
+
 def drop_checkpoints(finished: Path, root: Path) -> None:
     """Delete a completed run's checkpoints and those of every other configuration (abandoned), naming the latter."""
     for folder, size in remove_runs(finished.parent):
@@ -340,7 +368,8 @@ def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str
     The device type and precision actually used, not train.device (`auto` is CPU fp32 on one host and
     CUDA bf16 on another); train.deterministic stays in too (it changes CUDA results).
     """
-    train = cfg.train.model_dump(mode="json", exclude=HOUSEKEEPING_KEYS)
+    train = cfg.train.model_dump(mode="json", exclude={**dict.fromkeys(HOUSEKEEPING_KEYS, True),
+                                                       "long_text": AFTER_TRAINING_KEYS})
     return {"train": train, "seed": cfg.seed, "labels": cfg.data.label_names,
             "data": {s: file_sha256(paths.split(s)) for s in ("train", "dev")}, "base_model": provenance,
             "world_size": world, "device": {"type": device.type, "precision": precision(device)}}
@@ -412,9 +441,14 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                                                         done.checkpoints)
     model.load_state_dict(outcome.best_state)
     model = merge_lora(model)  # later stages load a plain transformers model
-    seconds = time.perf_counter() - started
+    # How long texts are read: chosen on dev with the final model (the main process; the others wait below).
+    long_text, long_text_seconds = choose_reading(model, tokenizer, dev_df, cfg.train, device) if main else ({}, 0.0)
     key = f"dev accuracy {outcome.best_dev_accuracy:.4f} (epoch {outcome.best_epoch})"
-    result = StageResult(stage="train", key_figure=key, best_dev_accuracy=outcome.best_dev_accuracy)
+    if long_text:
+        key += f"; long texts: {long_text['described']}"
+    result = StageResult(stage="train", key_figure=key, best_dev_accuracy=outcome.best_dev_accuracy,
+                         train_rows=outcome.train_rows, long_text=long_text.get("chosen"))
+    seconds = time.perf_counter() - started
     if main:
         with staged_dir(paths.stage_dir("train")) as out:
             model.save_pretrained(out / "model")
@@ -426,6 +460,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 backend.no_padding()
             tokenizer.save_pretrained(out / "model")
             write_json(out / "history.json", outcome.history)
+            write_long_text(out, long_text)
             copy_curves(live, out / paths.train_live.name)
             write_json(out / "stamp.json", build_stamp(paths, train_params(cfg), paths.root / cfg.data.path, {
                 "stage": "train",
@@ -444,6 +479,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 "run_fingerprint": checkpoints.name,
                 "run_identity": identity,
                 "tokens_cache_keys": outcome.tokens_keys,
+                "train_rows": outcome.train_rows,
                 "best_epoch": outcome.best_epoch,
                 "optimizer_steps": len(outcome.steps),
             }))
@@ -452,6 +488,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         write_run_record(paths, "train", {
             "seconds": round(seconds, 1),
             "samples_per_second": round(outcome.samples_seen / max(outcome.train_seconds, 1e-9), 1),
+            "long_text_seconds": round(long_text_seconds, 1),
             "resumed_from": outcome.resumed_from,
             "memory_fallback": fitted.fallbacks,
             "memory_fallback_errors": fitted.errors,

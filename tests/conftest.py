@@ -74,12 +74,17 @@ def reviews_frame() -> pd.DataFrame:
     return pd.concat([rt, imdb], ignore_index=True)
 
 
-def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv") -> dict:
-    """The repo's params.yaml, shrunk for speed; every key still comes from the real file."""
+def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv", long_reviews: bool = False) -> dict:
+    """The repo's params.yaml, shrunk for speed; every key still comes from the real file.
+
+    Rotten Tomatoes rows only, unless `long_reviews`: then the IMDB rows of reviews_frame too (the default run's
+    prepare.sources), which training cuts into windows and the reading rules are chosen on."""
     raw = read_params(REPO / "params.yaml")
     raw["data"]["path"] = data_path
+    if not long_reviews:
+        raw["prepare"].update(sources=["rotten_tomatoes"], source_rows={})
     raw["validate"].update(min_rows=50, drift_reference="none")  # drift tests choose their own reference
-    raw["prepare"].update(min_rows_per_class=5, max_truncated_share=0.5)  # 32 tokens (below) cut a third
+    raw["prepare"].update(min_rows_per_class=5, max_truncated_share=0.5)  # 32 tokens (below): with train windows off, a third is cut
     raw["train"].update(base_model=str(model_dir), max_length=32, batch_size=16, eval_batch_size=64,
                         epochs=1, learning_rate=5.0e-4)
     raw["export"]["parity_rows"] = 32
@@ -156,7 +161,7 @@ def make_project(tmp_path, tiny_model_dir, reviews_frame):
 
     def build(frame: pd.DataFrame | None = None, params: dict | None = None, name: str = "project") -> Path:
         return build_project(tmp_path / name, reviews_frame if frame is None else frame,
-                             params or tiny_params(tiny_model_dir))
+                             params or tiny_params(tiny_model_dir, long_reviews=True))
 
     return build
 
@@ -171,7 +176,7 @@ def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[Pi
     (root / "data").mkdir()
     reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
     shutil.copytree(REPO / "expectations", root / "expectations")
-    cfg = parse_config(tiny_params(tiny_model_dir))
+    cfg = parse_config(tiny_params(tiny_model_dir, long_reviews=True))  # IMDB reviews: training windows, rules chosen
     paths = ArtifactPaths(root)
     for stage in STAGES:
         load_stage(stage).fn(cfg, paths)

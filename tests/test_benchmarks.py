@@ -17,6 +17,7 @@ from benchmarks.inference import encoder_gemms, int8_floor_ms, time_interleaved
 from benchmarks.serving import first_label, max_rps_within, overload_figures, speedup
 from benchmarks.orchestration import per_stage_overhead
 from benchmarks.simulate_week import cycle, first_alarm_delay, in_domain_pool, unshifted_alarms
+from tasks.core.config import parse_config
 from tests.conftest import REPO, tiny_params
 
 
@@ -95,11 +96,12 @@ def test_train_vs_trainer_benchmark_smoke_run_prints_its_json(tiny_project, tiny
 
 
 @pytest.mark.e2e
-def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_pipeline, tmp_path):
+def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_pipeline, tiny_project, tmp_path):
     cfg, paths = staged_pipeline
     out = tmp_path / "inference.json"
-    result = run_benchmark("inference.py", "--project", str(paths.root), "--runs-b1", "2", "--runs-b32", "2",
-                           "--rounds", "1", "--out", str(out), cwd=tmp_path)
+    result = run_benchmark("inference.py", "--project", str(paths.root), "--params", str(tiny_project / "params.yaml"),
+                           "--runs-b1", "2", "--runs-b32", "2", "--rounds", "1", "--long-texts", "6",
+                           "--short-texts", "8", "--reading-rounds", "1", "--out", str(out), cwd=tmp_path)
     assert json.loads(out.read_text()) == result
     assert set(result["contenders"]) == {"pytorch_eager_fp32", "onnxruntime_fp32", "onnxruntime_optimized_fp32",
                                          "onnxruntime_int8"}
@@ -110,6 +112,65 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     assert result["contenders"]["onnxruntime_int8"]["accuracy"] == pytest.approx(shipped["accuracy"]["value"],
                                                                                  abs=1.01 / shipped["rows"])
     assert set(result["int8_ceiling"]) == {"b1", "b32x128"}
+    # texts/s per reading rule: one per distinct window set of train.long_text.candidates (aggregates cost alike)
+    reading = result["reading_texts_per_s"]
+    assert set(reading) == {"head", "head_tail(16)", "window(stride 31, mean_prob)"}
+    assert all(figures["long"] > 0 and figures["short"] > 0 for figures in reading.values())
+    assert result["reading_rows"]["long"] == 6 and result["reading_rows"]["short"] == 8
+    windows = result["reading_windows_per_long_text"]
+    assert windows["head"] == windows["head_tail(16)"] == 1.0 and windows["window(stride 31, mean_prob)"] > 1.0
+
+
+def test_long_reviews_takes_only_rows_of_the_source_whose_normalised_text_is_in_no_split():
+    from benchmarks.long_reviews import seeded_sample, unseen_rows
+    from tasks.judging.compare import row_keys
+
+    cfg = parse_config(tiny_params(REPO))
+    data = pd.DataFrame({"text": ["A long review.", "Seen  in TRAINING ", "a LONG review.", "fresh one", "short one",
+                                  None],
+                         "label": [1, 0, 1, 0, 1, 0],
+                         "source": ["imdb", "imdb", "imdb", "imdb", "rotten_tomatoes", "imdb"]})
+    rows = unseen_rows(data, cfg, "imdb", set(row_keys(["seen in training"])))
+    # the trained text is left out however it is spaced or cased, a repeated text counts once, labels by name
+    assert rows.to_dict("records") == [{"text": "A long review.", "label": "positive"},
+                                       {"text": "fresh one", "label": "negative"}]
+    assert sorted(seeded_sample(rows, 5, seed=1)["text"]) == sorted(rows["text"]), "fewer than asked: all of them"
+    assert len(seeded_sample(rows, 1, seed=1)) == 1
+
+
+@pytest.mark.e2e
+def test_long_reviews_benchmark_scores_unseen_reviews_through_predict_and_prints_its_json(staged_pipeline,
+                                                                                        tiny_project, tmp_path):
+    from tasks.judging.compare import row_keys
+    from tasks.serving.long_text import describe, normalise
+
+    cfg, paths = staged_pipeline
+    work, out = tmp_path / "work", tmp_path / "long_reviews.json"
+    result = run_benchmark("long_reviews.py", "--project", str(paths.root), "--params",
+                           str(tiny_project / "params.yaml"), "--rows", "12", "--work", str(work), "--out", str(out),
+                           cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    release = paths.stage_dir("gate") / "release"
+    assert result["model"] == str(release)
+    served_rule = normalise(json.loads((release / "serving.json").read_text()).get("long_text"))
+    assert result["long_text"] == describe(served_rule)
+    # 12 IMDB reviews of the data that no split holds (the tiny run trains on Rotten Tomatoes alone)
+    scored = pd.read_csv(work / "imdb.predictions.csv")
+    data = pd.read_csv(paths.root / "data" / "movie_reviews.csv")
+    split_keys = {key for split in ("train", "dev", "test")
+                  for key in row_keys(list(pd.read_parquet(paths.split(split))["text"]))}
+    assert len(scored) == result["rows"]["imdb"] == 12
+    assert set(scored["text"]) <= set(data.loc[data["source"] == "imdb", "text"])
+    assert not set(row_keys(list(scored["text"]))) & split_keys
+    # accuracies are those of predict's own output, with their intervals; the RT figure covers the test split
+    for key, frame in (("imdb_unseen_accuracy", scored), ("rt_test_accuracy",
+                                                          pd.read_csv(work / "rotten_tomatoes_test.predictions.csv"))):
+        assert result[key] == pytest.approx((frame["predicted_label"] == frame["label"]).mean(), abs=1e-4)
+    assert result["rows"]["rt"] == len(pd.read_parquet(paths.split("test")))
+    low, high = result["imdb_interval"]
+    assert low <= result["imdb_unseen_accuracy"] <= high
+    assert result["imdb_texts_per_s"] > 0 and result["rt_texts_per_s"] > 0
+    assert result["imdb_longer_than_window"] > 0.5, "IMDB reviews are longer than the tiny run's 32-token window"
 
 
 def level(rps: float, p99_ms: float, errors: dict | None = None, timeouts: int = 0) -> dict:
@@ -231,3 +292,46 @@ def test_simulate_week_in_domain_stream_leaves_out_trained_texts_and_cycles_in_f
 
 def test_orchestration_overhead_is_the_flows_extra_seconds_shared_by_the_stages():
     assert per_stage_overhead(flow_seconds=10.0, dvc_seconds=3.0, stages=7) == 1.0
+
+
+@pytest.mark.e2e
+def test_long_text_recipes_packs_a_carry_folder_and_its_quick_sweep_writes_a_row_per_config(tiny_model_dir, tmp_path):
+    from benchmarks.long_text_recipes import pack
+    from tests.conftest import keyword_reviews
+
+    prepare = tmp_path / "prepare"
+    prepare.mkdir()
+    short = keyword_reviews(192)
+    for split, rows in (("train", short[:96]), ("dev", short[96:144]), ("test", short[144:])):
+        rows.to_parquet(prepare / f"{split}.parquet")
+    # "IMDB" reviews of ~100 words (longer than one 64-token window): eight same-label keyword texts joined.
+    parts = keyword_reviews(8 * 48, seed=1)
+    long = pd.DataFrame({"text": [" . ".join(parts["text"][i::48][:8]) for i in range(48)],
+                         "label": [i % 2 for i in range(48)], "source": "imdb"})
+    pd.concat([short, long]).to_csv(tmp_path / "raw.csv", index=False)
+    carry = tmp_path / "carry"
+    megabytes = pack(carry, str(tiny_model_dir), prepare, tmp_path / "raw.csv",
+                     {"imdb_train": 16, "imdb_dev": 12, "imdb_eval": 12})
+    packed = pd.read_parquet(carry / "data.parquet")
+    assert 0 < megabytes < 55 and (carry / "model" / "model.safetensors").is_file()
+    assert packed.groupby("split").size().to_dict() == {"train": 96, "dev": 48, "test": 48, "imdb_train": 16,
+                                                        "imdb_dev": 12, "imdb_eval": 12}
+    assert packed[packed["split"] == "test"]["text"].tolist() == short[144:]["text"].tolist(), "RT split kept as is"
+    imdb = packed[packed["split"].str.startswith("imdb")]
+    assert imdb["text"].is_unique and (imdb.groupby("split")["label"].mean() == 0.5).all(), "disjoint, stratified"
+
+    result = run_benchmark("long_text_recipes.py", "--run", str(carry), "--out", str(tmp_path / "out"), "--quick",
+                           cwd=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert result["failed"] == [] and [r["name"] for r in rows] == ["N0", "N8-K2", "L1+transfer"]
+    finetuned, student = rows[:2], rows[2]
+    for row in finetuned:
+        assert {"train_examples", "train_tokens", "train_seconds", "accuracy", "vs_baseline", "dev_choice",
+                "imdb_eval_reading_cost", "wall_seconds"} <= set(row)
+        assert set(row["accuracy"]) == {"test", "dev", "imdb_dev", "imdb_eval"}
+        assert len(row["accuracy"]["imdb_eval"]) == 7 and all(
+            0.0 <= a["acc"] <= 1.0 and a["n"] == 12 for a in row["accuracy"]["imdb_eval"].values())
+    assert finetuned[1]["train_examples"] > finetuned[0]["train_examples"] == 96, "IMDB windows join RT train"
+    assert finetuned[1]["train_examples"] <= 96 + 8 * 2, "at most K=2 windows per review"
+    assert {"drop_vs_teacher", "parameters", "layers"} <= set(student) and student["layers"] == [0]
+    assert all(0.0 <= d["agreement"] <= 1.0 for d in student["drop_vs_teacher"].values())

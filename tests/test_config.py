@@ -110,7 +110,7 @@ def test_write_overrides_keeps_nulls_flow_lists_and_comment_columns(tmp_path):
 
 def test_write_overrides_replaces_a_block_list_on_its_key_line(tmp_path):
     params = tmp_path / "params.yaml"
-    original = (REPO / "params.yaml").read_text().replace("  sources: [rotten_tomatoes]     # [] keeps every source",
+    original = (REPO / "params.yaml").read_text().replace("  sources: [rotten_tomatoes, imdb]  # [] keeps every source",
                                                          "  sources:     # [] keeps every source\n  - imdb\n  - rt")
     params.write_text(original)
     write_overrides(params, ["prepare.sources=[]"])

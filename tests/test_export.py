@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import torch
 
@@ -28,6 +29,26 @@ def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeli
         assert figures["max_abs_diff"] <= cfg.export.parity_atol and figures["argmax_agreement"] == 1.0
     assert report["optimisation"]["fused_operators"].get("Attention") == 2  # one per layer of the tiny BERT
     assert not report["external_data"]
+
+
+def test_export_serves_the_rule_train_chose_and_checks_parity_reading_by_it(staged_pipeline, tmp_path):
+    from tasks.core.paths import ArtifactPaths
+    from tasks.export import export
+    from tasks.training.reading import chosen_long_text, long_text_path, write_long_text
+
+    cfg, paths = staged_pipeline
+    assert json.loads((paths.onnx_dir / "serving.json").read_text())["long_text"] == chosen_long_text(paths)
+    elsewhere = ArtifactPaths(tmp_path)
+    for stage in ("prepare", "train"):
+        shutil.copytree(paths.stage_dir(stage), elsewhere.stage_dir(stage))
+    rule = {"rule": "window", "stride": 8, "aggregate": "max_confidence"}  # as if dev had chosen it
+    write_long_text(elsewhere.stage_dir("train"), {**json.loads(long_text_path(paths).read_text()), "chosen": rule})
+    export.fn(cfg, elsewhere)  # raises ExportParityError unless PyTorch and both ONNX graphs agree reading by it
+    for name in (MODEL_FILE, OPTIMIZED_FILE):
+        served = OnnxClassifier(elsewhere.onnx_dir, model_file=name)
+        assert served.long_text == rule
+    texts = list(pd.read_parquet(paths.split("test"))["text"][: cfg.export.parity_rows])
+    assert len(served.read(texts).windows) > len(texts), "parity was checked on texts cut into windows"
 
 
 def test_cpu_sessions_keep_layer_norm_and_add_apart(staged_pipeline, tmp_path):

@@ -162,6 +162,32 @@ def test_gate_stage_judges_the_shipped_model_and_names_the_failed_checks(staged_
     assert json.loads(paths.result("gate").read_text())["key_figure"].startswith("REJECT: shipped acc")
 
 
+def test_gate_stage_slices_whole_text_lengths_and_names_the_long_text_rule_it_read_by(staged_pipeline):
+    from transformers import AutoTokenizer
+
+    from tasks.serving.long_text import describe, normalise
+
+    cfg, paths = staged_pipeline
+    decision = json.loads(paths.decision.read_text())
+    serving = json.loads((paths.int8_dir / "serving.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(paths.model_dir)
+    texts = pd.read_parquet(paths.split("test"))["text"]
+    lengths = np.array([len(tokenizer(t, truncation=False)["input_ids"]) for t in texts])
+    window = serving["max_length"]
+    rule = normalise(serving.get("long_text"))
+    assert decision["long_text"] == {"rule": rule, "described": describe(rule), "window_tokens": window,
+                                     "longer_rows": int((lengths > window).sum())}
+    assert decision["long_text"]["longer_rows"] > 0, "the tiny run's 32-token window cuts some test sentences"
+    # Length slices count whole texts: the rows past the window (an edge of the default buckets) are all there.
+    assert window in cfg.gate.length_buckets
+    tokens = {s["value"]: s["rows"] for s in decision["slices"] if s["column"] == "tokens"}
+    assert sum(tokens.values()) == len(texts)
+    assert sum(rows for name, rows in tokens.items() if name in ("33-64", "65-256", ">256")) == (lengths > window).sum()
+    report = (paths.stage_dir("gate") / "report.md").read_text()
+    assert f"read by serving.json's long_text rule: {describe(rule)}." in report
+    assert "| tokens = 33-64 |" in report, "accuracy per length bucket, with rows and interval"
+
+
 def test_gate_stage_writes_a_release_folder_that_serves_and_records_its_test_rows(staged_pipeline):
     _, paths = staged_pipeline
     release = paths.stage_dir("gate") / "release"

@@ -1,10 +1,12 @@
 """prepare: seeded, stratified split with no text (or near duplicate) in two splits; source filter and caps."""
 
+import json
+
 import pandas as pd
 import pytest
 
 from tasks.core.config import parse_config
-from tasks.prepare import MISSING_VALUE, PrepareError, cap_rows, make_splits, to_canonical
+from tasks.prepare import MISSING_VALUE, SOURCE, PrepareError, cap_rows, cap_sources, make_splits, to_canonical
 from tasks.contracts.splits import split_contract
 from tasks.contracts.text import normalise_texts
 from tests.conftest import REPO, tiny_params
@@ -17,6 +19,17 @@ def cfg(tiny_model_dir):
 
 def canonical(frame, cfg, sources=("rotten_tomatoes",)):
     return to_canonical(frame, cfg.data, list(sources))
+
+
+def prepare_cfg(tiny_model_dir, **prepare):
+    raw = tiny_params(tiny_model_dir)
+    raw["prepare"].update(prepare)
+    return parse_config(raw)
+
+
+def split_of(rows):
+    """Each text's split."""
+    return dict(zip(rows["text"], rows["split"]))
 
 
 def split_frame(frame, cfg, seed):
@@ -90,9 +103,15 @@ def test_prepare_stage_writes_splits_and_stats(staged_pipeline):
     splits = {name: pd.read_parquet(paths.split(name)) for name in ("train", "dev", "test")}
     assert cfg.gate.slice_columns == ["source"]
     assert all(list(frame.columns) == ["text", "label", "source"] for frame in splits.values())
-    assert set(splits["test"]["source"]) == {"rotten_tomatoes"}  # prepare.sources keeps only those rows
-    stats = (paths.stage_dir("prepare") / "stats.json").read_text()
-    assert '"train"' in stats and '"negative"' in stats
+    # Both sources of the default prepare.sources, each split on its own (reviews_frame: 400 RT + 40 IMDB rows).
+    assert all(set(frame["source"]) == {"rotten_tomatoes", "imdb"} for frame in splits.values())
+    stats = json.loads((paths.stage_dir("prepare") / "stats.json").read_text())
+    assert {name: s["per_source"] for name, s in stats["splits"].items()} == {
+        name: frame["source"].value_counts().to_dict() for name, frame in splits.items()}
+    assert stats["splits"]["train"]["per_class"]["negative"] > 0
+    # The tiny setup's 32-token window: long rows are counted, and none is truncated with train windows on.
+    assert cfg.train.long_text.train_windows
+    assert stats["long_text"]["long_rows"] > 0 and stats["long_text"]["truncated_rows"] == 0
 
 
 def test_to_canonical_reads_validation_and_valid_as_dev(reviews_frame, cfg):
@@ -116,7 +135,7 @@ def test_to_canonical_refuses_defects_with_the_problem_named(reviews_frame, cfg,
 
 def test_to_canonical_carries_slice_columns_with_their_raw_values(reviews_frame, cfg):
     rows = to_canonical(reviews_frame, cfg.data, [], carry=["source"])
-    assert list(rows.columns) == ["text", "label", "source"]
+    assert list(rows.columns) == ["text", "label", "source", SOURCE]  # SOURCE: data.source_column, never written
     assert rows["source"].tolist() == reviews_frame["source"].tolist()
     assert rows["source"].value_counts().to_dict() == {"rotten_tomatoes": 400, "imdb": 40}
 
@@ -147,3 +166,86 @@ def test_split_keeps_each_row_with_its_slice_value_and_the_contract_holds(review
     assert set(rows.loc[rows["split"] == "test", "source"]) == {"rotten_tomatoes", "imdb"}
     report = split_contract(rows, keys, pairs, cfg, REPO, tokenizer_dir=None)
     assert report["success"], [c for c in report["checks"] if not c["success"]]
+
+
+def test_cap_sources_takes_a_seeded_stratified_sample_of_the_named_source_only(reviews_frame, cfg):
+    frame = canonical(reviews_frame, cfg, sources=())
+    capped = cap_sources(frame, {"imdb": 10}, [], seed=0)
+    imdb = capped[capped[SOURCE] == "imdb"]
+    assert len(imdb) == 10 and imdb["label"].value_counts().to_dict() == {0: 5, 1: 5}
+    rt = capped[capped[SOURCE] == "rotten_tomatoes"].reset_index(drop=True)
+    assert rt.equals(frame[frame[SOURCE] == "rotten_tomatoes"].reset_index(drop=True))  # untouched, in order
+    assert set(imdb["text"]) <= set(frame["text"])
+    assert capped.equals(cap_sources(frame, {"imdb": 10}, [], seed=0))
+    assert set(imdb["text"]) != set(cap_sources(frame, {"imdb": 10}, [], seed=1).query(f"{SOURCE} == 'imdb'")["text"])
+    assert cap_sources(frame, {"imdb": 1000}, [], seed=0).equals(frame)  # a cap above the rows keeps them all
+
+
+def test_prepare_caps_a_source_before_splitting(reviews_frame, tiny_model_dir):
+    cfg = prepare_cfg(tiny_model_dir, sources=["imdb", "rotten_tomatoes"], source_rows={"imdb": 20})
+    rows, _, _, _ = make_splits(canonical(reviews_frame, cfg, cfg.prepare.sources), cfg)
+    per_source = rows[SOURCE].value_counts().to_dict()
+    assert per_source == {"rotten_tomatoes": 400, "imdb": 20}
+    imdb = rows[rows[SOURCE] == "imdb"]
+    assert set(imdb["split"]) == {"train", "dev", "test"}  # split on its own, like any source
+
+
+def test_rt_split_is_unchanged_when_a_capped_second_source_is_added(reviews_frame, tiny_model_dir):
+    alone = prepare_cfg(tiny_model_dir, sources=["rotten_tomatoes"])
+    both = prepare_cfg(tiny_model_dir, sources=["rotten_tomatoes", "imdb"], source_rows={"imdb": 30})
+    rt_alone, _, _, _ = make_splits(canonical(reviews_frame, alone, alone.prepare.sources), alone)
+    rows, _, _, dropped = make_splits(canonical(reviews_frame, both, both.prepare.sources), both)
+    assert split_of(rows[rows[SOURCE] == "rotten_tomatoes"]) == split_of(rt_alone)
+    assert len(split_of(rt_alone)) == 400 and dropped["rows_moved_to_a_group_in_another_source"] == 0
+
+
+def test_split_keeps_near_duplicates_across_sources_in_one_split(reviews_frame, tiny_model_dir):
+    cfg = prepare_cfg(tiny_model_dir, sources=[])
+    frame = canonical(reviews_frame, cfg, sources=())
+    rt = frame[frame[SOURCE] == "rotten_tomatoes"]
+    long_enough = rt[rt["text"].str.split().str.len() >= 20].head(40)
+    # The same reviews, one word longer, from a third source: near duplicates whose groups span sources.
+    quoted = long_enough.assign(text=long_enough["text"] + " indeed", **{SOURCE: "quotes"})
+    rows, keys, pairs, dropped = make_splits(pd.concat([frame, quoted], ignore_index=True), cfg)
+    where = split_of(rows)
+    assert all(where[a] == where[b] for a, b in zip(long_enough["text"], quoted["text"]))
+    report = split_contract(rows, keys, pairs, cfg, REPO, tokenizer_dir=None)
+    assert report["success"], [c for c in report["checks"] if not c["success"]]
+    # "quotes" sorts before "rotten_tomatoes": its rows' splits lead, and RT rows that differed moved to them.
+    quotes_alone, _, _, _ = make_splits(quoted.reset_index(drop=True), cfg)
+    assert {b: where[b] for b in quoted["text"]} == split_of(quotes_alone)
+    assert 0 < dropped["rows_moved_to_a_group_in_another_source"] == sum(
+        where[a] != split_of(make_splits(frame, cfg)[0])[a] for a in long_enough["text"])
+
+
+def test_split_drops_a_text_whose_sources_disagree_on_its_label(reviews_frame, tiny_model_dir):
+    cfg = prepare_cfg(tiny_model_dir, sources=[])
+    frame = canonical(reviews_frame, cfg, sources=())
+    flipped = frame.head(3).assign(label=lambda f: 1 - f["label"], **{SOURCE: "quotes"})
+    rows, _, _, dropped = make_splits(pd.concat([frame, flipped], ignore_index=True), cfg)
+    assert not set(flipped["text"]) & set(rows.loc[rows["split"] != "", "text"])
+    assert dropped["conflicting_label_rows"] == 6
+
+
+@pytest.mark.parametrize("source_rows,sources,message", [
+    ({"netflix": 5}, [], r"prepare.source_rows names sources absent from the data: \['netflix'\]"),
+    ({"imdb": 5}, ["rotten_tomatoes"], r"prepare.source_rows names \['imdb'\], not in prepare.sources"),
+])
+def test_source_rows_naming_a_source_not_kept_is_refused(reviews_frame, tiny_model_dir, source_rows, sources, message):
+    cfg = prepare_cfg(tiny_model_dir, sources=sources, source_rows=source_rows)
+    with pytest.raises(PrepareError, match=message):
+        make_splits(canonical(reviews_frame, cfg, sources), cfg)
+
+
+def test_source_rows_needs_the_source_column(reviews_frame, tiny_model_dir):
+    cfg = prepare_cfg(tiny_model_dir, sources=[], source_rows={"imdb": 5})
+    data = cfg.data.model_copy(update={"source_column": None})
+    with pytest.raises(PrepareError, match="prepare.source_rows caps rows per data.source_column"):
+        make_splits(to_canonical(reviews_frame, data, []), cfg)
+
+
+def test_source_rows_must_be_positive(tiny_model_dir):
+    from tasks.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="prepare.source_rows.imdb"):
+        prepare_cfg(tiny_model_dir, source_rows={"imdb": 0})

@@ -34,7 +34,7 @@ class StandInModel:
     """A ServedModel stand-in: "good" in a text makes it positive; with a gate, each call blocks until it opens."""
 
     def __init__(self, version: str = "v1", gate: threading.Event | None = None):
-        self.info = ModelInfo(name="tunegate", version=version, labels=LABELS, max_length=8, long_text="head",
+        self.info = ModelInfo(name="tunegate", version=version, labels=LABELS, max_length=8, long_text={"rule": "head"},
                               model_sha256="ab" * 32, precision=None, folder="stand-in")
         self.gate, self.calls, self.entered = gate, [], threading.Event()
 
@@ -149,7 +149,7 @@ def test_app_model_metadata_names_the_version_and_404s_another_name(tmp_path, st
     app = create_app(serve_settings(tmp_path), tmp_path, source=StandInSource("v3"))
     mine, other = call(app, ("GET", "/v2/models/tunegate", {}), ("GET", "/v2/models/someone-else", {}))
     assert mine.status_code == 200 and mine.json() == {
-        "name": "tunegate", "version": "v3", "labels": LABELS, "max_length": 8, "long_text": "head",
+        "name": "tunegate", "version": "v3", "labels": LABELS, "max_length": 8, "long_text": {"rule": "head"},
         "model_sha256": "ab" * 32, "precision": None, "platform": "onnxruntime"}
     assert other.status_code == 404 and other.json()["error"] == "not_found"
 

@@ -51,6 +51,11 @@ def test_length_groups_cover_every_text_once_within_the_batch_size_and_keep_a_lo
     assert length_groups([], 4) == [] and length_groups([9] * 8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+def test_length_groups_count_texts_not_windows_and_never_split_a_text():
+    groups = length_groups([16, 16, 16, 16], 2, [5, 1, 3, 1])  # 10 windows of 4 texts: two calls of two texts
+    assert sorted(len(g) for g in groups) == [2, 2] and sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+
+
 def test_served_model_counts_whole_text_tokens_read_tokens_and_unknown_tokens(fp32_folder):
     served = load_served(fp32_folder, "tunegate", None, threads=1)
     short, long, odd = served.score(["dull", TEXTS[2], "an odd one 🦜 indeed"], 8)
@@ -65,7 +70,7 @@ def test_load_served_names_a_folder_by_its_model_hash_and_reads_a_releases_preci
     assert served.info.version == "sha256:" + digest[:12] and served.info.model_sha256 == digest
     assert (served.info.name, served.info.labels, served.info.max_length) == ("reviews", ["negative", "positive"],
                                                                               MAX_LENGTH)
-    assert served.info.long_text == "head" and served.info.precision is None
+    assert served.info.long_text == {"rule": "head"} and served.info.precision is None
     release = shutil.copytree(fp32_folder, tmp_path / "release")
     (release / "release.json").write_text(json.dumps({"precision": "fp32", "sha256": digest}))
     registered = load_served(release, "reviews", "v1.2.0", threads=1)

@@ -113,18 +113,49 @@ def test_presplit_folder_of_files_is_read_as_its_splits(tiny_model_dir, reviews_
     assert table["split"].value_counts().to_dict() == {"train": 320, "dev": 40, "test": 40}
 
 
-def test_token_length_contract_bounds_the_truncated_share(tiny_model_dir, reviews_frame):
-    cfg = presplit_cfg(tiny_model_dir, max_truncated_share=0.05)
+def windows_cfg(tiny_model_dir, train_windows, **prepare):
+    """presplit_cfg with train.long_text.train_windows set."""
+    raw = tiny_params(tiny_model_dir)
+    raw["data"]["split_column"] = "split"
+    raw["prepare"].update(prepare)
+    raw["train"]["long_text"]["train_windows"] = train_windows
+    return parse_config(raw)
+
+
+def token_lengths(report):
+    return next(v for k, v in report["profile"].items() if k.startswith("Token lengths"))
+
+
+def test_token_length_contract_bounds_the_share_training_truncates(tiny_model_dir, reviews_frame):
+    cfg = windows_cfg(tiny_model_dir, train_windows=False, max_truncated_share=0.05)
     frame = presplit(reviews_frame)
     _, report = contract_of(frame, cfg, str(tiny_model_dir))
     check = failing(report)["expect_column_mean_to_be_between:truncated"]
-    profile = next(v for k, v in report["profile"].items() if k.startswith("Token lengths"))
-    overall = profile[-1]
+    overall = token_lengths(report)[-1]
     assert overall["split"] == "all" and overall["truncated_share"] == pytest.approx(check["observed_value"])
+    assert overall["long_share"] == overall["truncated_share"]  # every long text loses its tail in training
     assert overall["p50"] < cfg.train.max_length < overall["max"]
+    assert report["long_text"]["truncated_rows"] == report["long_text"]["long_rows"] == overall["long_rows"] > 0
     said = evidence(check)  # what the terminal table and the error message show
     assert "(at most 0.05)" in said and "longer than train.max_length = 32 tokens" in said
+    assert "set train.long_text.train_windows: true" in said
     assert "raise train.max_length (e.g. -S train.max_length=" in said
+
+
+def test_token_length_contract_passes_long_texts_that_training_cuts_into_windows(tiny_model_dir, reviews_frame):
+    cfg = windows_cfg(tiny_model_dir, train_windows=True, max_truncated_share=0.05)
+    rows, report = contract_of(presplit(reviews_frame), cfg, str(tiny_model_dir))
+    check = next(c for c in report["checks"] if c["column"] == "truncated")
+    assert check["success"] and check["observed_value"] == 0
+    # Long rows are still counted (read at inference by the long_text rule), per split and overall.
+    profile = token_lengths(report)
+    off = windows_cfg(tiny_model_dir, train_windows=False, max_truncated_share=0.05)
+    assert profile == [{**r, "truncated_share": 0.0} for r in token_lengths(contract_of(presplit(reviews_frame), off,
+                                                                                       str(tiny_model_dir))[1])]
+    assert report["long_text"] == {"window_tokens": 32, "train_windows": True, "long_rows": profile[-1]["long_rows"],
+                                   "long_share": pytest.approx(profile[-1]["long_rows"] / len(rows)),
+                                   "truncated_rows": 0}
+    assert 0 < profile[-1]["long_share"] < 1 and sum(r["long_rows"] for r in profile[:-1]) == profile[-1]["long_rows"]
 
 
 def test_failed_prepare_contract_keeps_the_last_good_splits(staged_pipeline, tiny_model_dir):

@@ -14,6 +14,7 @@ from tasks.core.batching import length_sorted_batches, shuffled_length_batches
 from tasks.core.config import parse_config
 from tasks.core.base_model import ModelSourceError, resolve_base_model
 from tasks.train import build_model, fit
+from tasks.training.reading import choose_long_text
 from tests.conftest import REPO, tiny_params
 
 import pytest
@@ -52,6 +53,29 @@ def test_fit_is_reproducible_with_the_same_seed(tiny_model_dir):
         weights.append(outcome.best_state)
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "every weight, bit for bit"
+
+
+def verdict_at_the_end(n_per_class: int, seed: int) -> pd.DataFrame:
+    """Long texts whose label is said only at their end: 32-36 filler words, then 8 times the verdict."""
+    rng = np.random.default_rng(seed)
+    rows = [(" ".join(["the"] * int(rng.integers(32, 37)) + [word] * 8), label)
+            for label, word in ((1, "wonderful"), (0, "terrible")) for _ in range(n_per_class)]
+    return pd.DataFrame(rows, columns=["text", "label"]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def test_training_on_windows_learns_a_verdict_past_the_head_and_dev_chooses_a_rule_that_reads_it(tiny_model_dir):
+    cfg = tiny_train_cfg(tiny_model_dir, epochs=5, learning_rate=5.0e-3, early_stopping_patience=5)
+    model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
+    train_df, dev_df = verdict_at_the_end(32, 0), verdict_at_the_end(16, 1)
+    outcome = fit(model, tokenizer, train_df, dev_df, cfg.train, cfg.data.label_names, cfg.seed, torch.device("cpu"))
+    assert outcome.train_rows == {"texts": 64, "rows": 128, "windowed_texts": 64, "windows": 128}, "2 windows each"
+    # The final weights: dev accuracy during training reads heads, which here never hold the verdict (0.5 each epoch).
+    report = choose_long_text(model, tokenizer, dev_df, cfg.train, torch.device("cpu"))
+    by_rule = {c["described"]: c for c in report["candidates"]}
+    assert report["long_rows"] == report["dev_rows"] == len(dev_df)
+    assert by_rule["head"]["dev_accuracy"] == 0.5, "the head never sees the verdict"
+    assert report["chosen"]["rule"] != "head" and by_rule[report["described"]]["dev_accuracy"] >= 0.9
+    assert [c["chosen"] for c in report["candidates"]].count(True) == 1
 
 
 def test_early_stopping_stops_when_dev_accuracy_stalls(tiny_model_dir):
@@ -203,3 +227,23 @@ def test_stamp_records_exactly_the_params_dvc_tracks_for_train(staged_pipeline):
         "seed", "data.label_names", "train"]
     assert json.loads(paths.train_stamp.read_text())["config"] == {
         "seed": cfg.seed, "data": {"label_names": cfg.data.label_names}, "train": cfg.dump()["train"]}
+
+
+def test_train_stage_chooses_how_long_texts_are_read_on_dev_and_records_every_candidate(staged_pipeline):
+    from tasks.training.reading import chosen_long_text, long_text_path
+
+    cfg, paths = staged_pipeline
+    report = json.loads(long_text_path(paths).read_text())
+    candidates = [c.model_dump() for c in cfg.train.long_text.candidates]
+    assert [c["rule"] for c in report["candidates"]] == candidates, "every candidate, in params order"
+    assert [c["chosen"] for c in report["candidates"]].count(True) == 1 and report["chosen"] in candidates
+    assert chosen_long_text(paths) == report["chosen"]
+    dev_rows = len(pd.read_parquet(paths.split("dev")))
+    assert report["dev_rows"] == dev_rows and 0 < report["long_rows"] < dev_rows, "a third exceed 32 tokens"
+    windows = {c["described"]: c["windows"] for c in report["candidates"]}
+    assert windows["head"] == dev_rows < windows["window(stride 31, mean_prob)"]
+    result = json.loads(paths.result("train").read_text())
+    assert result["long_text"] == report["chosen"] and report["described"] in result["key_figure"]
+    rows = json.loads(paths.train_stamp.read_text())["train_rows"]
+    assert rows["texts"] == len(pd.read_parquet(paths.split("train"))) and rows["windowed_texts"] > 0
+    assert rows["rows"] == rows["texts"] - rows["windowed_texts"] + rows["windows"]

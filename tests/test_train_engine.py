@@ -66,6 +66,28 @@ def test_tokenize_caches_once_and_pads_each_batch_to_its_longest_text(tmp_path, 
     assert tokenize(tokenizer, texts, 32, tmp_path).key == first.key, "the same key after other calls"
 
 
+def test_tokenize_cuts_a_long_text_into_windows_carrying_its_label_at_most_max_windows(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    words = [f"word{i}" for i in range(120)]  # far beyond 3 windows of 16 tokens
+    texts = ["a short review", " ".join(words), "another short one"]
+    tokens = tokenize(tokenizer, texts, 16, tmp_path, max_windows=3)
+    assert tokens.owners.tolist() == [0, 1, 1, 1, 2] and tokens.lengths.max() == 16
+    assert tokens.row_labels(np.array([0, 1, 0])).tolist() == [0, 1, 1, 1, 0], "each window carries its text's label"
+    assert (tokens.windowed_texts, tokens.windowed_rows) == (1, 3)
+    whole = tokenizer(texts[1])["input_ids"]  # [CLS] content [SEP]
+    first, last = (tokens.batch([i])["input_ids"][0].tolist() for i in (1, 3))
+    assert first == whole[:15] + whole[-1:], "the first window is the text's head"
+    assert last == whole[:1] + whole[-15:], "the last window ends where the text ends"
+    truncated = tokenize(tokenizer, texts, 16)
+    for window_row, head_row in ((0, 0), (4, 2)):  # a text within one window: exactly what truncation gives
+        assert all(torch.equal(tokens.batch([window_row])[k], truncated.batch([head_row])[k]) for k in truncated.flat)
+    assert len({truncated.key, tokens.key, tokenize(tokenizer, texts, 16, max_windows=2).key}) == 3
+    again = tokenize(tokenizer, texts, 16, tmp_path, max_windows=3)  # from the cache
+    assert again.key == tokens.key and again.owners.tolist() == tokens.owners.tolist()
+
+
 def test_token_cache_keeps_the_most_recently_used_entries(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -269,15 +291,19 @@ def test_fit_resumes_after_sigkill_mid_epoch_with_the_same_final_weights(tmp_pat
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, "the run must be killed before it ends"
     _, saved = load_latest(work / "checkpoints")
-    assert saved["state"]["epoch"] == 1 and 0 < saved["state"]["step_in_epoch"] < 12, "killed mid-epoch"
+    a = torch.load(runs["uninterrupted"] / "result.pt", weights_only=True)
+    # 96 texts, the longer ones as windows (train.long_text.train_windows): 12+ steps of 8 rows an epoch
+    steps_per_epoch = len(a["steps"]) // 2
+    assert steps_per_epoch >= 12
+    assert saved["state"]["epoch"] == 1 and 0 < saved["state"]["step_in_epoch"] < steps_per_epoch, "killed mid-epoch"
     assert not (work / "result.pt").exists()
     subprocess.run([*cmd, str(work), "0"], env=script_env(), check=True, capture_output=True)
 
-    a, b = (torch.load(runs[n] / "result.pt", weights_only=True) for n in ("uninterrupted", "killed"))
+    b = torch.load(runs["killed"] / "result.pt", weights_only=True)
     assert a["resumed_from"] is None and b["resumed_from"].endswith(".pt")
     for key in ("final", "best"):
         assert max(float((a[key][k] - b[key][k]).abs().max()) for k in a[key]) <= 1e-6
-    assert len(b["history"]) == 2 and len(b["steps"]) == 24
+    assert len(b["history"]) == 2 and len(b["steps"]) == len(a["steps"])
     for x, y in zip(a["history"] + a["steps"], b["history"] + b["steps"]):
         assert x.keys() == y.keys() and all(abs(x[k] - y[k]) <= 1e-6 for k in x)
     assert files_of(runs["killed"] / "live") == files_of(runs["uninterrupted"] / "live"), "curves, byte for byte"

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.config import PipelineConfig, PrepareConfig
+from tasks.core.config import PipelineConfig, PrepareConfig, TrainConfig
 from tasks.contracts.report import make_report
 from tasks.contracts.suite import load_suite_spec, run_suite
 from tasks.contracts.near_dup import NearDuplicateSettings, near_duplicate_pairs
@@ -124,17 +124,37 @@ def token_counts(texts: list[str], tokenizer_dir: str) -> np.ndarray:
     return np.asarray(counts, dtype=np.int64)
 
 
-def token_profile(split: np.ndarray, tokens: np.ndarray, max_length: int) -> list[dict[str, Any]]:
-    """Token-length distribution per split and overall, with the share truncated at max_length."""
+def truncated_in_training(tokens: np.ndarray, train: TrainConfig) -> np.ndarray:
+    """Per row: training loses tokens of it. A text longer than train.max_length is cut to its head, unless
+    train.long_text.train_windows cuts it into windows instead (read, as at inference, by the long_text rule)."""
+    if train.long_text.train_windows:
+        return np.zeros(len(tokens), dtype=bool)
+    return tokens > train.max_length
+
+
+def token_profile(split: np.ndarray, tokens: np.ndarray, truncated: np.ndarray,
+                  max_length: int) -> list[dict[str, Any]]:
+    """Token-length distribution per split and overall: rows longer than one window of max_length tokens (long),
+    and the share training truncates."""
     table = []
     for name in (*SPLITS, "all"):
-        values = tokens if name == "all" else tokens[split == name]
+        chosen = np.ones(len(split), dtype=bool) if name == "all" else split == name
+        values = tokens[chosen]
         if len(values):
             p50, p90, p99 = np.percentile(values, [50, 90, 99])
+            long = int(np.count_nonzero(values > max_length))
             table.append({"split": name, "rows": len(values), "p50": float(p50), "p90": float(p90),
-                          "p99": float(p99), "max": int(values.max()),
-                          "truncated_share": float(np.mean(values > max_length))})
+                          "p99": float(p99), "max": int(values.max()), "long_rows": long,
+                          "long_share": long / len(values), "truncated_share": float(np.mean(truncated[chosen]))})
     return table
+
+
+def long_text_summary(tokens: np.ndarray, truncated: np.ndarray, train: TrainConfig) -> dict[str, Any]:
+    """How many rows are longer than one window, and how many of them training truncates."""
+    long = int(np.count_nonzero(tokens > train.max_length))
+    return {"window_tokens": train.max_length, "train_windows": train.long_text.train_windows, "long_rows": long,
+            "long_share": long / len(tokens) if len(tokens) else 0.0,
+            "truncated_rows": int(np.count_nonzero(truncated))}
 
 
 def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg: PipelineConfig, root: Path,
@@ -148,14 +168,19 @@ def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg
                       pd.Series(np.asarray(cfg.data.label_names, dtype=object)[labels], name="label"),
                       leakage_table(split, keys, pairs)], axis=1)
     profile: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     spec = load_suite_spec(root / cfg.prepare.contract, {})
     if tokenizer_dir is None:
         spec = {**spec, "expectations": [e for e in spec["expectations"] if e["kwargs"].get("column") != "truncated"]}
     else:
         tokens = token_counts(frame["text"].tolist(), tokenizer_dir)
-        rows["tokens"], rows["truncated"] = tokens, (tokens > cfg.train.max_length).astype(float)
-        profile[f"Token lengths ({cfg.train.base_model}, truncated above train.max_length = "
-                f"{cfg.train.max_length})"] = token_profile(split, tokens, cfg.train.max_length)
+        truncated = truncated_in_training(tokens, cfg.train)
+        rows["tokens"], rows["truncated"] = tokens, truncated.astype(float)
+        reading = ("cut into windows in training" if cfg.train.long_text.train_windows
+                   else "truncated in training")
+        profile[f"Token lengths ({cfg.train.base_model}; long = above train.max_length = {cfg.train.max_length}, "
+                f"{reading})"] = token_profile(split, tokens, truncated, cfg.train.max_length)
+        extra["long_text"] = long_text_summary(tokens, truncated, cfg.train)
     classes = class_table(split, labels, cfg.data.label_names)
     profile["Rows per split and class"] = classes.to_dict("records")
     parameters = {"min_rows_per_class": cfg.prepare.min_rows_per_class,
@@ -164,7 +189,7 @@ def split_contract(frame: pd.DataFrame, keys: TextKeys, pairs: pd.DataFrame, cfg
     checks = run_suite({"rows": rows, "classes": classes}, spec, parameters, cfg.validate_.sample_bad_rows)
     if tokenizer_dir is not None:
         checks = [with_truncation_hint(c, tokens, cfg) for c in checks]
-    return make_report(SUITE, len(rows), list(rows.columns), checks, profile)
+    return {**make_report(SUITE, len(rows), list(rows.columns), checks, profile), **extra}
 
 
 def with_truncation_hint(check: dict[str, Any], tokens: np.ndarray, cfg: PipelineConfig) -> dict[str, Any]:
@@ -174,5 +199,6 @@ def with_truncation_hint(check: dict[str, Any], tokens: np.ndarray, cfg: Pipelin
     cut = int(np.sum(tokens > cfg.train.max_length))
     p99 = int(np.ceil(np.percentile(tokens, 99)))
     return {**check, "hint": f"{cut} of {len(tokens)} rows are longer than train.max_length = {cfg.train.max_length} "
-                             f"tokens (p99 {p99}): raise train.max_length (e.g. -S train.max_length={p99}) "
-                             f"or prepare.max_truncated_share"}
+                             f"tokens (p99 {p99}) and training truncates them: set train.long_text.train_windows: "
+                             f"true (long texts become windows), raise train.max_length (e.g. -S "
+                             f"train.max_length={p99}) or prepare.max_truncated_share"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tasks.core.errors import TunegateError
@@ -79,6 +79,7 @@ class PrepareConfig(_Section):
     max_train_rows: int | None = Field(ge=1)
     max_dev_rows: int | None = Field(ge=1)
     max_test_rows: int | None = Field(ge=1)
+    source_rows: dict[str, Annotated[int, Field(ge=1)]]  # source -> rows kept at most (seeded, stratified sample)
     contract: str
     min_rows_per_class: int = Field(ge=1)
     max_class_share_delta: float = Field(ge=0, le=1)
@@ -106,6 +107,40 @@ class LoraConfig(_Section):
     target_modules: list[str] | None
 
 
+# Long-text reading rules (the shapes tasks/serving/long_text.py reads; a test checks the two agree). Typed here,
+# not checked by importing that module: every stage reads this file, and a stage's deps are what it imports.
+class HeadRule(_Section):
+    rule: Literal["head"]
+
+
+class HeadTailRule(_Section):
+    rule: Literal["head_tail"]
+    head_tokens: int = Field(ge=0)
+
+
+class WindowRule(_Section):
+    rule: Literal["window"]
+    stride: int = Field(ge=1)
+    aggregate: Literal["mean_prob", "mean_logit", "max_confidence"]
+
+
+LongTextRule = Annotated[HeadRule | HeadTailRule | WindowRule, Field(discriminator="rule")]
+
+
+class LongTextConfig(_Section):
+    candidates: list[LongTextRule] = Field(min_length=1)  # cheapest first: the first is the choice to beat
+    min_gain_se: float = Field(ge=0)
+    train_windows: bool
+    max_train_windows: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_candidates(self) -> LongTextConfig:
+        rules = [c.model_dump_json() for c in self.candidates]
+        if len(set(rules)) != len(rules):
+            raise ValueError("train.long_text.candidates must not repeat a rule")
+        return self
+
+
 class TrainConfig(_Section):
     base_model: str
     max_length: int = Field(ge=8)
@@ -127,6 +162,15 @@ class TrainConfig(_Section):
     token_cache_entries: int = Field(ge=2)  # a run reads two entries (train, dev)
     method: Literal["full", "lora"]
     lora: LoraConfig
+    long_text: LongTextConfig
+
+    @model_validator(mode="after")
+    def _head_tail_fits(self) -> TrainConfig:
+        for rule in self.long_text.candidates:
+            if isinstance(rule, HeadTailRule) and rule.head_tokens >= self.max_length:
+                raise ValueError(f"train.long_text head_tail head_tokens ({rule.head_tokens}) must be below "
+                                 f"train.max_length ({self.max_length}), or it reads what head reads")
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -83,6 +83,14 @@ def _slices(slices: list[dict[str, Any]], cfg: GateConfig) -> list[str]:
     return lines
 
 
+def _reading(reading: dict[str, Any]) -> str:
+    """The long_text rule the shipped model read the test texts by, and how many needed it."""
+    longer = reading["longer_rows"]
+    return (f"Token lengths are of whole texts, special tokens included. The model reads {reading['window_tokens']} "
+            f"tokens at a time; {longer} test row{'' if longer == 1 else 's'} longer than that "
+            f"{'was' if longer == 1 else 'were'} read by serving.json's long_text rule: {reading['described']}.")
+
+
 def _batching(batching: dict[str, Any]) -> str:
     judged, served = batching["judged_batch_size"], batching["predict_batch_size"]
     if batching["agreement"] == 1.0:
@@ -111,7 +119,7 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         "## Checks", "", *_checks(decision), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
-        "## Slices", "", *_slices(decision["slices"], cfg), "",
+        "## Slices", "", _reading(decision["long_text"]), "", *_slices(decision["slices"], cfg), "",
         "## Candidate", "",
         f"Model sha256 {candidate['sha256'][:12]}…, training run {candidate['train_run']} (its stamp: "
         "`artifacts/train/stamp.json`); release folder `artifacts/gate/release`. Latency figures: "

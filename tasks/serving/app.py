@@ -54,8 +54,8 @@ class ErrorBody(BaseModel):
 class Prediction(BaseModel):
     label: str
     probabilities: dict[str, float]
-    truncated: bool = Field(description="the text was longer than the model's window (read as serving.json's "
-                                        "long_text rule says)")
+    truncated: bool = Field(description="the model did not read every token of the text (it was longer than the "
+                                        "model's window, and serving.json's long_text rule skipped some of it)")
 
 
 class PredictResponse(BaseModel):
@@ -71,7 +71,9 @@ class ModelMetadata(BaseModel):
     version: str
     labels: list[str]
     max_length: int
-    long_text: str
+    long_text: dict[str, str | int] = Field(description="how a text longer than max_length is read: {'rule': 'head'}, "
+                                            "{'rule': 'head_tail', 'head_tokens': H} or {'rule': 'window', "
+                                            "'stride': S, 'aggregate': A}")
     model_sha256: str
     precision: str | None
     platform: str
@@ -122,7 +124,7 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
 
 def predictions(labels: list[str], scores: list[TextScore]) -> list[Prediction]:
     return [Prediction(label=s.label, probabilities=dict(zip(labels, s.probabilities)),
-                       truncated=s.tokens > s.read_tokens) for s in scores]
+                       truncated=s.read_tokens < s.tokens) for s in scores]
 
 
 def explain_invalid(errors: list[dict[str, Any]], settings: ServeSettings) -> str:

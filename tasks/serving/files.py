@@ -13,7 +13,3 @@ TEST_ROWS_FILE = "test_rows.json"  # keys of the test rows it was judged on (a l
 # labels agree with labels computed one text at a time).
 PREDICT_BATCH_SIZE = 32
 
-# How a text longer than the model's window (serving.json max_length tokens) is read: serving.json's
-# `long_text`. "head": the first max_length tokens (special tokens included); the rest is not read.
-LONG_TEXT_HEAD = "head"
-LONG_TEXT_RULES = (LONG_TEXT_HEAD,)

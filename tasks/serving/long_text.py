@@ -13,6 +13,7 @@ A text that fits in one window is read whole, the same way by every rule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ class Wrapper:
     @classmethod
     def of(cls, tokenizer: Any) -> Wrapper:
         """Read from a `tokenizers.Tokenizer` by post-processing an encoding of one ordinary word."""
-        clone = _untruncated(tokenizer)
+        clone = untruncated(tokenizer)
         bare = clone.encode("a", add_special_tokens=False)
         full = clone.post_process(bare)
         ids, inner = list(full.ids), list(bare.ids)
@@ -184,31 +185,77 @@ class Reading:
     def of_text(self, i: int) -> list[list[int]]:
         return [w for w, owner in zip(self.windows, self.owners) if owner == i]
 
+    def rows(self) -> list[np.ndarray]:
+        """Each text's window indices (at least one per text)."""
+        bounds = np.searchsorted(self.owners, np.arange(len(self.content_lengths) + 1))
+        return [np.arange(bounds[i], bounds[i + 1]) for i in range(len(self.content_lengths))]
+
+    def window_counts(self) -> list[int]:
+        return np.bincount(self.owners, minlength=len(self.content_lengths)).tolist()
+
+    def widths(self) -> list[int]:
+        """Each text's longest window, in tokens (what a batch holding it is padded to at least)."""
+        return [max(len(self.windows[r]) for r in rows) for rows in self.rows()]
+
+    def window_tokens(self) -> list[int]:
+        """Tokens of each text's windows together: what reading it costs."""
+        return [sum(len(self.windows[r]) for r in rows) for rows in self.rows()]
+
+
+def content_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens, untruncated (a `tokenizers.Tokenizer`, left unchanged)."""
+    return [encoding.ids for encoding in _encode_untruncated(tokenizer, texts)]
+
+
+def read_ids(contents: list[list[int]], rule: dict[str, Any], max_length: int, wrapper: Wrapper) -> Reading:
+    """Cut texts' content ids (from `content_ids`) into the windows `rule` reads."""
+    windows: list[list[int]] = []
+    owners: list[int] = []
+    for i, content in enumerate(contents):
+        for window in windows_of(content, rule, max_length, wrapper):
+            windows.append(window)
+            owners.append(i)
+    return Reading(windows, np.asarray(owners, dtype=np.int64), [len(c) for c in contents])
+
 
 def read_texts(tokenizer: Any, texts: list[str], rule: dict[str, Any], max_length: int,
                wrapper: Wrapper | None = None) -> Reading:
     """Tokenise texts (a `tokenizers.Tokenizer`; its own truncation and padding are ignored) and cut them into
     the windows `rule` reads."""
-    wrapper = wrapper or Wrapper.of(tokenizer)
-    windows: list[list[int]] = []
-    owners: list[int] = []
-    lengths: list[int] = []
-    for i, encoding in enumerate(_encode_untruncated(tokenizer, texts)):
-        content = list(encoding.ids)
-        lengths.append(len(content))
-        for window in windows_of(content, rule, max_length, wrapper):
-            windows.append(window)
-            owners.append(i)
-    return Reading(windows, np.asarray(owners, dtype=np.int64), lengths)
+    return read_ids(content_ids(tokenizer, texts), rule, max_length, wrapper or Wrapper.of(tokenizer))
+
+
+def text_batches(reading: Reading, texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """Text indices in batches of at most batch_size, in order of windows, then characters: texts within one window
+    fall into the batches length_sorted_batches gave before rules (an INT8 model's dynamic quantization scales
+    each batch by all its rows, so other batches would change its answers), and long texts sit with texts of
+    as many windows."""
+    counts = reading.window_counts()
+    order = np.asarray(sorted(range(len(texts)), key=lambda i: (counts[i], len(texts[i]))), dtype=np.int64)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def logits_in_groups(reading: Reading, groups: list[Any], run: Callable[[list[list[int]]], np.ndarray],
+                     rule: dict[str, Any], classes: int) -> np.ndarray:
+    """[n_texts, classes] float32 logits in text order: `run` (windows -> [n_windows, classes] logits) is called
+    once per group of text indices with all the windows of its texts (a text's windows are never split across
+    calls), then each text's window logits are combined by `rule`."""
+    rows = reading.rows()
+    window_logits = np.zeros((len(reading.windows), classes), dtype=np.float32)
+    for group in groups:
+        picked = np.concatenate([rows[i] for i in group])
+        window_logits[picked] = run([reading.windows[r] for r in picked])
+    return combine(window_logits, reading.owners, len(reading.content_lengths), rule)
 
 
 def _encode_untruncated(tokenizer: Any, texts: list[str]) -> list[Any]:
     """Content encodings (no special tokens, no truncation, no padding) without changing `tokenizer`."""
-    return _untruncated(tokenizer).encode_batch(texts, add_special_tokens=False)
+    return untruncated(tokenizer).encode_batch(texts, add_special_tokens=False)
 
 
-def _untruncated(tokenizer: Any) -> Any:
-    """`tokenizer`, or a clone of it without truncation and padding when it has them."""
+def untruncated(tokenizer: Any) -> Any:
+    """`tokenizer`, or a clone of it without truncation and padding when it has them (cloning costs ~50 ms for a
+    30k-word vocabulary: clone once where a tokenizer is read many times)."""
     if tokenizer.truncation is None and tokenizer.padding is None:
         return tokenizer
     bare = type(tokenizer).from_str(tokenizer.to_str())

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.core.batching import length_sorted_batches
 from tasks.core.errors import TunegateError
 from tasks.core.io import read_json
-from tasks.serving.files import LONG_TEXT_HEAD, LONG_TEXT_RULES, SERVING_FILE
-
+from tasks.serving.files import SERVING_FILE
+from tasks.serving.long_text import (LongTextRuleError, Reading, Wrapper, content_ids, logits_in_groups, normalise,
+                                     padded, read_ids, text_batches)
 
 
 def external_data_name(model_file: str) -> str:
@@ -233,14 +233,20 @@ class OnnxClassifier:
         self.folder = folder
         self.serving = read_json(folder / SERVING_FILE)
         self.labels: list[str] = self.serving["labels"]
-        # Folders exported before serving.json named its rule were read head-only.
-        self.long_text: str = self.serving.get("long_text", LONG_TEXT_HEAD)
-        if self.long_text not in LONG_TEXT_RULES:
-            raise TunegateError(f"{folder / SERVING_FILE}: long_text {self.long_text!r} is not one this version reads "
-                                f"({', '.join(LONG_TEXT_RULES)}): upgrade tunegate")
+        self.max_length: int = self.serving["max_length"]
+        try:
+            self.long_text: dict[str, Any] = normalise(self.serving.get("long_text"))
+        except LongTextRuleError as exc:
+            raise LongTextRuleError(f"{folder / SERVING_FILE}: {exc}") from exc
+        # `encode` (quantize's calibration batches) truncates and pads; `reader` reads whole texts, which the
+        # long_text rule then cuts into windows.
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.serving["max_length"])
+        self.tokenizer.enable_truncation(max_length=self.max_length)
         self.tokenizer.enable_padding(pad_id=self.serving["pad_id"], pad_token=self.serving["pad_token"])
+        self.reader = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.reader.no_truncation()
+        self.reader.no_padding()
+        self.wrapper = Wrapper.of(self.reader)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         if threads is not None:
@@ -268,40 +274,37 @@ class OnnxClassifier:
         return {name: np.asarray(fields[name], dtype=np.int64) for name in self.input_names}
 
     def logits(self, texts: list[str], batch_size: int) -> np.ndarray:
-        """[n, classes] float32 logits in input order (batched by length)."""
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for idx in length_sorted_batches([len(t) for t in texts], batch_size):
-            (batch_logits,) = self.session.run(["logits"], self.encode([texts[i] for i in idx]))
-            out[idx] = batch_logits
-        return out
+        """[n, classes] float32 logits in input order, texts read by the folder's long_text rule. Texts are
+        batched by length (text_batches); a model call holds all the windows of up to batch_size texts."""
+        reading = self.read(texts)
+        return self.reading_logits(reading, text_batches(reading, texts, batch_size))
 
-    def unpadded_tokenizers(self) -> tuple[Any, Any]:
-        """(reading, whole): clones of the tokenizer without padding; `reading` truncates exactly as `encode`
-        does (serving.json's long_text rule), `whole` does not truncate (to count a text's tokens)."""
-        clone = type(self.tokenizer).from_str
-        reading = clone(self.tokenizer.to_str())
-        reading.no_padding()
-        whole = clone(self.tokenizer.to_str())
-        whole.no_padding()
-        whole.no_truncation()
-        return reading, whole
+    def content_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, untruncated, without special tokens."""
+        return content_ids(self.reader, texts)
+
+    def read_ids(self, contents: list[list[int]]) -> Reading:
+        """The windows the long_text rule reads of texts' content ids."""
+        return read_ids(contents, self.long_text, self.max_length, self.wrapper)
+
+    def read(self, texts: list[str]) -> Reading:
+        return self.read_ids(self.content_ids(texts))
+
+    def reading_logits(self, reading: Reading, groups: list[Any]) -> np.ndarray:
+        """[n, classes] logits of a reading: one model call per group of text indices, windows combined by the rule."""
+        return logits_in_groups(reading, groups, self.window_logits, self.long_text, len(self.labels))
+
+    def inputs(self, windows: list[list[int]]) -> dict[str, np.ndarray]:
+        """The model's int64 inputs for token-id windows, padded to the longest (as `encode` pads)."""
+        fields = padded(windows, self.serving["pad_id"], self.wrapper.type_id)
+        return {name: fields[name] for name in self.input_names}
+
+    def window_logits(self, windows: list[list[int]]) -> np.ndarray:
+        """[n_windows, classes] float32 logits, run as one model call."""
+        (logits,) = self.session.run(["logits"], self.inputs(windows))
+        return logits
 
     def unknown_token_id(self) -> int | None:
         """The id of tokenizer.json's model.unk_token; None where the tokenizer has none (byte-level BPE)."""
         unk = json.loads(self.tokenizer.to_str())["model"].get("unk_token")
         return None if unk is None else self.tokenizer.token_to_id(unk)
-
-    def logits_of_encodings(self, encodings: list[Any]) -> np.ndarray:
-        """[n, classes] float32 logits of unpadded encodings, run as one batch padded to its longest."""
-        width = max(len(e) for e in encodings)
-        pad_id = self.serving["pad_id"]
-        fields = {name: np.zeros((len(encodings), width), dtype=np.int64)
-                  for name in ("input_ids", "attention_mask", "token_type_ids")}
-        fields["input_ids"].fill(pad_id)
-        for row, e in enumerate(encodings):
-            n = len(e.ids)
-            fields["input_ids"][row, :n] = e.ids
-            fields["attention_mask"][row, :n] = e.attention_mask
-            fields["token_type_ids"][row, :n] = e.type_ids  # padding's type id is 0, as in `encode`
-        (logits,) = self.session.run(["logits"], {name: fields[name] for name in self.input_names})
-        return logits

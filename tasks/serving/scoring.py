@@ -19,6 +19,7 @@ from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256
 from tasks.core.metrics import softmax
 from tasks.serving.files import RELEASE_FILE, SERVING_FILE
+from tasks.serving.long_text import tokens_read
 from tasks.serving.onnx_model import OnnxClassifier
 from tasks.serving.source import version_of_sha256
 
@@ -44,7 +45,7 @@ class ModelInfo:
     version: str  # the registry version (v0.2.0), else "sha256:" + the model file's first 12 hex digits
     labels: list[str]
     max_length: int  # tokens the model reads per text (serving.json)
-    long_text: str  # serving.json's rule for texts longer than max_length
+    long_text: dict[str, Any]  # serving.json's rule for texts longer than max_length (tasks.serving.long_text)
     model_sha256: str  # of the model file (serving.json model_file)
     precision: str | None  # release.json's precision (e.g. dynamic_per_tensor) when the folder has one
     folder: str
@@ -56,7 +57,7 @@ class TextScore:
     label: str
     probabilities: list[float]  # in ModelInfo.labels order; sums to 1
     tokens: int  # tokens of the whole text (special tokens included), untruncated
-    read_tokens: int  # tokens the model read (<= max_length)
+    read_tokens: int  # distinct tokens the model read, special tokens included (== tokens when none was skipped)
     unknown_tokens: int  # tokens that are the tokenizer's unknown token
 
 
@@ -65,15 +66,19 @@ class TextScore:
 CALL_OVERHEAD_TOKENS = 8
 
 
-def length_groups(lengths: list[int], max_batch_size: int) -> list[list[int]]:
-    """Indices sorted by length, cut into groups of at most max_batch_size that minimise padded tokens plus
-    CALL_OVERHEAD_TOKENS per group: each group is padded only to its own longest."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    ordered = [lengths[i] for i in order]
+def length_groups(widths: list[int], max_batch_size: int, windows: list[int] | None = None) -> list[list[int]]:
+    """Text indices sorted by width (a text's longest window, in tokens), cut into groups of at most max_batch_size
+    texts that minimise padded tokens plus CALL_OVERHEAD_TOKENS per group: a group runs as one call holding all
+    its texts' windows (`windows[i]` of text i; 1 each when None), padded only to its own widest."""
+    counts = windows or [1] * len(widths)
+    order = sorted(range(len(widths)), key=widths.__getitem__)
+    # before[j]: windows of the shortest j texts, so a group i..j holds before[j] - before[i] windows.
+    before = np.concatenate([[0], np.cumsum([counts[i] for i in order])]).tolist()
     # best[j]: least cost of the shortest j texts; cut[j]: where the last group of that cost starts.
-    best, cut = [0] + [0] * len(order), [0] * (len(order) + 1)
+    best, cut = [0] * (len(order) + 1), [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
-        best[j], cut[j] = min((best[i] + CALL_OVERHEAD_TOKENS + (j - i) * ordered[j - 1], i)
+        width = widths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + CALL_OVERHEAD_TOKENS + (before[j] - before[i]) * width, i)
                               for i in range(max(0, j - max_batch_size), j))
     groups, j = [], len(order)
     while j:
@@ -90,40 +95,28 @@ class ServedModel:
     def __init__(self, classifier: OnnxClassifier, info: ModelInfo):
         self._classifier: OnnxClassifier | None = classifier
         self.info = info
-        self._reading, self._whole = classifier.unpadded_tokenizers()
         self._unk_id = classifier.unknown_token_id()
 
-    def encode(self, texts: list[str]) -> tuple[list[Any], list[int], list[int]]:
-        """(what the model reads per text, whole-text token counts, unknown-token counts).
-
-        A text within the window reads exactly its whole encoding, so only longer texts are encoded a second
-        time, by the truncating tokenizer `tunegate predict` uses (serving.json's long_text rule)."""
-        whole = self._whole.encode_batch(texts)
-        limit = self.info.max_length
-        long = [i for i, e in enumerate(whole) if len(e) > limit]
-        reading = list(whole)
-        for i, e in zip(long, self._reading.encode_batch([texts[i] for i in long]) if long else []):
-            reading[i] = e
-        unk = self._unk_id
-        unknown = [0 if unk is None else e.ids.count(unk) for e in whole]
-        return reading, [len(e) for e in whole], unknown
-
     def score(self, texts: list[str], max_batch_size: int) -> list[TextScore]:
-        """Score texts in input order: tokenised once, grouped by token length, padded per group of at most
-        max_batch_size texts."""
+        """Score texts in input order, read by the folder's long_text rule (as `tunegate predict` reads them):
+        tokenised once, grouped by window width, each group of at most max_batch_size texts one model call
+        holding all their windows, padded to the group's widest."""
         classifier = self._classifier  # a run in progress keeps its session even if close() comes meanwhile
         if classifier is None:
             raise ModelClosed(f"model version {self.info.version} was closed (held past the swap's drain timeout)")
         if not texts:
             return []
-        reading, tokens, unknown = self.encode(texts)
-        probs = np.zeros((len(texts), len(self.info.labels)), dtype=np.float32)
-        for group in length_groups([len(e) for e in reading], max_batch_size):
-            probs[group] = softmax(classifier.logits_of_encodings([reading[i] for i in group]))
+        contents = classifier.content_ids(texts)
+        reading = classifier.read_ids(contents)
+        groups = length_groups(reading.widths(), max_batch_size, reading.window_counts())
+        probs = softmax(classifier.reading_logits(reading, groups))
+        rule, wrapper, unk = classifier.long_text, classifier.wrapper, self._unk_id
         labels = self.info.labels
-        return [TextScore(label=labels[int(row.argmax())], probabilities=[float(p) for p in row], tokens=tokens[i],
-                          read_tokens=len(reading[i]), unknown_tokens=unknown[i])
-                for i, row in enumerate(probs)]
+        return [TextScore(label=labels[int(row.argmax())], probabilities=[float(p) for p in row],
+                          tokens=len(content) + wrapper.specials,
+                          read_tokens=tokens_read(len(content), rule, self.info.max_length, wrapper) + wrapper.specials,
+                          unknown_tokens=0 if unk is None else content.count(unk))
+                for content, row in zip(contents, probs)]
 
     def close(self) -> None:
         """Release the onnxruntime session (after the holder has drained it)."""

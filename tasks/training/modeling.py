@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.core.batching import length_sorted_batches
 from tasks.core.errors import TunegateError
+from tasks.serving.long_text import Wrapper, logits_in_groups, padded, read_texts, text_batches, untruncated
 
 
 class UnsafeWeightsError(TunegateError):
@@ -93,18 +93,25 @@ def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[No
 
 @torch.inference_mode()
 def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int,
-                 device: torch.device) -> np.ndarray:
-    """[n, classes] float32 logits, computed in length-sorted batches, returned in input order."""
+                 device: torch.device, *, long_text: dict[str, Any]) -> np.ndarray:
+    """[n, classes] float32 logits in input order, texts read by the `long_text` rule (tasks.serving.long_text)
+    exactly as the served ONNX model reads them, in the same batches: a model call holds all the windows of up to
+    batch_size texts."""
     model.eval()
-    lengths = [len(t) for t in texts]
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    for idx in length_sorted_batches(lengths, batch_size):
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt").to(device)
+    # The fast (tokenizers) tokenizer, the one the served folder ships; cloned once without its truncation.
+    backend = untruncated(tokenizer.backend_tokenizer)
+    wrapper = Wrapper.of(backend)
+    reading = read_texts(backend, texts, long_text, max_length, wrapper)
+    names = set(tokenizer.model_input_names)
+
+    def run(windows: list[list[int]]) -> np.ndarray:
+        fields = padded(windows, tokenizer.pad_token_id, wrapper.type_id)
+        inputs = {name: torch.from_numpy(value).to(device) for name, value in fields.items() if name in names}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
-            logits = model(**enc).logits
-        out[idx] = logits.float().cpu().numpy()
-    return out
+            logits = model(**inputs).logits
+        return logits.float().cpu().numpy()
+
+    return logits_in_groups(reading, text_batches(reading, texts, batch_size), run, long_text, model.config.num_labels)
 
 
 def quiet_transformers() -> None:

@@ -1,0 +1,181 @@
+"""Long reviews (issue 16): the shipped model's accuracy on whole IMDB reviews the run never saw (in none of the
+prepare splits), scored through `tunegate predict --input`'s code path, beside its accuracy on the Rotten Tomatoes
+rows of the test split through the same path, and texts/s of both (model loading excluded: what a long-running
+predict pays per text).
+
+    python benchmarks/long_reviews.py          # 1000 unseen IMDB reviews, artifacts/gate/release (make bench-long)
+    python benchmarks/long_reviews.py --rows 200 --model artifacts/quantize/onnx --seed 7 --work /tmp/long
+
+Needs a finished pipeline run (artifacts/prepare and the served folder). Prints a table, then one JSON line:
+  {"imdb_unseen_accuracy": ..., "imdb_interval": [low, high], "rt_test_accuracy": ..., "rt_interval": [...],
+   "imdb_texts_per_s": ..., "rt_texts_per_s": ..., "long_text": "window(stride 31, mean_prob)", "rows": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.core.config import PipelineConfig, load_config  # noqa: E402
+from tasks.core.data import load_dataset  # noqa: E402
+from tasks.core.io import write_json  # noqa: E402
+from tasks.core.paths import ArtifactPaths  # noqa: E402
+from tasks.judging.compare import row_keys  # noqa: E402
+from tasks.judging.slices import token_lengths  # noqa: E402
+from tasks.judging.stats import accuracy_interval  # noqa: E402
+from tasks.serving.files import PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
+from tasks.serving.long_text import describe, normalise  # noqa: E402
+from tasks.serving.onnx_model import OnnxClassifier  # noqa: E402
+from tasks.serving.predict import load_served_model  # noqa: E402
+from tasks.serving.stream import predict_file  # noqa: E402
+
+SPLITS = ("train", "dev", "test")
+TEXT, LABEL = "text", "label"  # the columns of the CSVs this writes (and of prepare's splits)
+
+
+def seen_keys(paths: ArtifactPaths) -> set[str]:
+    """Normalised-text keys (the gate's row_keys) of every row in prepare's train, dev and test splits."""
+    return {key for split in SPLITS for key in row_keys(list(pd.read_parquet(paths.split(split))[TEXT]))}
+
+
+def unseen_rows(data: pd.DataFrame, cfg: PipelineConfig, source: str, seen: set[str]) -> pd.DataFrame:
+    """Rows of `source` (data.source_column) whose normalised text is in no split, each text once, as (text, label
+    name): reviews the run neither trained on nor chose anything on."""
+    column = cfg.data.source_column
+    if column is None or column not in data.columns:
+        raise SystemExit(f"the data has no source column (data.source_column: {column!r}): cannot find {source} rows")
+    rows = data[(data[column].astype(str) == source) & data[cfg.data.text_column].map(lambda t: isinstance(t, str))]
+    names = dict(zip(cfg.data.labels, cfg.data.label_names))
+    rows = rows[rows[cfg.data.label_column].isin(list(names))]
+    frame = pd.DataFrame({TEXT: rows[cfg.data.text_column].to_list(),
+                          LABEL: [str(names[v]) for v in rows[cfg.data.label_column]]})
+    keys = pd.Series(row_keys(frame[TEXT].to_list()))
+    keep = ~keys.isin(seen) & ~keys.duplicated()
+    return frame[keep.to_numpy()].reset_index(drop=True)
+
+
+def seeded_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """`rows` rows drawn without replacement (all of them when there are fewer), in a seeded order."""
+    picks = np.random.default_rng(seed).permutation(len(frame))[:rows]
+    return frame.iloc[picks].reset_index(drop=True)
+
+
+def test_rows_of(paths: ArtifactPaths, cfg: PipelineConfig, source: str) -> pd.DataFrame:
+    """The test split's rows of `source` (every row when the split has no source column), as (text, label name)."""
+    test = pd.read_parquet(paths.split("test"))
+    column = cfg.data.source_column
+    if column is not None and column in test.columns:
+        test = test[test[column].astype(str) == source]
+    return pd.DataFrame({TEXT: test[TEXT].to_list(), LABEL: [cfg.data.label_names[i] for i in test[LABEL]]})
+
+
+def score_through_predict(model: OnnxClassifier, frame: pd.DataFrame, work: Path, name: str,
+                          batch_size: int) -> tuple[np.ndarray, float]:
+    """Write `frame` as work/NAME.csv, classify it as `tunegate predict --input` does (stream.predict_file), and
+    return the predicted label names read back from its output, with the seconds predict_file took."""
+    source, target = work / f"{name}.csv", work / f"{name}.predictions.csv"
+    frame.to_csv(source, index=False)
+    start = time.perf_counter()
+    written = predict_file(model, source, target, TEXT, batch_size)
+    seconds = time.perf_counter() - start
+    predicted = pd.read_csv(target, dtype={"predicted_label": str})["predicted_label"].to_numpy()
+    if written != len(frame) or len(predicted) != len(frame):
+        raise SystemExit(f"{name}: predict wrote {written} rows for {len(frame)} texts")
+    return predicted, seconds
+
+
+def figures(frame: pd.DataFrame, predicted: np.ndarray, seconds: float, cfg: PipelineConfig,
+            seed: int) -> dict[str, float | list[float] | int]:
+    """Accuracy with its bootstrap interval (gate.confidence, gate.bootstrap_samples) and texts/s."""
+    correct = predicted.astype(str) == frame[LABEL].astype(str).to_numpy()
+    span = accuracy_interval(correct, cfg.gate.bootstrap_samples, cfg.gate.confidence, seed)
+    return {"accuracy": round(span["value"], 4), "interval": [round(span["low"], 4), round(span["high"], 4)],
+            "texts_per_s": round(len(frame) / seconds, 1), "rows": len(frame)}
+
+
+def length_figures(folder: Path, texts: list[str]) -> dict[str, float | int]:
+    """Whole-text tokens of the long texts (special tokens included) against the model's window."""
+    window = json.loads((folder / SERVING_FILE).read_text())["max_length"]
+    lengths = token_lengths(folder / "tokenizer.json", texts)
+    return {"window_tokens": window, "median_tokens": float(np.median(lengths)),
+            "longer_than_window": round(float((lengths > window).mean()), 4)}
+
+
+def print_table(result: dict) -> None:
+    print(f"model {result['model']} reading long texts by {result['long_text']}; "
+          f"{result['confidence']:.0%} bootstrap intervals; {result['batch_size']} texts a model call")
+    lines = [(f"{result['sources']['long']} unseen (median {result['imdb_median_tokens']:.0f} tokens)", "imdb",
+              result["imdb_unseen_accuracy"]), (f"{result['sources']['short']} test split", "rt",
+                                                result["rt_test_accuracy"])]
+    print(f"{'texts':<36}{'rows':>7}{'accuracy':>10}{'interval':>20}{'texts/s':>10}")
+    for label, key, accuracy in lines:
+        low, high = result[f"{key}_interval"]
+        print(f"{label:<36}{result['rows'][key]:>7}{accuracy:>10.4f}{f'[{low:.4f}, {high:.4f}]':>20}"
+              f"{result[f'{key}_texts_per_s']:>10.1f}")
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    paths = ArtifactPaths(Path(args.project).resolve())
+    cfg = load_config(Path(args.params) if args.params else paths.root / "params.yaml")
+    seed = cfg.seed if args.seed is None else args.seed
+    folder = Path(args.model) if args.model else paths.stage_dir("gate") / "release"
+    pool = unseen_rows(load_dataset(paths.root, cfg.data), cfg, args.source, seen_keys(paths))
+    if pool.empty:
+        raise SystemExit(f"no {args.source} rows of {cfg.data.path} are outside the prepare splits")
+    long_rows = seeded_sample(pool, args.rows, seed)
+    short_rows = test_rows_of(paths, cfg, args.short_source)
+    model = load_served_model(folder)
+    long_pred, long_s = score_through_predict(model, long_rows, work, args.source, args.batch_size)
+    short_pred, short_s = score_through_predict(model, short_rows, work, f"{args.short_source}_test", args.batch_size)
+    long_fig = figures(long_rows, long_pred, long_s, cfg, seed)
+    short_fig = figures(short_rows, short_pred, short_s, cfg, seed)
+    lengths = length_figures(folder, long_rows[TEXT].to_list())
+    return {"imdb_unseen_accuracy": long_fig["accuracy"], "imdb_interval": long_fig["interval"],
+            "rt_test_accuracy": short_fig["accuracy"], "rt_interval": short_fig["interval"],
+            "imdb_texts_per_s": long_fig["texts_per_s"], "rt_texts_per_s": short_fig["texts_per_s"],
+            "long_text": describe(normalise(model.long_text)),
+            "rows": {"imdb": long_fig["rows"], "rt": short_fig["rows"], "imdb_unseen_pool": len(pool)},
+            "imdb_median_tokens": lengths["median_tokens"], "imdb_longer_than_window": lengths["longer_than_window"],
+            "window_tokens": lengths["window_tokens"], "sources": {"long": args.source, "short": args.short_source},
+            "model": str(folder), "seed": seed, "batch_size": args.batch_size, "confidence": cfg.gate.confidence}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=".", help="project root with a finished pipeline run")
+    parser.add_argument("--params", help="params.yaml to read (default: PROJECT/params.yaml)")
+    parser.add_argument("--rows", type=int, default=1000, help="unseen long reviews scored (default %(default)s)")
+    parser.add_argument("--model", help="served folder (default: the project's artifacts/gate/release)")
+    parser.add_argument("--seed", type=int, help="seed of the sample and the intervals (default: params.yaml seed)")
+    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="texts per model call, as predict's")
+    parser.add_argument("--source", default="imdb", help="the data's source of long reviews (data.source_column)")
+    parser.add_argument("--short-source", default="rotten_tomatoes", help="the test split's source of short texts")
+    parser.add_argument("--work", help="keep the input and prediction CSVs in this folder (default: a temporary one)")
+    parser.add_argument("--out", default="benchmarks/results/long_reviews.json", help="where to keep the JSON")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tunegate-long-reviews-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = measure(args, work)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(result)
+    write_json(Path(args.out), result)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
