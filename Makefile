@@ -74,7 +74,7 @@ test: setup  ## set up, then run the whole test suite (offline, tiny models); wh
 test-fast: setup  ## the quick loop: every test but the end-to-end ones (marked e2e)
 	$(BIN)/python -m pytest -m "not e2e"
 
-bench: setup  ## side-by-side inference benchmark, texts/s per long-text reading rule (needs a finished `make run`)
+bench: setup  ## inference benchmark: teacher + student, PyTorch vs onnxruntime FP32/INT8; reading rules; real workload vs an HF pipeline (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py
 
 bench-long: setup  ## long reviews: accuracy on 1,000 unseen IMDB reviews + RT test rows through predict, texts/s (ARGS=--rows 200)

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
 from tasks.core.data import load_dataset  # noqa: E402
-from tasks.core.io import write_json  # noqa: E402
+from tasks.core.io import read_json, write_json  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
+from tasks.distill import TRANSFER_ROWS_FILE  # noqa: E402
 from tasks.judging.compare import row_keys  # noqa: E402
 from tasks.judging.slices import token_lengths  # noqa: E402
 from tasks.judging.stats import accuracy_interval  # noqa: E402
@@ -44,8 +45,11 @@ TEXT, LABEL = "text", "label"  # the columns of the CSVs this writes (and of pre
 
 
 def seen_keys(paths: ArtifactPaths) -> set[str]:
-    """Normalised-text keys (the gate's row_keys) of every row in prepare's train, dev and test splits."""
-    return {key for split in SPLITS for key in row_keys(list(pd.read_parquet(paths.split(split))[TEXT]))}
+    """Normalised-text keys (the gate's row_keys) of every row in prepare's train, dev and test splits, and of the
+    source rows distill read as unlabelled transfer texts: none of them is evaluated on."""
+    split_keys = {key for split in SPLITS for key in row_keys(list(pd.read_parquet(paths.split(split))[TEXT]))}
+    transfer = paths.stage_dir("distill") / TRANSFER_ROWS_FILE
+    return split_keys | (set(read_json(transfer)["rows"]) if transfer.is_file() else set())
 
 
 def unseen_rows(data: pd.DataFrame, cfg: PipelineConfig, source: str, seen: set[str]) -> pd.DataFrame:

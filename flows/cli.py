@@ -466,9 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[overrides],
                          help="run the whole pipeline as the Prefect flow training_pipeline",
-                         description="Run validate -> prepare -> train -> evaluate -> export -> quantize -> gate. "
-                                     "Stages DVC reports up to date are skipped; stages that run are recorded in "
-                                     "dvc.lock, so a later `dvc repro` has nothing to do. Uses PREFECT_API_URL when "
+                         description="Run validate -> prepare -> train -> distill -> evaluate -> export -> quantize "
+                                     "-> gate. Stages DVC reports up to date are skipped; stages that run are recorded "
+                                     "in dvc.lock, so a later `dvc repro` has nothing to do. Uses PREFECT_API_URL when "
                                      "set, else an ephemeral Prefect server. Exits 0 when the pipeline completes, whatever "
                                      "the gate decided (PROMOTE, REJECT or INCONCLUSIVE: artifacts/gate/decision.json "
                                      "and report.md); judge against an earlier model with "

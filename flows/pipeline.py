@@ -128,7 +128,7 @@ def publish_report(stage: str, paths: ArtifactPaths, failure: BaseException | No
 
 @flow(name="training_pipeline")
 def training_pipeline(overrides: list[str] | None = None, project: str = ".") -> list[StageOutcome]:
-    """validate -> prepare -> train -> evaluate -> export -> quantize -> gate, on the project at `project`.
+    """validate -> prepare -> train -> distill -> evaluate -> export -> quantize -> gate, on the project at `project`.
 
     `overrides` are `section.key=value` strings written into params.yaml first, as `dvc exp run -S` does.
     Holds the workspace lock throughout: another run, `tunegate stage` or `dvc repro` here fails clearly.

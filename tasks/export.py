@@ -11,7 +11,7 @@ import torch
 
 from tasks.core.config import ExportConfig, PipelineConfig
 from tasks.core.errors import TunegateError
-from tasks.core.io import staged_dir, write_json
+from tasks.core.io import read_json, staged_dir, write_json
 from tasks.training.modeling import load_classifier, torch_logits
 from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
 from tasks.serving.long_text import normalise
@@ -163,31 +163,55 @@ def check_parity(name: str, report: dict[str, float], atol: float) -> None:
 
 @stage_task("export")
 def export(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Export the trained model to ONNX, optimise it offline and prove both match PyTorch on test texts."""
-    # Eager attention traces to the plain MatMul/Softmax pattern onnxruntime fuses into Attention.
-    model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"), attn_implementation="eager")
+    """Export the trained model, and the distilled student when there is one, to ONNX, optimise them offline and
+    prove every graph matches its own PyTorch model on test texts."""
     texts = list(pd.read_parquet(paths.split("test"))["text"][: cfg.export.parity_rows])
-    long_text = chosen_long_text(paths)
+    long_text = chosen_long_text(paths)  # the student is served by the teacher's rule: one reading per run
+    with staged_dir(paths.stage_dir("export")) as out:
+        report: dict[str, Any] = {"rows": len(texts), "atol": cfg.export.parity_atol, "opset": cfg.export.opset,
+                                  **export_model(paths.model_dir, out / paths.onnx_dir.name, texts, long_text, cfg)}
+        if paths.student_dir.is_dir():
+            report["student"] = export_model(paths.student_dir, out / paths.student_onnx_dir.name, texts, long_text,
+                                             cfg)
+        else:
+            report["student"] = {"skipped": student_absence(paths)}
+        write_json(out / "parity.json", report)
+        exported = [report, *([report["student"]] if "models" in report["student"] else [])]
+        worst = max(m["max_abs_diff"] for record in exported for m in record["models"].values())
+        key = (f"max |Δlogit| {worst:.2e} on {len(texts)} test rows, "
+               f"{len(report['optimisation']['fused_operators'])} fusion kinds, "
+               f"{'student exported too' if len(exported) == 2 else 'no student'}")
+        return write_result(out, StageResult(stage="export", key_figure=key, max_abs_diff=worst))
+
+
+def export_model(model_dir: Path, onnx_dir: Path, texts: list[str], long_text: dict[str, Any],
+                 cfg: PipelineConfig) -> dict[str, Any]:
+    """Export one fine-tuned model folder into `onnx_dir` (raw, optimised and, for export.target cuda, FP16 graphs)
+    and check each against that model's PyTorch logits (ExportParityError); returns its parity record."""
+    # Eager attention traces to the plain MatMul/Softmax pattern onnxruntime fuses into Attention.
+    model, tokenizer = load_classifier(model_dir, torch.device("cpu"), attn_implementation="eager")
     # Parity under the shipped reading: the ONNX models read serving.json's rule, PyTorch reads the same.
     reference = torch_logits(model, tokenizer, texts, cfg.train.max_length, cfg.evaluate.batch_size,
                              torch.device("cpu"), long_text=long_text)
-    with staged_dir(paths.stage_dir("export")) as out:
-        onnx_dir = out / paths.onnx_dir.name
-        raw = export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export, long_text)
-        external = uses_external_data(raw, cfg.export.external_data_mb)
-        report: dict[str, Any] = {"rows": len(texts), "atol": cfg.export.parity_atol, "opset": cfg.export.opset,
-                                  "external_data": external, "models": {}}
-        report["optimisation"] = optimise_onnx(raw, onnx_dir / OPTIMIZED_FILE, model.config, external)
-        report["models"] = fp32_parity(onnx_dir, texts, reference, cfg)
-        write_serving_config(onnx_dir, tokenizer, model.config, cfg.train.max_length, long_text, OPTIMIZED_FILE,
-                             providers_for(cfg.export.target))
-        if cfg.export.target == "cuda":
-            convert_fp16(onnx_dir / OPTIMIZED_FILE, onnx_dir / FP16_FILE, external)
-            report["fp16"] = fp16_parity(onnx_dir, texts, reference, cfg)
-        write_json(out / "parity.json", report)
-        worst = max(m["max_abs_diff"] for m in report["models"].values())
-        key = f"max |Δlogit| {worst:.2e} on {len(texts)} test rows, {len(report['optimisation']['fused_operators'])} fusion kinds"
-        return write_result(out, StageResult(stage="export", key_figure=key, max_abs_diff=worst))
+    raw = export_onnx(model, tokenizer, onnx_dir, cfg.train.max_length, cfg.export, long_text)
+    external = uses_external_data(raw, cfg.export.external_data_mb)
+    report: dict[str, Any] = {"external_data": external,
+                              "optimisation": optimise_onnx(raw, onnx_dir / OPTIMIZED_FILE, model.config, external),
+                              "models": fp32_parity(onnx_dir, texts, reference, cfg)}
+    write_serving_config(onnx_dir, tokenizer, model.config, cfg.train.max_length, long_text, OPTIMIZED_FILE,
+                         providers_for(cfg.export.target))
+    if cfg.export.target == "cuda":
+        convert_fp16(onnx_dir / OPTIMIZED_FILE, onnx_dir / FP16_FILE, external)
+        report["fp16"] = fp16_parity(onnx_dir, texts, reference, cfg)
+    return report
+
+
+def student_absence(paths: ArtifactPaths) -> str:
+    """Why there is no student to export: distill turned off, or no distill output at all."""
+    record = paths.stage_dir("distill") / "distill.json"
+    if record.is_file() and read_json(record).get("enabled") is False:
+        return "distill.enabled is false: no student was built"
+    return f"no student folder at {paths.student_dir.relative_to(paths.root)} (the distill stage wrote none)"
 
 
 def fp32_parity(onnx_dir: Path, texts: list[str], reference: np.ndarray, cfg: PipelineConfig) -> dict[str, Any]:

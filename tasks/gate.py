@@ -134,6 +134,14 @@ def reading_record(model: OnnxClassifier, lengths: np.ndarray) -> dict[str, Any]
             "longer_rows": int((lengths > window).sum())}
 
 
+def quantize_candidates(quantized: dict[str, Any]) -> dict[str, Any]:
+    """What quantize chose among (quantization.json): every candidate's dev figures, the models skipped and why."""
+    return {"split": quantized["split"], "rows": quantized["rows"], "fp32_accuracy": quantized["fp32_accuracy"],
+            "thresholds": quantized["thresholds"], "chosen_model": quantized["chosen_model"],
+            "chosen": quantized["chosen"], "candidates": quantized["rungs"],
+            "skipped": {name: record["skipped"] for name, record in quantized["models"].items() if "skipped" in record}}
+
+
 def write_release(out: Path, shipped: Path, keys: list[str], release: dict[str, Any]) -> None:
     """artifacts/gate/release: the served folder as judged, its test row keys and the release record."""
     folder = out / "release"
@@ -173,8 +181,9 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     keys = row_keys(texts)
     comparison = compare_with_champion(champion, test, keys, predicted, cfg) if champion else None
     shipped = paths.int8_dir / MODEL_FILE
-    candidate = {"model": str(shipped.relative_to(paths.root)),
-                 "precision": read_json(paths.quantization_report)["chosen"], "sha256": file_sha256(shipped),
+    quantized = read_json(paths.quantization_report)
+    candidate = {"model": quantized["chosen_model"], "file": str(shipped.relative_to(paths.root)),
+                 "precision": quantized["chosen"], "sha256": file_sha256(shipped),
                  # The run's fingerprint, not a git SHA: the commit holding dvc.lock is made after the run, so a
                  # SHA here would differ between the reference run and every clone that repeats it.
                  "train_run": read_json(paths.train_stamp)["run_fingerprint"]}
@@ -182,7 +191,8 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 "reference": {"pytorch": {k: read_json(paths.metrics)[k] for k in ("accuracy", "macro_f1")},
                               "quantization": quantization, "batching": batching},
                 "slices": slices, "long_text": reading_record(model, lengths), "comparison": comparison,
-                "first_run": g.first_run if champion is None else None, "candidate": candidate}
+                "first_run": g.first_run if champion is None else None, "candidate": candidate,
+                "quantize": quantize_candidates(quantized)}
     with staged_dir(paths.stage_dir("gate")) as out:
         write_json(out / "decision.json", decision)
         write_text(out / "report.md", render_report(decision, g))

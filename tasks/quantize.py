@@ -1,9 +1,11 @@
-"""quantize: climb the quantization ladder and keep the fastest rung that holds accuracy."""
+"""quantize: climb the quantization ladder of each model (the distilled student, then the teacher) and ship the
+first candidate that holds the teacher FP32's accuracy."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +114,17 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
 TIMINGS = ("latency_ms_b1",)  # rung record fields measured with a clock
 
 
+def timing_key(record: dict[str, Any]) -> str:
+    """How a candidate's timings are keyed in the run record: "model:rung" (e.g. "student:dynamic_per_tensor")."""
+    return f"{record['model']}:{record['rung']}"
+
+
 def split_timings(rungs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Rung records without their timings (for quantization.json, DVC-tracked), and the timings by rung
-    (for the run record): a rerun on the same model must write the same quantization.json."""
+    """Rung records without their timings (for quantization.json, DVC-tracked), and the timings by "model:rung"
+    (for the run record): a rerun on the same models must write the same quantization.json."""
     kept = [{k: v for k, v in rung.items() if k not in TIMINGS} for rung in rungs]
-    timings = {rung["rung"]: {k: rung[k] for k in TIMINGS if k in rung} for rung in rungs}
-    return kept, {rung: figures for rung, figures in timings.items() if figures}
+    timings = {timing_key(rung): {k: rung[k] for k in TIMINGS if k in rung} for rung in rungs}
+    return kept, {key: figures for key, figures in timings.items() if figures}
 
 
 def judging_rows(dev: pd.DataFrame, calibration_rows: int) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -134,19 +141,33 @@ def judging_rows(dev: pd.DataFrame, calibration_rows: int) -> tuple[pd.DataFrame
                                         "calibration_rows_excluded": False}
 
 
-def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, fp32_pred: np.ndarray, fp32_accuracy: float,
-                 labels: list[str], cfg: QuantizeConfig) -> dict[str, Any]:
-    """Accuracy on the judging (dev) rows, paired drop vs FP32 with its standard error, agreement with FP32,
-    median batch-1 latency; and whether it passes."""
+@dataclass(frozen=True)
+class Reference:
+    """The teacher FP32's predictions on the judging rows: every candidate of every model is judged against them."""
+
+    predicted: np.ndarray  # [rows] class ids
+    accuracy: float
+
+
+def teacher_reference(teacher_dir: Path, rows: pd.DataFrame, labels: list[str], batch_size: int) -> Reference:
+    """The exported teacher's (FP32, optimised graph) predictions and accuracy on `rows`, scored on CPU."""
+    probs = softmax(OnnxClassifier(teacher_dir, target=SERVING_TARGET).logits(list(rows["text"]), batch_size))
+    return Reference(probs.argmax(axis=1), classification_metrics(rows["label"].to_numpy(), probs, labels)["accuracy"])
+
+
+def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
+                 cfg: QuantizeConfig) -> dict[str, Any]:
+    """Accuracy on the judging (dev) rows, paired drop vs the teacher FP32 with its standard error, agreement with
+    it, median batch-1 latency; and whether it passes."""
     texts, truth = list(rows["text"]), rows["label"].to_numpy()
     probs = softmax(model.logits(texts, cfg.batch_size))
     predicted = probs.argmax(axis=1)
     accuracy = classification_metrics(truth, probs, labels)["accuracy"]
     figures = {
         "accuracy": accuracy,
-        "accuracy_drop": fp32_accuracy - accuracy,
-        "accuracy_drop_se": paired_accuracy_se(fp32_pred == truth, predicted == truth),
-        "agreement": float((predicted == fp32_pred).mean()),
+        "accuracy_drop": reference.accuracy - accuracy,
+        "accuracy_drop_se": paired_accuracy_se(reference.predicted == truth, predicted == truth),
+        "agreement": float((predicted == reference.predicted).mean()),
         "latency_ms_b1": float(np.median(batch1_latencies_ms(model, texts[: cfg.latency_rows]))),
     }
     figures["passed"] = bool(figures["accuracy_drop"] <= cfg.max_accuracy_drop
@@ -154,74 +175,139 @@ def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, fp32_pred: np.ndarra
     return figures
 
 
-def climb_ladder(fp32_dir: Path, work: Path, rows: pd.DataFrame, calibration: list[str], labels: list[str],
-                 cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str]:
-    """Try rungs in order until one passes on `rows` (dev rows, never test); returns every rung tried and the
-    chosen model file in `work`.
+def model_rungs(model: str, ladder: list[str]) -> list[str]:
+    """The rungs `model` climbs: the teacher the whole ladder; the student every rung but fp32 (a student FP32 is
+    no faster than the teacher INT8 that follows it: params.yaml, quantize.models), unless fp32 is all there is."""
+    if model == "teacher" or list(ladder) == ["fp32"]:
+        return list(ladder)
+    return [rung for rung in ladder if rung != "fp32"]
 
-    Each record holds what the model decides (accuracy, agreement, size) and `latency_ms_b1`, a timing
+
+def weight_count(model_path: Path) -> int:
+    """Weights of an FP32 ONNX graph: the elements of its float initializers (the model's parameter count)."""
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    graph = onnx.load(str(model_path), load_external_data=False).graph  # shapes only: the weights stay on disk
+    return int(sum(np.prod(init.dims, dtype=np.int64) for init in graph.initializer if init.data_type in floats))
+
+
+def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, calibration: list[str],
+                 labels: list[str], cfg: QuantizeConfig,
+                 reference: Reference) -> tuple[list[dict[str, Any]], str | None]:
+    """Try `model`'s rungs in order until one passes against the teacher FP32 `reference` on `rows` (dev rows,
+    never test); returns every rung tried and the passing model file in `work`, or None when none passed.
+
+    Each record holds what the model decides (accuracy, agreement, size, weights) and `latency_ms_b1`, a timing
     that differs run to run: split_timings takes it out before the record is written to a tracked file.
     """
     fp32 = OnnxClassifier(fp32_dir, target=SERVING_TARGET)
-    # The tokenizer and serving files, so each candidate in `work` loads like a served folder.
+    # The tokenizer, config and serving files, so each candidate in `work` loads like a served folder.
     shutil.copytree(fp32_dir, work, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"), dirs_exist_ok=True)
-    fp32_probs = softmax(fp32.logits(list(rows["text"]), cfg.batch_size))
-    fp32_accuracy = classification_metrics(rows["label"].to_numpy(), fp32_probs, labels)["accuracy"]
+    weights = weight_count(fp32_dir / MODEL_FILE)
     tried = []
-    for rung in cfg.ladder:
+    for rung in model_rungs(model, cfg.ladder):
         target = work / f"{rung}.onnx"
-        record: dict[str, Any] = {"rung": rung}
+        record: dict[str, Any] = {"model": model, "rung": rung}
         try:
             record.update(build_rung(rung, fp32_dir / fp32.model_file, fp32_dir / MODEL_FILE, target, calibration, cfg))
         except Exception as exc:  # noqa: BLE001 - a rung that cannot be built is a failed rung, recorded
             tried.append({**record, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
         candidate = OnnxClassifier(work, model_file=target.name, target=SERVING_TARGET)
-        record.update(measure_rung(candidate, rows, fp32_probs.argmax(axis=1), fp32_accuracy, labels, cfg))
-        record["mb"] = model_mb(target)
+        record.update(measure_rung(candidate, rows, reference, labels, cfg))
+        record.update(mb=model_mb(target), params=weights)
         tried.append(record)
         if record["passed"]:
             return tried, target.name
-    raise RuntimeError(f"no rung of {list(cfg.ladder)} passed (the configured ladder must end with fp32): {tried}")
+    return tried, None
+
+
+def climb_ladders(fp32_dirs: dict[str, Path], work: Path, rows: pd.DataFrame, calibration: list[str],
+                  labels: list[str], cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str, str]:
+    """Climb each model's ladder in quantize.models order (fp32_dirs: the exported models there are; the teacher
+    always), every rung judged against the teacher FP32; returns every rung tried, the first passing one's model
+    and its file in work/<model>/."""
+    reference = teacher_reference(fp32_dirs["teacher"], rows, labels, cfg.batch_size)
+    tried: list[dict[str, Any]] = []
+    for model in cfg.models:
+        if model not in fp32_dirs:
+            continue
+        rungs, chosen = climb_ladder(model, fp32_dirs[model], work / model, rows, calibration, labels, cfg, reference)
+        tried += rungs
+        if chosen is not None:
+            return tried, model, chosen
+    raise RuntimeError(f"no rung of {list(cfg.ladder)} passed for {list(fp32_dirs)} (quantize.models must end with "
+                       f"teacher and the ladder with fp32): {tried}")
+
+
+def model_records(cfg: QuantizeConfig, paths: ArtifactPaths) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """The exported FP32 folder of each model of quantize.models, and per model its weights and FP32 size, or why
+    it is skipped (a student that export did not write: distill turned off)."""
+    folders = {"teacher": paths.onnx_dir, "student": paths.student_onnx_dir}
+    found, records = {}, {}
+    for model in cfg.models:
+        folder = folders[model]
+        if model == "teacher" or (folder / SERVING_FILE).is_file():  # the teacher must be there: no skip
+            found[model] = folder
+            records[model] = {"params": weight_count(folder / MODEL_FILE),
+                              "fp32_mb": model_mb(folder / read_json(folder / SERVING_FILE)["model_file"])}
+        else:
+            records[model] = {"skipped": export_skip_reason(paths, model)}
+    return found, records
+
+
+def export_skip_reason(paths: ArtifactPaths, model: str) -> str:
+    """Why export wrote no folder for `model` (its parity.json says, for a student), else where it looked."""
+    parity = paths.stage_dir("export") / "parity.json"
+    reason = read_json(parity).get(model, {}).get("skipped") if parity.is_file() else None
+    return reason or f"no exported {model} in {paths.stage_dir('export').relative_to(paths.root)}"
 
 
 @stage_task("quantize")
 def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Keep the first (fastest) ladder rung within the accuracy-drop and agreement limits on dev; record all tried.
+    """Ship the first candidate (each model of quantize.models in order, smallest first, climbing the ladder)
+    within the accuracy-drop and agreement limits against the teacher FP32 on dev; record every one tried.
 
     Reads the dev split only: the test split is kept for the gate's verdict, so no choice is made on it.
     """
     dev = pd.read_parquet(paths.split("dev"))
     calibration = list(dev["text"][: cfg.quantize.calibration_rows])
     rows, judged_on = judging_rows(dev, cfg.quantize.calibration_rows)
+    fp32_dirs, models = model_records(cfg.quantize, paths)
     with staged_dir(paths.stage_dir("quantize")) as out, tempfile.TemporaryDirectory(dir=out) as work_dir:
         work = Path(work_dir)
-        tried, chosen_file = climb_ladder(paths.onnx_dir, work, rows, calibration, cfg.data.label_names, cfg.quantize)
+        tried, chosen_model, chosen_file = climb_ladders(fp32_dirs, work, rows, calibration, cfg.data.label_names,
+                                                         cfg.quantize)
         int8_dir = out / paths.int8_dir.name
-        shutil.copytree(work, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
-        copy_model(work / chosen_file, int8_dir / MODEL_FILE)
+        # The chosen model's tokenizer, config.json and serving.json (the student's when the student ships).
+        shutil.copytree(work / chosen_model, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
+        copy_model(work / chosen_model / chosen_file, int8_dir / MODEL_FILE)
         serving = read_json(int8_dir / SERVING_FILE)
         write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE, "providers": [CPU]})
         chosen = tried[-1]
         rungs, timings = split_timings(tried)
-        fp32_mb = model_mb(paths.onnx_dir / read_json(paths.onnx_dir / SERVING_FILE)["model_file"])
         report = {
             "chosen": chosen["rung"],
+            "chosen_model": chosen_model,
             **judged_on,  # split "dev", its rows judged (all figures below are on them)
             "accuracy": chosen["accuracy"],
-            "fp32_accuracy": chosen["accuracy"] + chosen["accuracy_drop"],
+            "fp32_accuracy": chosen["accuracy"] + chosen["accuracy_drop"],  # the teacher FP32's
             "accuracy_drop": chosen["accuracy_drop"],
             "accuracy_drop_se": chosen["accuracy_drop_se"],
             "agreement": chosen["agreement"],
-            "size_ratio": round(chosen["mb"] / fp32_mb, 4),
+            "size_ratio": round(chosen["mb"] / models["teacher"]["fp32_mb"], 4),  # of the teacher FP32
+            "params_ratio": round(chosen["params"] / models["teacher"]["params"], 4),
             "thresholds": {"max_accuracy_drop": cfg.quantize.max_accuracy_drop,
                            "min_agreement": cfg.quantize.min_agreement},
-            "rungs": rungs,
+            "models": models,
+            "rungs": rungs,  # every candidate tried, in order: model, rung, dev figures, size, weights, passed
         }
         write_json(out / "quantization.json", report)
-        key = (f"{chosen['rung']}: dev acc {chosen['accuracy']:.4f}, drop {chosen['accuracy_drop']:+.4f} "
-               f"(SE {chosen['accuracy_drop_se']:.4f}) on {judged_on['rows']} rows, "
-               f"{report['size_ratio']:.2f}x FP32 size, {len(tried)} rung(s) tried")
-        result = write_result(out, StageResult(stage="quantize", key_figure=key, chosen=chosen["rung"]))
-    write_run_record(paths, "quantize", {"chosen": chosen["rung"], "timings": timings})
+        key = (f"{chosen_model} {chosen['rung']}: dev acc {chosen['accuracy']:.4f}, "
+               f"drop {chosen['accuracy_drop']:+.4f} (SE {chosen['accuracy_drop_se']:.4f}) vs teacher FP32 on {judged_on['rows']} rows, "
+               f"{report['size_ratio']:.2f}x its size, {len(tried)} candidate(s) tried")
+        result = write_result(out, StageResult(stage="quantize", key_figure=key, chosen=chosen["rung"],
+                                               chosen_model=chosen_model))
+    write_run_record(paths, "quantize", {"chosen": chosen["rung"], "chosen_model": chosen_model, "timings": timings})
     return result

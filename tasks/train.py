@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tasks.core.batching import length_sorted_batches
+from tasks.training.engine import adamw_with_warmup, save_tokenizer, seed_everything, tokens_logits
 from tasks.training.checkpoint import (load_latest, remove_runs, restore_rng_states, rng_states, run_fingerprint,
                                        save_checkpoint)
 from tasks.core.config import PipelineConfig, TrainConfig
@@ -79,14 +79,6 @@ class TrainOutcome:
     train_rows: dict[str, int] = field(default_factory=dict)
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_model(base: str, label_names: list[str], seed: int) -> tuple[Any, Any]:
     """Pretrained encoder with a fresh, seeded classification head for our labels."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -139,32 +131,7 @@ def main_process_value(accelerator: Any, value: Any) -> Any:
 
 def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int, device: torch.device) -> tuple[Any, Any]:
     """AdamW over trainable weights (no decay on biases and LayerNorm), linear warm-up then decay to zero."""
-    from transformers import get_linear_schedule_with_warmup
-
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    # One fused kernel per step instead of a loop over tensors (CUDA; CPU too since torch 2.4).
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
-        fused=device.type in ("cuda", "cpu"),
-    )
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-@torch.inference_mode()
-def tokens_logits(model: Any, tokens: TokenizedTexts, batch_size: int, device: torch.device) -> np.ndarray:
-    """[n, classes] float32 logits of pre-tokenised texts, in length-sorted batches, returned in input order."""
-    model.eval()
-    out = np.zeros((len(tokens), model.config.num_labels), dtype=np.float32)
-    for idx in length_sorted_batches(tokens.lengths, batch_size):
-        batch = {k: v.to(device) for k, v in tokens.batch(idx).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device)):
-            out[idx] = model(**batch).logits.float().cpu().numpy()
-    return out
+    return adamw_with_warmup(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, total_steps, device)
 
 
 def evaluate_dev(model: Any, tokens: TokenizedTexts, labels: np.ndarray, cfg: TrainConfig, label_names: list[str],
@@ -452,13 +419,7 @@ def train(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     if main:
         with staged_dir(paths.stage_dir("train")) as out:
             model.save_pretrained(out / "model")
-            # A call with truncation/padding leaves that state in a fast tokenizer, and save_pretrained
-            # writes it to tokenizer.json: clear it, or the saved folder depends on whether the token
-            # cache was hit (no call) or not.
-            if (backend := getattr(tokenizer, "backend_tokenizer", None)) is not None:
-                backend.no_truncation()
-                backend.no_padding()
-            tokenizer.save_pretrained(out / "model")
+            save_tokenizer(tokenizer, out / "model")
             write_json(out / "history.json", outcome.history)
             write_long_text(out, long_text)
             copy_curves(live, out / paths.train_live.name)

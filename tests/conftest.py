@@ -87,6 +87,9 @@ def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv", long
     raw["prepare"].update(min_rows_per_class=5, max_truncated_share=0.5)  # 32 tokens (below): with train windows off, a third is cut
     raw["train"].update(base_model=str(model_dir), max_length=32, batch_size=16, eval_batch_size=64,
                         epochs=1, learning_rate=5.0e-4)
+    # The tiny teacher has 2 layers: the student keeps one, half its FFN, distilled for one short epoch.
+    raw["distill"].update(keep_layers=[1], importance_rows=64, epochs=1, learning_rate=5.0e-4, batch_size=16,
+                          transfer={**raw["distill"]["transfer"], "rows": 20, "max_texts": 64})
     raw["export"]["parity_rows"] = 32
     # A random tiny model sits near 50% accuracy: quantization may flip many of its coin tosses,
     # so the first rung is accepted whatever it does (tests force rungs to fail explicitly).
@@ -242,6 +245,7 @@ def registry_project(make_project, tiny_model_dir, tmp_path):
     params["gate"].update(LENIENT_GATE)
     params["train"].update(epochs=6, learning_rate=1.0e-3)  # 400 rows: accuracy 1.0; 100 rows: 0.5 (chance)
     params["quantize"]["ladder"] = ["fp32"]
+    params["quantize"]["models"] = ["teacher"]  # these scenarios are about the registry, not compression
     params["prepare"]["max_train_rows"] = 400
     root = make_project(frame=keyword_reviews(1000), params=params, name="registry-project")
     run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root)

@@ -95,23 +95,67 @@ def test_train_vs_trainer_benchmark_smoke_run_prints_its_json(tiny_project, tiny
     assert result["epochs"] == 1 and result["rounds"] == 1 and result["base_model"] == str(tiny_model_dir)
 
 
+def extra_imdb_rows(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """`rows` IMDB rows of the packaged data that `frame` lacks (the tiny run's splits hold every IMDB row it has)."""
+    from tasks.core.data import default_data_source
+
+    full = pd.read_csv(default_data_source())
+    imdb = full[(full["source"] == "imdb") & ~full["text"].isin(frame["text"])]
+    return imdb.groupby("label").head(rows // 2)
+
+
+def finished_project(root: Path, tmp_path: Path, extra_imdb: int) -> Path:
+    """A finished run's artifacts (linked) and its data plus `extra_imdb` IMDB reviews no stage saw (the tiny run
+    puts every IMDB row of its data into a split)."""
+    project = tmp_path / "finished"
+    project.mkdir()
+    (project / "artifacts").symlink_to(root / "artifacts")
+    (project / "data").mkdir()
+    data = pd.read_csv(root / "data" / "movie_reviews.csv")
+    pd.concat([data, extra_imdb_rows(data, extra_imdb)]).to_csv(project / "data" / "movie_reviews.csv", index=False)
+    return project
+
+
 @pytest.mark.e2e
-def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_pipeline, tiny_project, tmp_path):
+def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_pipeline, tiny_project, tmp_path,
+                                                                         monkeypatch):
     cfg, paths = staged_pipeline
+    # The finished run's artifacts, and its data plus 8 IMDB reviews no stage saw: the real workload's long part.
+    project = finished_project(paths.root, tmp_path, extra_imdb=8)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the HF pipeline loads the local folder: nothing may be downloaded
     out = tmp_path / "inference.json"
-    result = run_benchmark("inference.py", "--project", str(paths.root), "--params", str(tiny_project / "params.yaml"),
+    result = run_benchmark("inference.py", "--project", str(project), "--params", str(tiny_project / "params.yaml"),
                            "--runs-b1", "2", "--runs-b32", "2", "--rounds", "1", "--long-texts", "6",
-                           "--short-texts", "8", "--reading-rounds", "1", "--out", str(out), cwd=tmp_path)
+                           "--short-texts", "8", "--reading-rounds", "1", "--workload-imdb", "6",
+                           "--workload-rounds", "1", "--out", str(out), cwd=tmp_path)
     assert json.loads(out.read_text()) == result
-    assert set(result["contenders"]) == {"pytorch_eager_fp32", "onnxruntime_fp32", "onnxruntime_optimized_fp32",
-                                         "onnxruntime_int8"}
     quantized = json.loads(paths.quantization_report.read_text())
-    # The benchmark scores the shipped INT8 model on the test split, as the gate does (batches may differ: one row).
-    assert result["int8_rung"] == quantized["chosen"]
-    shipped = json.loads(paths.decision.read_text())["metrics"]
-    assert result["contenders"]["onnxruntime_int8"]["accuracy"] == pytest.approx(shipped["accuracy"]["value"],
-                                                                                 abs=1.01 / shipped["rows"])
+    shipped_model = quantized.get("chosen_model", "teacher")
+    student = (paths.student_dir / "config.json").is_file()
+    assert result["student"]["present"] is student and result["shipped"] == {"model": shipped_model,
+                                                                             "rung": quantized["chosen"]}
+    teacher = {"pytorch_eager_fp32", "onnxruntime_fp32", "onnxruntime_optimized_fp32", "onnxruntime_int8"}
+    students = {"student_pytorch_eager_fp32", "student_onnxruntime_fp32", "student_onnxruntime_int8"}
+    assert set(result["contenders"]) == teacher | students
+    assert all((result["contenders"][name] is not None) is student for name in students), "no student: null rows"
+    # The benchmark scores the shipped INT8 model on the test split, as the gate does (batches may differ: one row);
+    # the teacher's INT8 is the shipped one when the teacher shipped, else quantize's first rung built here.
+    assert result["int8_rung"] == (quantized["chosen"] if shipped_model == "teacher" else "dynamic_per_tensor")
+    shipped = {"teacher": "onnxruntime_int8", "student": "student_onnxruntime_int8"}[shipped_model]
+    gate = json.loads(paths.decision.read_text())["metrics"]
+    assert result["contenders"][shipped]["accuracy"] == pytest.approx(gate["accuracy"]["value"],
+                                                                     abs=1.01 / gate["rows"])
     assert set(result["int8_ceiling"]) == {"b1", "b32x128"}
+    student_keys = ("student_speedup_b1", "student_speedup_b32x128", "student_accuracy_drop", "student_agreement")
+    if student:
+        assert all(result[key] > 0 for key in ("student_speedup_b1", "student_speedup_b32x128"))
+        low, high = result["student_accuracy_drop_interval"]
+        assert low <= result["student_accuracy_drop"] <= high and 0.0 <= result["student_agreement"] <= 1.0
+        assert result["student_judged"]["rows"] == result["test_rows"] and result["student_judged"]["batch_size"] == 1
+        assert result["student"]["layers"] == len(cfg.distill.keep_layers)
+        assert result["student"]["params"] < result["student"]["teacher_params"]
+    else:
+        assert all(result[key] is None for key in student_keys)
     # texts/s per reading rule: one per distinct window set of train.long_text.candidates (aggregates cost alike)
     reading = result["reading_texts_per_s"]
     assert set(reading) == {"head", "head_tail(16)", "window(stride 31, mean_prob)"}
@@ -119,6 +163,62 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     assert result["reading_rows"]["long"] == 6 and result["reading_rows"]["short"] == 8
     windows = result["reading_windows_per_long_text"]
     assert windows["head"] == windows["head_tail(16)"] == 1.0 and windows["window(stride 31, mean_prob)"] > 1.0
+    # The real workload: the test split + the 6 unseen reviews, by predict's code path and by the HF pipeline.
+    per_s = result["workload_texts_per_s"]
+    assert set(per_s) == {"tunegate_predict", "hf_pipeline"} and all(v > 0 for v in per_s.values())
+    assert result["workload_speedup_vs_hf_pipeline"] == pytest.approx(per_s["tunegate_predict"] / per_s["hf_pipeline"],
+                                                                      rel=0.01)
+    assert result["workload_rows"]["test"] == result["test_rows"] and result["workload_rows"]["imdb"] == 6
+    assert result["workload_rows"]["imdb_unseen_pool"] >= 6
+    for figures in result["workload_accuracy"].values():
+        assert all(0.0 <= figures[part] <= 1.0 for part in ("all", "test", "imdb"))
+    own = result["workload_shipped_rule"]
+    served_rule = json.loads((paths.int8_dir / "serving.json").read_text()).get("long_text")
+    from tasks.serving.long_text import describe, normalise
+
+    assert own["rule"] == describe(normalise(served_rule)) and own["imdb_texts_per_s"] > 0
+    assert 0.0 <= own["imdb_accuracy"] <= 1.0
+
+
+def test_inference_workload_is_the_test_split_then_unseen_undistilled_reviews_in_the_datas_order(tmp_path):
+    from benchmarks.inference import workload_rows
+    from tasks.core.paths import ArtifactPaths
+    from tasks.judging.compare import row_keys
+
+    cfg = parse_config(tiny_params(REPO))
+    paths = ArtifactPaths(tmp_path)
+    paths.split("test").parent.mkdir(parents=True)
+    splits = {"train": ["Seen in training."], "dev": ["a dev text"], "test": ["test one", "test two"]}
+    for name, texts in splits.items():
+        pd.DataFrame({"text": texts, "label": [1, 0][:len(texts)]}).to_parquet(paths.split(name))
+    distilled = paths.stage_dir("distill") / "transfer_rows.json"
+    distilled.parent.mkdir(parents=True)
+    distilled.write_text(json.dumps({"rows": row_keys(["Distilled on."])}))
+    reviews = [f"review {i}" for i in range(6)]
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"text": ["seen IN training.", "distilled on.", *reviews, "a short one"],
+                  "label": [0, 1, 0, 1, 0, 1, 0, 1, 0],
+                  "source": ["imdb"] * 8 + ["rotten_tomatoes"]}).to_csv(tmp_path / cfg.data.path, index=False)
+    rows, pool = workload_rows(cfg, paths, imdb_rows=4, source="imdb")
+    assert pool == 6, "neither a split's text nor a distilled one (however cased) is in the pool"
+    assert rows["text"].to_list()[:2] == ["test one", "test two"] and rows["label"].to_list()[:2] == ["positive",
+                                                                                                    "negative"]
+    picked = rows["text"].to_list()[2:]
+    assert len(picked) == 4 and set(picked) <= set(reviews)
+    assert picked == sorted(picked, key=reviews.index), "the sample keeps the data's order"
+    assert rows["part"].to_list() == ["test"] * 2 + ["imdb"] * 4
+    assert workload_rows(cfg, paths, imdb_rows=0, source="imdb")[0]["part"].to_list() == ["test", "test"]
+
+
+def test_inference_benchmark_finds_no_student_when_distillation_is_off(tmp_path):
+    from benchmarks.inference import find_student
+    from tasks.core.paths import ArtifactPaths
+
+    paths = ArtifactPaths(tmp_path)
+    assert find_student(paths)[0] is None and "distill stage" in find_student(paths)[1]
+    paths.stage_dir("distill").mkdir(parents=True)
+    (paths.stage_dir("distill") / "distill.json").write_text(json.dumps({"enabled": False}))
+    assert find_student(paths) == (None, "no student: distill.enabled is false")
 
 
 def test_long_reviews_takes_only_rows_of_the_source_whose_normalised_text_is_in_no_split():
@@ -145,18 +245,19 @@ def test_long_reviews_benchmark_scores_unseen_reviews_through_predict_and_prints
     from tasks.serving.long_text import describe, normalise
 
     cfg, paths = staged_pipeline
+    project = finished_project(paths.root, tmp_path, extra_imdb=16)
     work, out = tmp_path / "work", tmp_path / "long_reviews.json"
-    result = run_benchmark("long_reviews.py", "--project", str(paths.root), "--params",
+    result = run_benchmark("long_reviews.py", "--project", str(project), "--params",
                            str(tiny_project / "params.yaml"), "--rows", "12", "--work", str(work), "--out", str(out),
                            cwd=tmp_path)
     assert json.loads(out.read_text()) == result
     release = paths.stage_dir("gate") / "release"
-    assert result["model"] == str(release)
+    assert Path(result["model"]).resolve() == release.resolve()
     served_rule = normalise(json.loads((release / "serving.json").read_text()).get("long_text"))
     assert result["long_text"] == describe(served_rule)
-    # 12 IMDB reviews of the data that no split holds (the tiny run trains on Rotten Tomatoes alone)
+    # 12 IMDB reviews of the data that no split holds
     scored = pd.read_csv(work / "imdb.predictions.csv")
-    data = pd.read_csv(paths.root / "data" / "movie_reviews.csv")
+    data = pd.read_csv(project / "data" / "movie_reviews.csv")
     split_keys = {key for split in ("train", "dev", "test")
                   for key in row_keys(list(pd.read_parquet(paths.split(split))["text"]))}
     assert len(scored) == result["rows"]["imdb"] == 12

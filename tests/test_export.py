@@ -5,6 +5,8 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,12 +15,40 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.export import (ExportParityError, check_fp16_parity, check_parity, convert_fp16, export_onnx,
+from tasks.core.paths import ArtifactPaths
+from tasks.export import (ExportParityError, check_fp16_parity, check_parity, convert_fp16, export, export_onnx,
                           fp16_parity, fp16_parity_report, fp32_parity, optimise_onnx, parity, uses_external_data)
-from tasks.training.modeling import load_classifier
+from tasks.training.modeling import load_classifier, torch_logits
 from tasks.serving import onnx_model
 from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE
 from tasks.serving.onnx_model import OnnxClassifier, copy_model, inference_session
+
+
+def write_student(teacher_dir: Path, target: Path, layers: int = 1, flip: bool = False) -> Path:
+    """A stand-in for distill's student: the teacher cut to its first `layers` layers (flip: the classifier head
+    negated, so it disagrees with the teacher on every row), saved as a plain HF model folder."""
+    model, tokenizer = load_classifier(teacher_dir, torch.device("cpu"))
+    model.base_model.encoder.layer = model.base_model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
+    if flip:
+        with torch.no_grad():
+            model.classifier.weight.neg_()
+            model.classifier.bias.neg_()
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def student_project(staged: tuple, root: Path, **student: Any) -> ArtifactPaths:
+    """A copy of the staged run (prepare, train, evaluate) at `root` with a student (write_student) at
+    artifacts/distill/student, then exported: the teacher and the student."""
+    cfg, paths = staged
+    copy = ArtifactPaths(root)
+    for stage in ("prepare", "train", "evaluate"):
+        shutil.copytree(paths.stage_dir(stage), copy.stage_dir(stage))
+    write_student(paths.model_dir, copy.student_dir, **student)
+    export.fn(cfg, copy)
+    return copy
 
 
 def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeline):
@@ -32,8 +62,6 @@ def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeli
 
 
 def test_export_serves_the_rule_train_chose_and_checks_parity_reading_by_it(staged_pipeline, tmp_path):
-    from tasks.core.paths import ArtifactPaths
-    from tasks.export import export
     from tasks.training.reading import chosen_long_text, long_text_path, write_long_text
 
     cfg, paths = staged_pipeline
@@ -49,6 +77,41 @@ def test_export_serves_the_rule_train_chose_and_checks_parity_reading_by_it(stag
         assert served.long_text == rule
     texts = list(pd.read_parquet(paths.split("test"))["text"][: cfg.export.parity_rows])
     assert len(served.read(texts).windows) > len(texts), "parity was checked on texts cut into windows"
+
+
+def test_export_stage_exports_the_student_beside_the_teacher_with_its_own_parity(staged_pipeline, tmp_path):
+    cfg, paths = staged_pipeline
+    copy = student_project(staged_pipeline, tmp_path)
+    report = json.loads((copy.stage_dir("export") / "parity.json").read_text())
+    student = report["student"]
+    assert set(student["models"]) == {MODEL_FILE, OPTIMIZED_FILE}
+    for figures in [*student["models"].values(), *report["models"].values()]:
+        assert figures["max_abs_diff"] <= cfg.export.parity_atol and figures["argmax_agreement"] == 1.0
+    assert student["optimisation"]["fused_operators"].get("Attention") == 1  # the one layer the student kept
+    # A served folder like the teacher's, read by the same long_text rule, whose logits are the student's.
+    served = OnnxClassifier(copy.student_onnx_dir)
+    teacher_serving = json.loads((copy.onnx_dir / "serving.json").read_text())
+    assert served.long_text == OnnxClassifier(copy.onnx_dir).long_text == teacher_serving["long_text"]
+    assert json.loads((copy.student_onnx_dir / "config.json").read_text())["num_hidden_layers"] == 1
+    texts = list(pd.read_parquet(paths.split("test"))["text"][:8])
+    model, tokenizer = load_classifier(copy.student_dir, torch.device("cpu"))
+    expected = torch_logits(model, tokenizer, texts, cfg.train.max_length, 8, torch.device("cpu"),
+                            long_text=served.long_text)
+    np.testing.assert_allclose(served.logits(texts, 8), expected, atol=cfg.export.parity_atol)
+    assert "student exported too" in json.loads(copy.result("export").read_text())["key_figure"]
+
+
+def test_export_without_a_student_records_why(staged_pipeline, tmp_path):
+    cfg, paths = staged_pipeline
+    copy = ArtifactPaths(tmp_path)
+    for stage in ("prepare", "train"):
+        shutil.copytree(paths.stage_dir(stage), copy.stage_dir(stage))
+    copy.stage_dir("distill").mkdir(parents=True)
+    (copy.stage_dir("distill") / "distill.json").write_text(json.dumps({"enabled": False}))
+    export.fn(cfg, copy)
+    report = json.loads((copy.stage_dir("export") / "parity.json").read_text())
+    assert report["student"] == {"skipped": "distill.enabled is false: no student was built"}
+    assert not copy.student_onnx_dir.exists() and (copy.onnx_dir / MODEL_FILE).is_file()
 
 
 def test_cpu_sessions_keep_layer_norm_and_add_apart(staged_pipeline, tmp_path):

@@ -153,7 +153,9 @@ def test_gate_stage_judges_the_shipped_model_and_names_the_failed_checks(staged_
     assert decision["reference"]["batching"]["agreement"] == float((batched == one_at_a_time).mean())
     assert decision["reference"]["pytorch"]["accuracy"] == json.loads(paths.metrics.read_text())["accuracy"]
     stamp = json.loads(paths.train_stamp.read_text())
-    assert decision["candidate"] == {"model": "artifacts/quantize/onnx/model.onnx", "precision": "dynamic_per_tensor",
+    quantized = json.loads(paths.quantization_report.read_text())
+    assert decision["candidate"] == {"model": quantized["chosen_model"], "file": "artifacts/quantize/onnx/model.onnx",
+                                     "precision": "dynamic_per_tensor",
                                      "sha256": file_sha256(paths.int8_dir / "model.onnx"),
                                      "train_run": stamp["run_fingerprint"]}
     assert decision["comparison"] is None and decision["first_run"] == cfg.gate.first_run
@@ -199,6 +201,67 @@ def test_gate_stage_writes_a_release_folder_that_serves_and_records_its_test_row
     from tasks.serving.predict import load_served_model
 
     assert load_served_model(release).logits(["a fine film"], 1).shape == (1, 2)
+
+
+def candidate_rows(report: str) -> list[list[str]]:
+    """The cells of report.md's "Quantize candidates (dev)" table, one list per candidate."""
+    section = report.split("## Quantize candidates (dev)\n")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| model ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_gate_report_lists_every_quantize_candidate_with_its_model_and_dev_figures(staged_pipeline):
+    _, paths = staged_pipeline
+    quantized = json.loads(paths.quantization_report.read_text())
+    report = (paths.stage_dir("gate") / "report.md").read_text()
+    rows = candidate_rows(report)
+    assert [(r[0], r[1]) for r in rows] == [(c["model"], c["rung"]) for c in quantized["rungs"]]
+    shipped = rows[-1]
+    assert shipped[-1] == "shipped" and shipped[2] == f"{quantized['accuracy']:.4f}"
+    assert shipped[3] == f"{quantized['accuracy_drop']:+.4f} ± {quantized['accuracy_drop_se']:.4f}"
+    assert shipped[4] == f"{quantized['agreement']:.1%}" and float(shipped[5]) > 0
+    assert f"against the teacher FP32 (accuracy {quantized['fp32_accuracy']:.4f})" in report
+    decision = json.loads(paths.decision.read_text())
+    assert decision["quantize"]["candidates"] == quantized["rungs"]
+
+
+def test_gate_report_names_skipped_models_and_rungs_that_did_not_build(staged_pipeline):
+    from tasks.judging.report import render_report
+
+    cfg, paths = staged_pipeline
+    decision = json.loads(paths.decision.read_text())
+    broken = {"model": "student", "rung": "static_minmax", "passed": False, "error": "RuntimeError: no shapes"}
+    quantize = {**decision["quantize"], "candidates": [broken, *decision["quantize"]["candidates"]],
+                "skipped": {"student": "distill.enabled is false: no student was built"}}
+    report = render_report({**decision, "quantize": quantize}, cfg.gate)
+    assert candidate_rows(report)[0] == ["student", "static_minmax", "", "", "", "", "",
+                                         "not built: RuntimeError: no shapes"]
+    assert "- student: skipped (distill.enabled is false: no student was built)" in report
+
+
+def test_gate_judges_a_shipped_student_against_the_teachers_pytorch_figures(staged_pipeline, tmp_path):
+    from tests.test_export import student_project
+
+    cfg, paths = staged_pipeline
+    copy = student_project(staged_pipeline, tmp_path)
+    load_stage("quantize").fn(cfg, copy)  # lenient tiny bounds: the student's first rung ships
+    load_stage("gate").fn(cfg, copy)
+    decision = json.loads(copy.decision.read_text())
+    assert decision["candidate"]["model"] == "student" and decision["candidate"]["precision"] == "dynamic_per_tensor"
+    release = json.loads((copy.stage_dir("gate") / "release" / "release.json").read_text())
+    assert release["model"] == "student"
+    # The quantized-drop check compares the shipped student with the teacher's PyTorch predictions on test.
+    teacher = pd.read_parquet(copy.stage_dir("evaluate") / "predictions.parquet")["predicted"].to_numpy()
+    from tasks.gate import served_probabilities
+    from tasks.serving.predict import load_served_model
+
+    test = pd.read_parquet(copy.split("test"))
+    student = served_probabilities(load_served_model(copy.int8_dir), list(test["text"]), 1).argmax(axis=1)
+    assert decision["reference"]["quantization"]["agreement"] == float((student == teacher).mean())
+    report = (copy.stage_dir("gate") / "report.md").read_text()
+    assert "the student, dynamic_per_tensor" in report and "distillation and quantization cost" in report
+    shipped = candidate_rows(report)[0]
+    assert shipped[:2] == ["student", "dynamic_per_tensor"] and shipped[-1] == "shipped"
 
 
 def test_gate_stage_keeps_latency_figures_out_of_tracked_outputs(staged_pipeline):
@@ -272,7 +335,8 @@ def test_a_model_trained_on_a_tenth_of_the_data_is_rejected_against_one_trained_
     frame = keyword_reviews(2000)
     raw = tiny_params(tiny_model_dir)
     raw["train"].update(epochs=3)
-    raw["quantize"]["ladder"] = ["fp32"]  # the comparison, not quantization, is under test
+    # The comparison, not compression, is under test: the teacher ships, unquantized.
+    raw["quantize"].update(models=["teacher"], ladder=["fp32"])
     trained = {}
     for name, cap in (("all", None), ("tenth", 160)):
         root = tmp_path / name

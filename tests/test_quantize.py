@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 
@@ -19,8 +20,10 @@ from tests.conftest import tiny_params
 def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
     cfg, paths = staged_pipeline
     report = json.loads(paths.quantization_report.read_text())
-    assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_tensor"
-    assert [r["rung"] for r in report["rungs"]] == ["dynamic_per_tensor"]
+    # Lenient tiny bounds: the first candidate ships, the student's when distill made one.
+    first = "student" if paths.student_onnx_dir.is_dir() else "teacher"
+    assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_tensor" and report["chosen_model"] == first
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [(first, "dynamic_per_tensor")]
     assert report["size_ratio"] < 0.6
     assert report["accuracy_drop"] == pytest.approx(report["fp32_accuracy"] - report["accuracy"])
     served = OnnxClassifier(paths.int8_dir)
@@ -37,8 +40,9 @@ def test_quantize_judges_on_dev_rows_the_calibrator_did_not_see(staged_pipeline)
     assert report["rows"] == dev_rows - cfg.quantize.calibration_rows
     assert report["accuracy_drop_se"] == report["rungs"][-1]["accuracy_drop_se"] >= 0
     key = json.loads(paths.result("quantize").read_text())["key_figure"]
-    assert f"drop {report['accuracy_drop']:+.4f} (SE {report['accuracy_drop_se']:.4f}) on {report['rows']} rows" in key
-    assert key.startswith(f"{report['chosen']}: dev acc")
+    assert (f"drop {report['accuracy_drop']:+.4f} (SE {report['accuracy_drop_se']:.4f}) vs teacher FP32 on "
+            f"{report['rows']} rows") in key
+    assert key.startswith(f"{report['chosen_model']} {report['chosen']}: dev acc")
 
 
 def test_quantize_never_reads_the_test_split(staged_pipeline, tmp_path):
@@ -72,8 +76,8 @@ def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     cfg, paths = staged_pipeline
     work = tmp_path / "work"
     dev = pd.read_parquet(paths.split("dev")).head(8)
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, work, dev, list(dev["text"]), cfg.data.label_names,
-                                       cfg.quantize.model_copy(update={"ladder": [rung]}))
+    tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, work, dev, list(dev["text"]), cfg.data.label_names,
+                                       cfg.quantize.model_copy(update={"ladder": [rung]}), reference(paths, dev))
     assert tried[0]["rung"] == rung and "error" not in tried[0], tried[0]
     logits = OnnxClassifier(work, model_file=chosen).logits(["a test"], 1)
     assert np.isfinite(logits).all()
@@ -93,8 +97,8 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
 
     monkeypatch.setattr(stage, "measure_rung", measure_with_first_rung_broken)
     dev = pd.read_parquet(paths.split("dev"))
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
-                                       cfg.data.label_names, cfg.quantize)
+    tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
+                                       cfg.data.label_names, cfg.quantize, reference(paths, dev))
     assert [r["rung"] for r in tried] == ["dynamic_per_tensor", "dynamic_per_channel"]
     assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "dynamic_per_channel.onnx"
 
@@ -110,8 +114,8 @@ def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeli
     monkeypatch.setattr(stage, "measure_rung", only_fp32_passes)
     dev = pd.read_parquet(paths.split("dev"))
     quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "static_minmax", "fp32"]})
-    tried, chosen = stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
-                                       cfg.data.label_names, quick)
+    tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
+                                       cfg.data.label_names, quick, reference(paths, dev))
     assert chosen == "fp32.onnx" and [r["passed"] for r in tried] == [False, False, True]
     assert tried[-1]["accuracy_drop"] == 0.0 and tried[-1]["agreement"] == 1.0 and tried[-1]["accuracy_drop_se"] == 0.0
 
@@ -135,8 +139,9 @@ def test_quantize_measures_every_rung_on_cpu_even_where_cuda_is_offered(staged_p
     """INT8 ops have no CUDA kernels: quantize's accuracy and latency must describe CPU serving on any host."""
     cfg, paths = staged_pipeline
     dev = pd.read_parquet(paths.split("dev")).head(8)
-    stage.climb_ladder(paths.onnx_dir, tmp_path / "w", dev, list(dev["text"]), cfg.data.label_names,
-                       cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "fp32"], "latency_rows": 2}))
+    quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "fp32"], "latency_rows": 2})
+    stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"]), cfg.data.label_names, quick,
+                       reference(paths, dev))
     assert gpu_host.sessions.requests and all(asked == [CPU] for asked in gpu_host.sessions.requests)
 
 
@@ -164,3 +169,107 @@ def test_batch1_latencies_time_each_text_alone_after_one_untimed_warm_up():
     assert model.calls == [(["a"], 1), (["a"], 1), (["b"], 1), (["c"], 1)]  # warm-up, then one call per text
     assert batch1_latencies_ms(_CountingModel(), []).shape == (0,)
 
+
+
+def reference(paths: ArtifactPaths, rows: pd.DataFrame) -> stage.Reference:
+    """The teacher FP32's predictions on `rows`: what every candidate is judged against."""
+    return stage.teacher_reference(paths.onnx_dir, rows, ["negative", "positive"], 1)
+
+
+# --- the ladder over model size: the student's rungs first, then the teacher's ----------------------------------
+
+QUICK_LADDER = ["dynamic_per_tensor", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def student_run(staged_pipeline, tmp_path_factory) -> ArtifactPaths:
+    """A copy of the staged run with a 1-layer student (the teacher's first layer and head), exported."""
+    from tests.test_export import student_project
+
+    return student_project(staged_pipeline, tmp_path_factory.mktemp("student-run"))
+
+
+def quantized(cfg, paths: ArtifactPaths, **quantize) -> dict:
+    """Run the quantize stage with these quantize settings; its quantization.json."""
+    stage.quantize.fn(cfg.model_copy(update={"quantize": cfg.quantize.model_copy(update=quantize)}), paths)
+    return json.loads(paths.quantization_report.read_text())
+
+
+def test_a_student_within_the_bounds_ships_and_the_shipped_folder_is_the_student(staged_pipeline, student_run):
+    cfg, _ = staged_pipeline
+    report = quantized(cfg, student_run, ladder=QUICK_LADDER)  # lenient tiny bounds: the student passes
+    assert report["chosen_model"] == "student" and report["chosen"] == "dynamic_per_tensor"
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [("student", "dynamic_per_tensor")]
+    assert json.loads((student_run.int8_dir / "config.json").read_text())["num_hidden_layers"] == 1
+    graph = onnx.load(str(student_run.int8_dir / "model.onnx")).graph
+    assert sum(node.op_type in ("Attention", "QAttention") for node in graph.node) == 1  # the student's one layer
+    models = report["models"]
+    assert report["rungs"][0]["params"] == models["student"]["params"] < models["teacher"]["params"]
+    assert report["size_ratio"] < models["student"]["fp32_mb"] / models["teacher"]["fp32_mb"] < 1
+    timings = json.loads(student_run.run_record("quantize").read_text())["timings"]
+    assert set(timings) == {"student:dynamic_per_tensor"} and timings["student:dynamic_per_tensor"]["latency_ms_b1"] > 0
+
+
+def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(staged_pipeline, tmp_path):
+    from tests.test_export import student_project
+
+    cfg, _ = staged_pipeline
+    flipped = student_project(staged_pipeline, tmp_path, flip=True)  # disagrees with the teacher on every row
+    report = quantized(cfg, flipped, ladder=QUICK_LADDER, min_agreement=0.5)
+    by_model = {}
+    for record in report["rungs"]:
+        by_model.setdefault(record["model"], []).append(record)
+    # The student's ladder has no fp32 rung (params.yaml, quantize.models): its one INT8 rung fails on agreement.
+    assert [r["rung"] for r in by_model["student"]] == ["dynamic_per_tensor"]
+    assert not by_model["student"][0]["passed"] and by_model["student"][0]["agreement"] < 0.5
+    assert report["chosen_model"] == "teacher" and by_model["teacher"][-1]["passed"]
+    assert report["agreement"] >= 0.5
+    assert json.loads((flipped.int8_dir / "config.json").read_text())["num_hidden_layers"] == 2
+    # Every candidate is judged against the same teacher FP32: one reference accuracy behind every drop.
+    assert len({round(r["accuracy"] + r["accuracy_drop"], 9) for r in report["rungs"]}) == 1
+
+
+def test_a_missing_student_is_skipped_with_the_reason_export_gave(staged_pipeline, tmp_path):
+    cfg, paths = staged_pipeline
+    copy = ArtifactPaths(tmp_path)
+    shutil.copytree(paths.stage_dir("prepare"), copy.stage_dir("prepare"))
+    shutil.copytree(paths.stage_dir("export"), copy.stage_dir("export"), ignore=shutil.ignore_patterns("student"))
+    parity = copy.stage_dir("export") / "parity.json"
+    skipped = {"skipped": "distill.enabled is false"}
+    parity.write_text(json.dumps({**json.loads(parity.read_text()), "student": skipped}))
+    report = quantized(cfg, copy, ladder=QUICK_LADDER)
+    assert report["models"]["student"] == skipped
+    assert report["chosen_model"] == "teacher" and {r["model"] for r in report["rungs"]} == {"teacher"}
+
+
+@pytest.mark.parametrize("ladder, student", [
+    (["dynamic_per_tensor", "static_minmax", "fp32"], ["dynamic_per_tensor", "static_minmax"]),
+    (["fp32"], ["fp32"]),  # a ladder of only FP32: the student is tried in FP32 too
+])
+def test_the_student_climbs_the_ladder_without_fp32_unless_it_is_all_there_is(ladder, student):
+    assert stage.model_rungs("student", ladder) == student
+    assert stage.model_rungs("teacher", ladder) == ladder
+
+
+@pytest.mark.parametrize("models, message", [
+    (["student"], "end with teacher"),
+    (["teacher", "student"], "end with teacher"),
+    (["student", "student", "teacher"], "each model once"),
+    ([], "at least 1"),
+    (["pruned", "teacher"], "student"),
+])
+def test_quantize_models_must_name_each_model_once_and_end_with_the_teacher(tiny_model_dir, models, message):
+    raw = tiny_params(tiny_model_dir)
+    raw["quantize"]["models"] = models
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_weight_count_is_the_models_parameter_count(staged_pipeline):
+    from tasks.training.modeling import load_classifier
+
+    import torch
+
+    _, paths = staged_pipeline
+    model, _ = load_classifier(paths.model_dir, torch.device("cpu"))
+    assert stage.weight_count(paths.onnx_dir / "model.onnx") == sum(p.numel() for p in model.parameters())

@@ -106,8 +106,8 @@ def test_run_records_keep_what_was_measured_outside_the_tracked_outputs(staged_p
     assert train["seconds"] > 0 and train["samples_per_second"] > 0 and train["project"] == str(paths.root.resolve())
     assert train["host"] and "sha" in train["git"] and train["resumed_from"] is None
     quantize = json.loads(paths.run_record("quantize").read_text())
-    chosen = json.loads(paths.quantization_report.read_text())["chosen"]
-    assert quantize["timings"][chosen]["latency_ms_b1"] > 0
+    report = json.loads(paths.quantization_report.read_text())
+    assert quantize["timings"][f"{report['chosen_model']}:{report['chosen']}"]["latency_ms_b1"] > 0
     assert paths.run_record("train").relative_to(paths.work_dir)  # .tunegate/: git- and DVC-ignored
 
 

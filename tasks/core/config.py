@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tasks.core.errors import TunegateError
 
 # Order is the DAG: every runner (dvc.yaml, the Prefect flow, the CLI) follows it.
-STAGES: tuple[str, ...] = ("validate", "prepare", "train", "evaluate", "export", "quantize", "gate")
+STAGES: tuple[str, ...] = ("validate", "prepare", "train", "distill", "evaluate", "export", "quantize", "gate")
 
 # params.yaml sections that are not stages: read by several stages.
 SHARED_SECTIONS: tuple[str, ...] = ("seed", "data")
@@ -173,6 +173,38 @@ class TrainConfig(_Section):
         return self
 
 
+class TransferConfig(_Section):
+    """Unlabelled transfer texts for distillation: sentences of data rows that no prepare split holds."""
+    sources: list[str]            # data.source_column values whose rows may lend sentences ([]: no transfer texts)
+    rows: int = Field(ge=0)       # source rows sampled (seeded)
+    max_texts: int = Field(ge=0)  # sentences kept at most
+    min_words: int = Field(ge=1)  # shorter sentences are dropped
+
+
+class DistillConfig(_Section):
+    enabled: bool
+    keep_layers: list[int] = Field(min_length=1)  # teacher encoder layers the student keeps, in order
+    ffn_keep: float = Field(gt=0, le=1)
+    importance_rows: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    alpha: float = Field(ge=0, le=1)
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    freeze_embeddings: bool
+    transfer: TransferConfig
+
+    @model_validator(mode="after")
+    def _layers_increase(self) -> DistillConfig:
+        layers = self.keep_layers
+        if layers[0] < 0 or any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"distill.keep_layers ({layers}) must be increasing layer indices from 0 "
+                             "(each teacher layer at most once)")
+        return self
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(ge=1)
 
@@ -190,9 +222,12 @@ class ExportConfig(_Section):
 QuantizationRung = Literal["dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_entropy",
                            "static_percentile", "static_sensitive_fp32", "fp32"]
 QUANTIZATION_RUNGS: tuple[str, ...] = get_args(QuantizationRung)
+# The models whose ladders quantize climbs: the distilled student (artifacts/export/student) and the teacher.
+QuantizedModel = Literal["student", "teacher"]
 
 
 class QuantizeConfig(_Section):
+    models: list[QuantizedModel] = Field(min_length=1)
     ladder: list[QuantizationRung] = Field(min_length=1)
     max_accuracy_drop: float = Field(ge=0, le=1)
     min_agreement: float = Field(ge=0, le=1)
@@ -205,6 +240,13 @@ class QuantizeConfig(_Section):
     def _ends_with_fp32(self) -> QuantizeConfig:
         if self.ladder[-1] != "fp32":
             raise ValueError("quantize.ladder must end with fp32, the rung that always keeps accuracy")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_last(self) -> QuantizeConfig:
+        if len(set(self.models)) != len(self.models) or self.models[-1] != "teacher":
+            raise ValueError(f"quantize.models {self.models} must name each model once and end with teacher: its "
+                             "FP32 rung is the fallback that always exists and always keeps accuracy")
         return self
 
 
@@ -383,6 +425,7 @@ class PipelineConfig(_Section):
     validate_: ValidateConfig = Field(alias="validate")
     prepare: PrepareConfig
     train: TrainConfig
+    distill: DistillConfig
     evaluate: EvaluateConfig
     export: ExportConfig
     quantize: QuantizeConfig

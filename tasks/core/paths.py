@@ -83,10 +83,21 @@ class ArtifactPaths:
     def metrics(self) -> Path:
         return self.stage_dir("evaluate") / "metrics.json"
 
+    # distill
+    @property
+    def student_dir(self) -> Path:
+        """The distilled student (an HF save_pretrained folder); absent when distill.enabled is false."""
+        return self.stage_dir("distill") / "student"
+
     # export
     @property
     def onnx_dir(self) -> Path:
         return self.stage_dir("export") / "onnx"
+
+    @property
+    def student_onnx_dir(self) -> Path:
+        """The student's ONNX folder, exported beside the teacher's when there is a student."""
+        return self.stage_dir("export") / "student"
 
     # quantize
     @property

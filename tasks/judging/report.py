@@ -101,25 +101,62 @@ def _batching(batching: dict[str, Any]) -> str:
             "activations per call, so a text's label can depend on the texts batched with it.")
 
 
+def _candidate_outcome(record: dict[str, Any], shipped: bool) -> str:
+    if "error" in record:
+        return f"not built: {record['error'][:80]}"
+    return "shipped" if shipped else "pass" if record["passed"] else "FAIL"
+
+
+def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
+    """Every candidate quantize tried (model, rung, its dev figures against the teacher FP32), the shipped one marked,
+    and the models it skipped with why."""
+    limits = quantize["thresholds"]
+    lines = [f"Tried in order on {quantize['rows']} {quantize['split']} rows, each against the teacher FP32 (accuracy "
+             f"{quantize['fp32_accuracy']:.4f}); the first with drop <= {limits['max_accuracy_drop']:g} and agreement "
+             f">= {limits['min_agreement']:g} ships. Batch-1 latency of each: `.tunegate/runs/quantize.json` "
+             "(timings stay out of tracked outputs).", "",
+             "| model | rung | dev accuracy | drop ± SE | agreement | MB | weights | result |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in quantize["candidates"]:
+        shipped = (c["model"], c["rung"]) == (quantize["chosen_model"], quantize["chosen"])
+        if "error" in c:
+            lines.append(f"| {c['model']} | {c['rung']} | | | | | | {_candidate_outcome(c, shipped)} |")
+            continue
+        lines.append(f"| {c['model']} | {c['rung']} | {c['accuracy']:.4f} | {c['accuracy_drop']:+.4f} ± "
+                     f"{c['accuracy_drop_se']:.4f} | {c['agreement']:.1%} | {c['mb']:.1f} | {c['params']:,} | "
+                     f"{_candidate_outcome(c, shipped)} |")
+    skipped = [f"- {name}: skipped ({why})" for name, why in quantize["skipped"].items()]
+    return lines + ([""] + skipped if skipped else [])
+
+
+def _shipped(candidate: dict[str, Any], pytorch: dict[str, Any], quantization: dict[str, Any]) -> str:
+    """The PyTorch teacher's figures and what shipping the candidate costs against them."""
+    cost = "distillation and quantization cost" if candidate["model"] == "student" else "quantization cost"
+    return (f"The teacher's PyTorch model: accuracy {pytorch['accuracy']:.4f}, macro-F1 {pytorch['macro_f1']:.4f}; "
+            f"{cost} {quantization['accuracy_drop']:+.4f} accuracy (SE {quantization['accuracy_drop_se']:.4f}; "
+            f"{quantization['agreement']:.1%} of predictions agree).")
+
+
 def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
-    """report.md: verdict, why, checks, metrics with intervals, the comparison, slices, the candidate."""
+    """report.md: verdict, why, checks, metrics with intervals, the comparison, slices, quantize's candidates, the
+    candidate."""
     quantization = decision["reference"]["quantization"]
     candidate = decision["candidate"]
     pytorch = decision["reference"]["pytorch"]
     lines = [
         f"# Gate: {decision['decision']}", "",
         f"Why: {decision['why']}.", "",
-        f"The shipped model (`{candidate['model']}`, {candidate['precision']}) was run by the serving code on "
-        f"{decision['metrics']['rows']} test rows: accuracy {_span(decision['metrics']['accuracy'])}, macro-F1 "
-        f"{_span(decision['metrics']['macro_f1'])} ({cfg.confidence:.0%} bootstrap intervals, "
-        f"{cfg.bootstrap_samples} resamples). The PyTorch model it came from: accuracy {pytorch['accuracy']:.4f}, "
-        f"macro-F1 {pytorch['macro_f1']:.4f}; quantization cost {quantization['accuracy_drop']:+.4f} accuracy "
-        f"(SE {quantization['accuracy_drop_se']:.4f}; {quantization['agreement']:.1%} of predictions agree).", "",
+        f"The shipped model (`{candidate['file']}`: the {candidate['model']}, {candidate['precision']}) was run by "
+        f"the serving code on {decision['metrics']['rows']} test rows: accuracy "
+        f"{_span(decision['metrics']['accuracy'])}, macro-F1 {_span(decision['metrics']['macro_f1'])} "
+        f"({cfg.confidence:.0%} bootstrap intervals, {cfg.bootstrap_samples} resamples). "
+        f"{_shipped(candidate, pytorch, quantization)}", "",
         _batching(decision["reference"]["batching"]), "",
         "## Checks", "", *_checks(decision), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
         "## Slices", "", _reading(decision["long_text"]), "", *_slices(decision["slices"], cfg), "",
+        "## Quantize candidates (dev)", "", *_quantize_candidates(decision["quantize"]), "",
         "## Candidate", "",
         f"Model sha256 {candidate['sha256'][:12]}…, training run {candidate['train_run']} (its stamp: "
         "`artifacts/train/stamp.json`); release folder `artifacts/gate/release`. Latency figures: "
