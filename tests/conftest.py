@@ -74,15 +74,19 @@ def reviews_frame() -> pd.DataFrame:
     return pd.concat([rt, imdb], ignore_index=True)
 
 
-def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv", long_reviews: bool = False) -> dict:
+def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv", long_reviews: bool = False,
+                distill: bool = False) -> dict:
     """The repo's params.yaml, shrunk for speed; every key still comes from the real file.
 
     Rotten Tomatoes rows only, unless `long_reviews`: then the IMDB rows of reviews_frame too (the default run's
-    prepare.sources), which training cuts into windows and the reading rules are chosen on."""
+    prepare.sources), which training cuts into windows and the reading rules are chosen on. The distill stage runs
+    (writing its disabled record) but distils nothing unless `distill`: the session's staged pipeline, the dvc repro
+    and flow tests of test_pipeline and test_distill's own tests do; the rest are about other stages."""
     raw = read_params(REPO / "params.yaml")
     raw["data"]["path"] = data_path
     if not long_reviews:
         raw["prepare"].update(sources=["rotten_tomatoes"], source_rows={})
+    raw["distill"]["enabled"] = distill
     raw["validate"].update(min_rows=50, drift_reference="none")  # drift tests choose their own reference
     raw["prepare"].update(min_rows_per_class=5, max_truncated_share=0.5)  # 32 tokens (below): with train windows off, a third is cut
     raw["train"].update(base_model=str(model_dir), max_length=32, batch_size=16, eval_batch_size=64,
@@ -179,7 +183,8 @@ def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[Pi
     (root / "data").mkdir()
     reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
     shutil.copytree(REPO / "expectations", root / "expectations")
-    cfg = parse_config(tiny_params(tiny_model_dir, long_reviews=True))  # IMDB reviews: training windows, rules chosen
+    # IMDB reviews (training windows, rules chosen) and a distilled student.
+    cfg = parse_config(tiny_params(tiny_model_dir, long_reviews=True, distill=True))
     paths = ArtifactPaths(root)
     for stage in STAGES:
         load_stage(stage).fn(cfg, paths)

@@ -19,8 +19,9 @@ def dvc(root, *args, check=True):
 
 
 def promoting_params(tiny_model_dir) -> dict:
-    """Tiny params whose gate lets any model through (a random tiny model sits near 50% accuracy)."""
-    params = tiny_params(tiny_model_dir)
+    """Tiny params whose gate lets any model through (a random tiny model sits near 50% accuracy); long reviews and
+    distillation on, as in the default run."""
+    params = tiny_params(tiny_model_dir, long_reviews=True, distill=True)
     params["gate"].update(LENIENT_GATE)
     return params
 
