@@ -38,7 +38,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-invariance bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench: setup  ## inference benchmark: teacher + student, PyTorch vs onnxruntime 
 
 bench-long: setup  ## long reviews: accuracy on 1,000 unseen IMDB reviews + RT test rows through predict, texts/s (ARGS=--rows 200)
 	$(BIN)/python benchmarks/long_reviews.py $(ARGS)
+
+bench-invariance: setup  ## batch invariance: row-wise vs per-tensor dynamic INT8 of the shipped model, alone vs batches of 2-64; accuracy, texts/s
+	$(BIN)/python benchmarks/batch_invariance.py $(ARGS)
 
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py

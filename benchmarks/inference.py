@@ -7,7 +7,7 @@ the onnxruntime sessions share one thread pool, so none is slowed by another's s
 Prints a table with ratios against the teacher's PyTorch eager, the INT8 ceiling of this CPU (the least time
 an INT8 teacher of this architecture could take on onnxruntime's kernels: its GEMMs, timed in the
 same rounds), the student's figures (its INT8: the shipped folder when quantize shipped the student, else a
-per-tensor dynamic INT8 built here; its test accuracy drop vs the teacher's FP32 ONNX, one text per call as the gate
+row-wise dynamic INT8 built here (quantize's first rung); its test accuracy drop vs the teacher's FP32 ONNX, one text per call as the gate
 judges, with a paired bootstrap interval), the reading rules' throughput (texts/s of the shipped INT8 model through
 OnnxClassifier.logits at predict's batch size, per train.long_text candidate's window set, on long
 reviews of the data and on test texts that fit one window), the real workload (the test split + IMDB reviews of the
@@ -208,7 +208,7 @@ def measure_reading(cfg: PipelineConfig, paths: ArtifactPaths, test_texts: list[
 # The student's contenders, timed beside the teacher's (null when there is no student).
 STUDENT_CONTENDERS = ("student_pytorch_eager_fp32", "student_onnxruntime_fp32", "student_onnxruntime_int8")
 # An INT8 that quantize did not ship (the model it did not choose) is built as quantize's first rung.
-BUILT_RUNG = "dynamic_per_tensor"
+BUILT_RUNG = "dynamic_per_row"
 # The real workload's contenders: `tunegate predict`'s code path on the shipped folder, and what a user would write.
 TUNEGATE, PIPELINE = "tunegate_predict", "hf_pipeline"
 PIPELINE_BATCH_SIZE = 32  # the issue's pipeline(..., batch_size=32)
@@ -252,8 +252,8 @@ def shipped(paths: ArtifactPaths) -> dict[str, str]:
 
 
 def int8_folder(exported: Path, scratch: Path, cfg: QuantizeConfig) -> Path:
-    """`scratch`: a served folder holding a per-tensor dynamic INT8 of `exported`'s model, built as quantize builds
-    its first rung (from the optimised graph), with `exported`'s tokenizer and serving files."""
+    """`scratch`: a served folder holding a row-wise dynamic INT8 of `exported`'s model, built as quantize builds its
+    first rung, with `exported`'s tokenizer and serving files."""
     shutil.copytree(exported, scratch, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
     serving = read_json(exported / SERVING_FILE)
     build_rung(BUILT_RUNG, exported / serving["model_file"], exported / MODEL_FILE, scratch / MODEL_FILE, [], cfg)

@@ -288,7 +288,7 @@ def retrain_on_copy(args, cfg: PipelineConfig, shifted: list[str], data: pd.Data
     decision = verdict.get("decision")
     # Why, kept before the scratch copy goes: the gate's own sentence and every check that failed, with its figure.
     failed = [f"{c['check']}: {c['value']:.4f} (needs {c['rule']} {c['threshold']})" if isinstance(c.get("value"), float)
-              else f"{c['check']}: {c.get('value')}" for c in verdict.get("checks", []) if not c.get("passed", True)]
+              else f"{c['check']}: {c.get('value')}" for c in verdict.get("checks", []) if c.get("passed") is False]
     return {"ran": True, "decision": decision, "why": verdict.get("why"), "failed_checks": failed,
             "comparison": verdict.get("comparison"), "seconds": seconds, "exit_code": done.returncode,
             "new_rows": int(picked.sum()), "project": str(root),

@@ -62,11 +62,13 @@ def signals_interrupt() -> Iterator[None]:
 def cmd_run(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from flows.workspace import workspace_lock
+    from tasks.core.lock_cpu import committed_lock_cpus
     from tasks.core.paths import ArtifactPaths
 
     paths = ArtifactPaths(Path(args.project).resolve())
     # Taken before the Prefect server starts, so a busy workspace fails in a second; the flow re-enters it.
     with workspace_lock(paths, "tunegate run"), signals_interrupt():
+        committed = committed_lock_cpus(paths)  # before the run rewrites the work tree's record
         from prefect.settings import PREFECT_API_URL
 
         from flows.console_log import quiet_user_errors
@@ -87,10 +89,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 130
         except PipelineFailed as failed:
             print_summary(failed.outcomes)
+            print_lock_cpu_note(committed)
             report_error(f"pipeline stopped at {failed.outcomes[-1].stage}", failed.cause, debugging(args))
             return 1
     print_summary(outcomes)
+    print_lock_cpu_note(committed)
     return 0
+
+
+def print_lock_cpu_note(committed: dict) -> None:
+    """Why dvc.lock changed, when the committed one came from a CPU of other numerics (nothing otherwise)."""
+    from tasks.core.host import cpu_facts
+    from tasks.core.lock_cpu import foreign_lock_note
+
+    for line in foreign_lock_note(committed, cpu_facts()):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary(outcomes: list) -> None:
@@ -115,10 +128,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     paths = ArtifactPaths(Path.cwd())
     # `dvc repro` runs this per stage (DVC sets DVC_STAGE): a flow running here makes it fail at once.
-    holder = f"tunegate stage {args.name}" + (" (dvc repro)" if "DVC_STAGE" in os.environ else "")
+    under_dvc = "DVC_STAGE" in os.environ
+    holder = f"tunegate stage {args.name}" + (" (dvc repro)" if under_dvc else "")
     with workspace_lock(paths, holder):
         result = load_stage(args.name).fn(load_config(paths.params), paths)
         clear_failure_report(paths, args.name)
+        if under_dvc:  # DVC records the stage in dvc.lock once this command succeeds: note the CPU beside it
+            from tasks.core.lock_cpu import record_lock_cpu
+
+            record_lock_cpu(paths, args.name)
     console.print(f"[green]{args.name}[/]: {result.key_figure}")
     return 0
 
@@ -334,11 +352,52 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if done.moved:
         console.print(f"{done.stage}: {done.from_version} -> [bold]{done.to_version}[/] ({done.tag})", soft_wrap=True)
         console.print(f"smoke test on {done.folder}: {done.smoke}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"parity certificate on this host: {done.parity}", soft_wrap=True, markup=False, highlight=False)
     else:
         console.print(f"{done.stage} already holds {done.to_version} ({done.tag}): nothing moved", soft_wrap=True)
     if done.pushed_to:
         console.print(f"pushed {done.tag} to {done.pushed_to}", soft_wrap=True)
     return 0
+
+
+def verify_folder_of(root: Path, model: str, gate_release: Path) -> tuple[Path, str | None]:
+    """The folder `tunegate verify` checks without FOLDER: serve.model's (a registry stage's release is fetched);
+    the gate's release instead when serve.model's folder has no certificate and the release holds the same model
+    file. Returns it with a note saying why when it is the release."""
+    from tasks.core.io import file_sha256, read_json
+    from tasks.serving.files import PARITY_FILE, RELEASE_FILE
+    from tasks.serving.source import served_model_file, source_for
+
+    folder = source_for(model, root).resolve().folder
+    if (folder / PARITY_FILE).is_file() or not (gate_release / PARITY_FILE).is_file():
+        return folder, None
+    released = gate_release / RELEASE_FILE
+    if released.is_file() and file_sha256(served_model_file(folder)) == read_json(released).get("sha256"):
+        return gate_release, (f"serve.model {model} carries no certificate; checking the gate's release "
+                              f"{gate_release.relative_to(root)}, which holds the same model file")
+    return folder, None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    # onnxruntime and tokenizers only (gto and dvc when serve.model is registry:STAGE): no torch, no transformers.
+    from tasks.serving.parity import WIDTH, summary_lines, verify_folder
+    from tasks.serving.settings import load_serve_settings
+
+    root = Path(args.project).resolve()
+    params = root / "params.yaml"
+    settings = load_serve_settings(params if params.is_file() else None, {})  # serve's thresholds, as serve reads them
+    if args.folder is not None:
+        folder = Path(args.folder)
+    else:
+        folder, note = verify_folder_of(root, settings.model, root / "artifacts" / "gate" / "release")
+        if note:
+            import textwrap
+
+            console.print(textwrap.fill(note, width=WIDTH), markup=False, highlight=False, soft_wrap=True)
+    report = verify_folder(folder, settings.min_parity_agreement)
+    for line in summary_lines(report):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0 if report.passed else 1
 
 
 def print_models(root: Path) -> None:
@@ -568,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.set_defaults(func=cmd_schedule)
 
     serve = sub.add_parser("serve", help="the HTTP inference service for the production model (blocks)",
-                           description="Serve a shipped model folder (serve.model, default artifacts/quantize/onnx) "
+                           description="Serve a shipped model folder (serve.model, default artifacts/gate/release) "
                                        "or the registry's version in a stage (registry:prod) over HTTP with "
                                        "FastAPI + uvicorn + onnxruntime: /v1/predict, /v2/health/live, "
                                        "/v2/health/ready, /v2/models/NAME, /v2/repository/models/NAME/load, "
@@ -656,6 +715,26 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", metavar="VERSION", help="version to restore, e.g. v0.1.0 (default: the previous one)")
     back.add_argument("--reason", help="why, recorded in the tag message")
     back.set_defaults(func=cmd_rollback)
+
+    verify = sub.add_parser("verify", help="re-score a release's parity certificate on this host; exit 1 unless it "
+                                           "answers as the judging host did",
+                            description="The gate writes a parity certificate (parity.json) into its release: test "
+                                        "texts (short and long) with the probabilities the judging host computed, "
+                                        "one text per model call, that host's CPU features and the tolerance "
+                                        "(gate.parity_max_prob_delta). verify scores the same texts the same way "
+                                        "here and passes when labels agree on at least serve.min_parity_agreement "
+                                        "of them and no probability moved by more than the tolerance; it prints "
+                                        "both hosts' CPU features and the first differing texts. `tunegate serve` "
+                                        "runs the same check at start and at every reload, `tunegate rollback` "
+                                        "before it moves the stage. Exits 0 on a pass, 1 on a failure or a folder "
+                                        "without a certificate.")
+    verify.add_argument("folder", nargs="?", default=None, metavar="FOLDER",
+                        help="a release folder (default: serve.model's folder, or the registry stage's release it "
+                             "names; artifacts/gate/release when serve.model's folder has no certificate and the "
+                             "release holds the same model file)")
+    verify.add_argument("--project", default=".", help="project root: its params.yaml's serve section gives "
+                                                      "serve.min_parity_agreement (default: current folder)")
+    verify.set_defaults(func=cmd_verify)
 
     history = sub.add_parser("history", parents=[registry],
                              help="every registration and stage move; --at TIME: what was in prod then",

@@ -278,7 +278,9 @@ def commit_model(root: Path, branch: str | None, prefix: str, now: datetime) -> 
         branch = branch_name(prefix, now)
         git(root, "checkout", "-q", "-b", branch)
     git(root, "add", "-u")
-    git(root, "add", "--", "dvc.lock")
+    # The CPU record travels with dvc.lock (tasks/core/lock_cpu.py); a project's first run leaves both untracked.
+    lock_cpu = ArtifactPaths(root).lock_cpu
+    git(root, "add", "--", "dvc.lock", *([lock_cpu.name] if lock_cpu.is_file() else []))
     git(root, "commit", "-q", "-m", "retrain: dvc.lock of the retrained model")
     return branch, git(root, "rev-parse", "HEAD")
 

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 from onnxruntime.quantization import CalibrationDataReader
 
+from tasks.compression.rowwise import quantize_rowwise
 from tasks.core.config import PipelineConfig, QuantizeConfig
 from tasks.core.io import read_json, staged_dir, write_json
 from tasks.core.metrics import classification_metrics, softmax
-from tasks.judging.stats import paired_accuracy_se
+from tasks.judging.stats import CHECK_PASS, paired_accuracy_se, paired_cost
 from tasks.serving.files import MODEL_FILE, SERVING_FILE
 from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import CPU, OnnxClassifier, copy_model, has_external_data, model_mb
@@ -88,11 +89,15 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
 
     # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference: say "float".
     options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    source = plain if rung.startswith("static") else optimised
+    # Row-wise INT8 rewrites MatMuls of constant weights: the plain export has all of them; the optimised graph
+    # hides the Q, K, V products inside fused Attention nodes.
+    source = plain if rung.startswith("static") or rung == "dynamic_per_row" else optimised
     external = has_external_data(source)
     if rung == "fp32":
         copy_model(source, target)
         return {"method": "no quantization"}
+    if rung == "dynamic_per_row":
+        return quantize_rowwise(source, target, external)
     if rung.startswith("dynamic"):
         per_channel = rung == "dynamic_per_channel"
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=per_channel,
@@ -147,31 +152,57 @@ class Reference:
 
     predicted: np.ndarray  # [rows] class ids
     accuracy: float
+    seed: int  # of the paired bootstrap: every candidate's drop is resampled on the same rows
 
 
-def teacher_reference(teacher_dir: Path, rows: pd.DataFrame, labels: list[str], batch_size: int) -> Reference:
+def teacher_reference(teacher_dir: Path, rows: pd.DataFrame, labels: list[str], batch_size: int,
+                      seed: int) -> Reference:
     """The exported teacher's (FP32, optimised graph) predictions and accuracy on `rows`, scored on CPU."""
     probs = softmax(OnnxClassifier(teacher_dir, target=SERVING_TARGET).logits(list(rows["text"]), batch_size))
-    return Reference(probs.argmax(axis=1), classification_metrics(rows["label"].to_numpy(), probs, labels)["accuracy"])
+    return Reference(probs.argmax(axis=1), classification_metrics(rows["label"].to_numpy(), probs, labels)["accuracy"],
+                     seed)
+
+
+def batch_invariance(model: OnnxClassifier, texts: list[str], alone: np.ndarray, cfg: QuantizeConfig,
+                     seed: int = 0) -> dict[str, Any]:
+    """How `model`'s answers change when texts share calls: `texts` scored in random (seeded) groups of
+    cfg.batch_check_size, short sentences beside long reviews, against `alone` ([n, classes] probabilities at
+    quantize.batch_size: 1 = one text per call, as the gate judges). Invariant: every label the same and every probability within cfg.max_batch_prob_delta."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    groups = [order[i:i + cfg.batch_check_size] for i in range(0, len(order), cfg.batch_check_size)]
+    batched = softmax(model.reading_logits(model.read(texts), groups))
+    agreement = float((batched.argmax(axis=1) == alone.argmax(axis=1)).mean())
+    delta = float(np.abs(batched - alone).max())
+    return {"batch_label_agreement": agreement, "batch_max_prob_delta": delta,
+            "batch_invariant": bool(agreement == 1.0 and delta <= cfg.max_batch_prob_delta)}
 
 
 def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
                  cfg: QuantizeConfig) -> dict[str, Any]:
-    """Accuracy on the judging (dev) rows, paired drop vs the teacher FP32 with its standard error, agreement with
-    it, median batch-1 latency; and whether it passes."""
+    """Accuracy on the judging (dev) rows, paired drop vs the teacher FP32 with its standard error, interval and
+    outcome (pass / fail / inconclusive against quantize.max_accuracy_drop), agreement with it, median batch-1
+    latency; and whether it passes (only a drop that passes can)."""
     texts, truth = list(rows["text"]), rows["label"].to_numpy()
     probs = softmax(model.logits(texts, cfg.batch_size))
     predicted = probs.argmax(axis=1)
     accuracy = classification_metrics(truth, probs, labels)["accuracy"]
+    drop = paired_cost(truth, reference.predicted, predicted, len(labels), cfg.max_accuracy_drop,
+                       cfg.bootstrap_samples, cfg.confidence, reference.seed)
     figures = {
         "accuracy": accuracy,
         "accuracy_drop": reference.accuracy - accuracy,
         "accuracy_drop_se": paired_accuracy_se(reference.predicted == truth, predicted == truth),
+        "accuracy_drop_interval": [drop["low"], drop["high"]],
+        "drop_outcome": drop["outcome"],
+        "drop_rows_needed": drop["rows_needed"],  # dev rows at which the interval would stop straddling the bound
         "agreement": float((predicted == reference.predicted).mean()),
         "latency_ms_b1": float(np.median(batch1_latencies_ms(model, texts[: cfg.latency_rows]))),
+        # A rung whose labels move with batch mates would serve other answers than the gate judges (one text
+        # per call): it does not ship, however accurate.
+        **batch_invariance(model, texts, probs, cfg),
     }
-    figures["passed"] = bool(figures["accuracy_drop"] <= cfg.max_accuracy_drop
-                             and figures["agreement"] >= cfg.min_agreement)
+    figures["passed"] = bool(figures["drop_outcome"] == CHECK_PASS
+                             and figures["agreement"] >= cfg.min_agreement and figures["batch_invariant"])
     return figures
 
 
@@ -224,11 +255,11 @@ def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, cal
 
 
 def climb_ladders(fp32_dirs: dict[str, Path], work: Path, rows: pd.DataFrame, calibration: list[str],
-                  labels: list[str], cfg: QuantizeConfig) -> tuple[list[dict[str, Any]], str, str]:
+                  labels: list[str], cfg: QuantizeConfig, seed: int) -> tuple[list[dict[str, Any]], str, str]:
     """Climb each model's ladder in quantize.models order (fp32_dirs: the exported models there are; the teacher
-    always), every rung judged against the teacher FP32; returns every rung tried, the first passing one's model
-    and its file in work/<model>/."""
-    reference = teacher_reference(fp32_dirs["teacher"], rows, labels, cfg.batch_size)
+    always), every rung judged against the teacher FP32 (paired intervals resampled with `seed`); returns every
+    rung tried, the first passing one's model and its file in work/<model>/."""
+    reference = teacher_reference(fp32_dirs["teacher"], rows, labels, cfg.batch_size, seed)
     tried: list[dict[str, Any]] = []
     for model in cfg.models:
         if model not in fp32_dirs:
@@ -278,7 +309,7 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     with staged_dir(paths.stage_dir("quantize")) as out, tempfile.TemporaryDirectory(dir=out) as work_dir:
         work = Path(work_dir)
         tried, chosen_model, chosen_file = climb_ladders(fp32_dirs, work, rows, calibration, cfg.data.label_names,
-                                                         cfg.quantize)
+                                                         cfg.quantize, cfg.seed)
         int8_dir = out / paths.int8_dir.name
         # The chosen model's tokenizer, config.json and serving.json (the student's when the student ships).
         shutil.copytree(work / chosen_model, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
@@ -295,13 +326,14 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             "fp32_accuracy": chosen["accuracy"] + chosen["accuracy_drop"],  # the teacher FP32's
             "accuracy_drop": chosen["accuracy_drop"],
             "accuracy_drop_se": chosen["accuracy_drop_se"],
+            "accuracy_drop_interval": chosen["accuracy_drop_interval"],  # quantize.confidence, paired bootstrap
             "agreement": chosen["agreement"],
             "size_ratio": round(chosen["mb"] / models["teacher"]["fp32_mb"], 4),  # of the teacher FP32
             "params_ratio": round(chosen["params"] / models["teacher"]["params"], 4),
             "thresholds": {"max_accuracy_drop": cfg.quantize.max_accuracy_drop,
-                           "min_agreement": cfg.quantize.min_agreement},
+                           "confidence": cfg.quantize.confidence, "min_agreement": cfg.quantize.min_agreement},
             "models": models,
-            "rungs": rungs,  # every candidate tried, in order: model, rung, dev figures, size, weights, passed
+            "rungs": rungs,  # every candidate tried, in order: model, rung, dev figures, drop outcome, size, passed
         }
         write_json(out / "quantization.json", report)
         key = (f"{chosen_model} {chosen['rung']}: dev acc {chosen['accuracy']:.4f}, "

@@ -14,7 +14,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from benchmarks.inference import encoder_gemms, int8_floor_ms, time_interleaved
-from benchmarks.serving import first_label, max_rps_within, overload_figures, speedup
+from benchmarks.serving import first_label, long_review_figures, max_rps_within, overload_figures, speedup
 from benchmarks.orchestration import per_stage_overhead
 from benchmarks.simulate_week import cycle, first_alarm_delay, in_domain_pool, unshifted_alarms
 from tasks.core.config import STAGES, parse_config
@@ -140,7 +140,7 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     assert all((result["contenders"][name] is not None) is student for name in students), "no student: null rows"
     # The benchmark scores the shipped INT8 model on the test split, as the gate does (batches may differ: one row);
     # the teacher's INT8 is the shipped one when the teacher shipped, else quantize's first rung built here.
-    assert result["int8_rung"] == (quantized["chosen"] if shipped_model == "teacher" else "dynamic_per_tensor")
+    assert result["int8_rung"] == (quantized["chosen"] if shipped_model == "teacher" else "dynamic_per_row")
     shipped = {"teacher": "onnxruntime_int8", "student": "student_onnxruntime_int8"}[shipped_model]
     gate = json.loads(paths.decision.read_text())["metrics"]
     assert result["contenders"][shipped]["accuracy"] == pytest.approx(gate["accuracy"]["value"],
@@ -178,6 +178,22 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
 
     assert own["rule"] == describe(normalise(served_rule)) and own["imdb_texts_per_s"] > 0
     assert 0.0 <= own["imdb_accuracy"] <= 1.0
+
+
+@pytest.mark.e2e
+def test_batch_invariance_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_pipeline, tiny_project,
+                                                                                tmp_path):
+    cfg, paths = staged_pipeline
+    out = tmp_path / "batch_invariance.json"
+    result = run_benchmark("batch_invariance.py", "--project", str(paths.root), "--params",
+                           str(tiny_project / "params.yaml"), "--rows", "40", "--rounds", "1", "--out", str(out),
+                           cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    assert set(result["accuracy"]) == {"dynamic_per_row", "dynamic_per_tensor", "fp32"}
+    row = result["batching"]["dynamic_per_row"]
+    assert set(row) == {"2", "8", "32", "64"} and all(f["label_agreement"] == 1.0 for f in row.values())
+    assert result["targets"] == {"row_labels_identical": True, "row_max_prob_delta_within": True}
+    assert all(rate > 0 for rates in result["texts_per_s"].values() for rate in rates.values())
 
 
 def test_inference_workload_is_the_test_split_then_unseen_undistilled_reviews_in_the_datas_order(tmp_path):
@@ -301,6 +317,15 @@ def test_serving_overload_counts_only_answers_given_inside_the_window_as_served(
     assert figures["p99_ms"] > 800, "a late answer still counts in the latency of served requests"
 
 
+def test_serving_long_review_figures_count_refusals_and_the_cost_of_the_reviews_sent():
+    raw = {"window_s": 2.0, "status": [200, 200, 429, 200], "latency_ms": [100.0, 120.0, 1.0, 300.0],
+           "index": [0, 1, 0, 1], "timeouts": 0, "connection_errors": 0}
+    figures = long_review_figures(raw, windows=[4, 8], tokens=[256, 512])
+    assert figures["served"] == 3 and figures["rps"] == 1.5 and figures["refusals_429"] == 1
+    assert figures["p50_ms"] == 120.0 and figures["p99_ms"] > 290, "refused requests are not in the latency"
+    assert figures["windows_per_review_mean"] == 6.0 and figures["tokens_per_review_mean"] == 384.0
+
+
 def test_serving_reads_the_label_from_either_contenders_answer():
     tunegate = {"model_version": "v1", "predictions": [{"label": "positive", "probabilities": {}}]}
     assert first_label(tunegate) == "positive"
@@ -327,7 +352,11 @@ def test_serving_benchmark_smoke_run_serves_every_contender_and_prints_its_json(
     assert result["loadgen_ceiling_rps"] > 0 and result["overload"]["arrivals"] > 0
     assert 0.0 <= result["batched_label_agreement"] <= 1.0
     assert set(result["targets"]) == {"speedup_vs_hf_pipeline", "overload_served_share", "overload_p99_ms",
-                                      "overload_timeouts", "overload_5xx"}
+                                      "overload_timeouts", "overload_5xx", "long_review_alone_refusals",
+                                      "long_review_timeouts", "long_review_5xx"}
+    if result["long_review_texts"]:  # test texts read as several windows, sent by 8 clients back to back
+        assert result["long_review"]["requests"] > 0 and result["long_review_refusals"] is not None
+        assert result["long_review"]["alone"]["requests"] > 0 and result["long_review_alone_refusals"] == 0
 
 
 @pytest.mark.e2e

@@ -33,7 +33,8 @@ def test_each_stage_runs_its_own_cli_shell_and_depends_on_its_source():
 
 
 # Modules that cannot change a stage's output, so editing them need not rerun stages.
-# (runlog writes only .tunegate/runs/, never a tracked output.)
+# (runlog writes only .tunegate/runs/, never a tracked output.) What they import serves only them (runlog's CPU
+# facts from core/host), so the walk below does not go through them.
 PLUMBING = {"tasks/core/config.py", "tasks/core/errors.py", "tasks/core/paths.py", "tasks/core/stage.py",
             "tasks/core/runlog.py"}
 
@@ -45,13 +46,16 @@ def module_file(dotted: str) -> str:
 
 
 def tasks_modules_used_by(stage: str) -> set[str]:
-    """Every tasks/ file that tasks/<stage>.py imports, directly or through others (also inside functions)."""
+    """Every tasks/ file that tasks/<stage>.py imports, directly or through others (also inside functions),
+    except through PLUMBING."""
     seen, todo = set(), [f"tasks/{stage}.py"]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
+        if name in PLUMBING:
+            continue
         for node in ast.walk(ast.parse((REPO / name).read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks."):
                 todo.append(module_file(node.module))

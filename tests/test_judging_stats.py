@@ -10,8 +10,10 @@ from scipy.stats import binomtest, mannwhitneyu
 
 from tasks.core.metrics import (calibration_bin, classification_metrics, confusion_matrix,
                                 expected_calibration_error, reliability_bins, roc_auc)
-from tasks.judging.stats import (mcnemar_exact, metric_intervals, paired_accuracy_se, paired_difference,
+from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, cost_outcome, mcnemar_exact,
+                                 metric_intervals, paired_accuracy_se, paired_cost, paired_difference,
                                  resampled_confusions, resampled_ece, resampled_rows, rows_to_resolve)
+from tests.test_gate import constructed_pair
 
 PROPERTY = settings(max_examples=50, deadline=None)
 SAMPLES = 200  # resamples in the property tests: enough to exercise every code path, fast on small arrays
@@ -310,3 +312,65 @@ def test_rows_to_resolve_never_needs_fewer_rows_for_more_disagreement_or_a_small
     small, large = sorted((m1, m2))
     assert _rows_or_infinity(low, difference, large) <= _rows_or_infinity(high, difference, large)
     assert _rows_or_infinity(low, difference, large) <= _rows_or_infinity(low, difference, small)
+
+
+# --- cost checks: how much accuracy a cheaper model gives up against its reference, on the same rows -----------
+
+COST_BOUND = 0.02
+
+
+@pytest.mark.parametrize("case, expected", [
+    ((2000, 0.85, 0.85, 40), CHECK_PASS),          # nothing lost, resolved: the upper end is about +0.006
+    ((1000, 0.80, 0.85, 20), CHECK_FAIL),          # five points lost: the lower end is about +0.034
+    ((950, 0.8214, 0.8351, 28), CHECK_INCONCLUSIVE),  # 1.37 points lost, SE 0.0067: about [+0.000, +0.027]
+])
+def test_paired_cost_of_constructed_predictions_gives_each_outcome(case, expected):
+    rows, candidate_right, reference_right, _ = case
+    y_true, candidate, reference = constructed_pair(*case)
+    cost = paired_cost(y_true, reference, candidate, 2, COST_BOUND, 2000, 0.95, seed=42)
+    assert cost["outcome"] == expected, cost
+    assert cost["value"] == (int(reference_right * rows) - int(candidate_right * rows)) / rows
+    assert cost["low"] <= cost["value"] <= cost["high"] and cost["rows"] == rows and cost["bound"] == COST_BOUND
+    assert cost["se"] == pytest.approx(paired_accuracy_se(reference == y_true, candidate == y_true))
+    if expected == CHECK_PASS:
+        assert cost["high"] <= COST_BOUND
+    if expected == CHECK_FAIL:
+        assert cost["low"] > COST_BOUND
+
+
+def test_an_inconclusive_cost_reports_the_rows_that_would_settle_it():
+    y_true, candidate, reference = constructed_pair(950, 0.8214, 0.8351, 28)
+    cost = paired_cost(y_true, reference, candidate, 2, COST_BOUND, 2000, 0.95, seed=42)
+    # 41 of 950 rows differ in correctness, 13 net: n = 1.96^2 (41/950 - (13/950)^2) / (0.02 - 13/950)^2 = 4139.
+    assert cost["disagreement"] == 41 / 950 and cost["outcome"] == CHECK_INCONCLUSIVE
+    assert cost["rows_needed"] == rows_to_resolve(41 / 950, 13 / 950, COST_BOUND - 13 / 950, 0.95)
+    assert cost["rows_needed"] == pytest.approx(4139, abs=1) and cost["rows_needed"] > cost["rows"]
+
+
+def test_the_same_predictions_judged_as_a_point_value_would_reject():
+    """What the rule replaces: 1.37 points lost against a 1-point bound was a REJECT; the interval cannot say."""
+    y_true, candidate, reference = constructed_pair(950, 0.8214, 0.8351, 28)
+    cost = paired_cost(y_true, reference, candidate, 2, 0.01, 2000, 0.95, seed=42)
+    assert cost["value"] > 0.01 and cost["low"] < 0.01 and cost["outcome"] == CHECK_INCONCLUSIVE
+
+
+def test_a_model_judged_against_itself_costs_exactly_nothing_and_passes_any_bound():
+    y_true, candidate, _ = constructed_pair(300, 0.8, 0.8, 0)
+    cost = paired_cost(y_true, candidate, candidate.copy(), 2, 0.0, 500, 0.95, seed=1)
+    assert (cost["value"], cost["low"], cost["high"], cost["outcome"], cost["rows_needed"]) == (0.0, 0.0, 0.0,
+                                                                                                CHECK_PASS, None)
+
+
+@pytest.mark.parametrize("low, high, outcome", [
+    (0.00, 0.02, CHECK_PASS),          # the upper end on the bound is within it
+    (0.02, 0.04, CHECK_INCONCLUSIVE),  # the lower end on the bound is not beyond it
+    (0.021, 0.04, CHECK_FAIL),
+])
+def test_cost_outcome_at_the_bound(low, high, outcome):
+    drop = {"value": (low + high) / 2, "low": low, "high": high}
+    assert cost_outcome(drop, 0.05, COST_BOUND, 0.95)["outcome"] == outcome
+
+
+def test_a_cost_exactly_on_the_bound_can_never_be_settled():
+    drop = {"value": COST_BOUND, "low": 0.01, "high": 0.03}
+    assert cost_outcome(drop, 0.05, COST_BOUND, 0.95) == {"outcome": CHECK_INCONCLUSIVE, "rows_needed": None}

@@ -249,16 +249,29 @@ def rule_id(i: int) -> str:
     return "-".join(map(str, RULES[i].values()))
 
 
+# Two runtimes agree on what decides: labels, and probabilities within RUNTIME_PROB_ATOL. Not on raw outputs:
+# spread_head scales the classifier ~1000x (row norm ~1e3), so float32 rounding of ~1e-7 in the pooled vector is
+# ~1e-4 in a logit, more or less by instruction set, and mean_prob's log-probability of an unlikely class
+# (p ~ 1e-3..1e-4) carries its window's whole logit error (~1e-3 seen on AVX2) where its probability moves ~1e-7.
+# Measured max |Δprob| 1.5e-5 to 2.2e-5 (AMD EPYC, AVX-512 VNNI, 2 cores, 2026-12-06; PyTorch on its AVX-512,
+# AVX2 and no-AVX kernels via ATEN_CPU_CAPABILITY); windows read with another stride, one token shorter or
+# aggregated otherwise move some text's probabilities by 4e-3 to 1e-1, and another rule than head by more than
+# DISTINCT_READINGS_PROB, which the test asks of it so that the tolerance is shown to see a different reading.
+RUNTIME_PROB_ATOL = 1e-4
+DISTINCT_READINGS_PROB = 10 * RUNTIME_PROB_ATOL
+
+
 @pytest.mark.parametrize("i", range(len(RULES)), ids=rule_id)
 def test_onnxruntime_and_pytorch_read_long_texts_alike(tiny, folders, i):
     model, tokenizer, _ = tiny
     texts = LONG_TEXTS + ["dull", ""]
     onnx = OnnxClassifier(folders[i]).logits(texts, 2)
     eager = torch_logits(model, tokenizer, texts, WINDOW_MAX, 2, torch.device("cpu"), long_text=RULES[i])
-    assert np.allclose(onnx, eager, atol=1e-4, rtol=0)
-    if i:  # a rule other than head reads long texts differently, short ones alike (mean_prob: as log-probabilities)
+    assert onnx.argmax(axis=1).tolist() == eager.argmax(axis=1).tolist()
+    assert np.allclose(softmax(onnx), softmax(eager), atol=RUNTIME_PROB_ATOL, rtol=0)
+    if i:  # a rule other than head reads long texts differently (beyond the tolerance above), short ones alike
         head = OnnxClassifier(folders[0]).logits(texts, 2)
-        assert not np.allclose(onnx[:4], head[:4], atol=1e-3)
+        assert np.abs(softmax(onnx[:4]) - softmax(head[:4])).max() > DISTINCT_READINGS_PROB
         assert np.allclose(softmax(onnx[-2:]), softmax(head[-2:]), atol=1e-6, rtol=0)
 
 

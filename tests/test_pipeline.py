@@ -8,6 +8,9 @@ import pytest
 from flows.pipeline import PipelineFailed, training_pipeline
 from tasks.contracts.report import check_name, summary
 from tasks.core.config import STAGES
+from tasks.core.host import cpu_facts, same_numerics
+from tasks.core.lock_cpu import lock_cpus_on_disk, record_lock_cpu
+from tasks.core.paths import ArtifactPaths
 from tasks.validate import DataValidationError
 from tests.conftest import BIN, LENIENT_GATE, latest_artifact, run, tiny_params
 
@@ -33,6 +36,8 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(make_project, tiny_mo
         assert f"Running stage '{stage}'" in first.stdout
     decision = json.loads((root / "artifacts" / "gate" / "decision.json").read_text())
     assert decision["decision"] == "PROMOTE"
+    recorded = lock_cpus_on_disk(ArtifactPaths(root))  # beside dvc.lock: the CPU each stage was recorded on
+    assert list(recorded) == list(STAGES) and all(same_numerics(f, cpu_facts()) for f in recorded.values())
     second = dvc(root, "repro")
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout.lower()
@@ -117,12 +122,29 @@ def test_bad_data_stops_dvc_repro_at_validate(make_project, reviews_frame):
 
 def test_cli_run_starts_an_ephemeral_api_and_prints_the_summary(make_project):
     root = make_project()
+    # The committed dvc.lock came from a CPU of other numerics (an AMX Xeon, or an AVX2 EPYC on such a Xeon).
+    host = cpu_facts()
+    other = ({"machine": host["machine"], "model": "AMD EPYC 7B13", "kind": "avx2", "flags": ["avx2", "fma"]}
+             if "amx_int8" in host["flags"] else
+             {"machine": host["machine"], "model": "Intel(R) Xeon(R) Platinum 8480+", "kind": "avx512_vnni+amx",
+              "flags": ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]})
+    paths = ArtifactPaths(root)
+    for stage in STAGES:
+        record_lock_cpu(paths, stage, other)
+    run(["git", "add", paths.lock_cpu.name], root)
+    run(["git", "commit", "-q", "-m", "dvc.lock from another CPU"], root)
     done = run([str(BIN / "tunegate"), "run", "--project", str(root)], root, check=False)
     assert done.returncode == 0, done.stderr
     cells = [[cell.strip() for cell in line.split("│")[1:3]] for line in done.stdout.splitlines()
              if line.startswith("│")]
     rows = [cell for cell in cells if cell[0]]  # a long key figure wraps onto lines of its own
     assert rows == [[stage, "completed"] for stage in STAGES]
+    summary_text = " ".join(done.stdout.split())
+    assert (f"dvc.lock was committed from {other['kind']}, {other['model']}; this host is {host['kind']}, "
+            f"{host['model']}: training on another instruction set gives other bytes from train on; the verdict is "
+            "re-earned here and the shipped model's parity certificate is re-checked where it is served."
+            in summary_text)
+    assert all(same_numerics(f, host) for f in lock_cpus_on_disk(paths).values()), "every stage reran here"
 
 
 def test_cli_run_prints_a_failed_check_once_without_traceback(make_project, reviews_frame):

@@ -217,12 +217,12 @@ def test_first_promotion_pushes_bytes_then_tags_once_though_two_run_at_once(regi
 
 def test_promote_refuses_what_the_gate_did_not_approve_and_a_forced_one_records_why(registry_project, tmp_path):
     root = registry_project
-    # A REJECT made cheaply: only the gate reruns, with a latency bound nothing meets.
+    # A REJECT made cheaply: only the gate reruns, with a compute budget nothing meets.
     from tasks.core.config import write_overrides
 
-    write_overrides(root / "params.yaml", ["gate.max_latency_ms_b1=0.000001"])
+    write_overrides(root / "params.yaml", ["gate.max_gmacs_per_text_p95=0.000001"])
     run([str(BIN / "dvc"), "repro"], root)
-    run(["git", "commit", "-q", "-am", "gate with an impossible latency bound"], root)
+    run(["git", "commit", "-q", "-am", "gate with an impossible compute budget"], root)
 
     rejected = promote(root)
     assert rejected.returncode == 1 and "the gate decided REJECT" in rejected.stderr

@@ -14,7 +14,7 @@ from tasks.core.config import QUANTIZATION_RUNGS, ConfigError, parse_config
 from tasks.core.paths import ArtifactPaths
 from tasks.serving.latency import batch1_latencies_ms
 from tasks.serving.onnx_model import CPU, OnnxClassifier
-from tests.conftest import tiny_params
+from tests.conftest import REPO, tiny_params
 
 
 def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
@@ -22,8 +22,8 @@ def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
     report = json.loads(paths.quantization_report.read_text())
     # Lenient tiny bounds: the first candidate ships, the student's when distill made one.
     first = "student" if paths.student_onnx_dir.is_dir() else "teacher"
-    assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_tensor" and report["chosen_model"] == first
-    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [(first, "dynamic_per_tensor")]
+    assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_row" and report["chosen_model"] == first
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [(first, "dynamic_per_row")]
     assert report["size_ratio"] < 0.6
     assert report["accuracy_drop"] == pytest.approx(report["fp32_accuracy"] - report["accuracy"])
     served = OnnxClassifier(paths.int8_dir)
@@ -39,6 +39,9 @@ def test_quantize_judges_on_dev_rows_the_calibrator_did_not_see(staged_pipeline)
     assert report["first_row"] == cfg.quantize.calibration_rows
     assert report["rows"] == dev_rows - cfg.quantize.calibration_rows
     assert report["accuracy_drop_se"] == report["rungs"][-1]["accuracy_drop_se"] >= 0
+    low, high = report["accuracy_drop_interval"]
+    assert low <= report["accuracy_drop"] <= high and report["rungs"][-1]["drop_outcome"] == "pass"
+    assert report["thresholds"]["confidence"] == cfg.quantize.confidence
     key = json.loads(paths.result("quantize").read_text())["key_figure"]
     assert (f"drop {report['accuracy_drop']:+.4f} (SE {report['accuracy_drop_se']:.4f}) vs teacher FP32 on "
             f"{report['rows']} rows") in key
@@ -91,7 +94,7 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
     def measure_with_first_rung_broken(model, *args, **kwargs):
         figures = real_measure(model, *args, **kwargs)
         calls.append(model.model_file)
-        if model.model_file == "dynamic_per_tensor.onnx":  # forced: this rung "loses" 10 points
+        if model.model_file == "dynamic_per_row.onnx":  # forced: this rung "loses" 10 points
             figures.update(accuracy_drop=0.10, passed=False)
         return figures
 
@@ -99,8 +102,8 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
     dev = pd.read_parquet(paths.split("dev"))
     tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
                                        cfg.data.label_names, cfg.quantize, reference(paths, dev))
-    assert [r["rung"] for r in tried] == ["dynamic_per_tensor", "dynamic_per_channel"]
-    assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "dynamic_per_channel.onnx"
+    assert [r["rung"] for r in tried] == ["dynamic_per_row", "static_minmax"]
+    assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "static_minmax.onnx"
 
 
 def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeline, tmp_path, monkeypatch):
@@ -173,12 +176,74 @@ def test_batch1_latencies_time_each_text_alone_after_one_untimed_warm_up():
 
 def reference(paths: ArtifactPaths, rows: pd.DataFrame) -> stage.Reference:
     """The teacher FP32's predictions on `rows`: what every candidate is judged against."""
-    return stage.teacher_reference(paths.onnx_dir, rows, ["negative", "positive"], 1)
+    return stage.teacher_reference(paths.onnx_dir, rows, ["negative", "positive"], 1, seed=42)
+
+
+# --- the rung's drop decided on its paired interval, as the gate decides its own --------------------------------
+
+class ConstructedModel:
+    """Stands in for a rung's OnnxClassifier: answers each text with a set label, alone or in any batch."""
+
+    def __init__(self, texts: list[str], predicted: np.ndarray):
+        self.answers = dict(zip(texts, predicted.tolist()))
+
+    def _logits(self, texts) -> np.ndarray:
+        return np.eye(2, dtype=np.float32)[[self.answers[t] for t in texts]] * 4.0
+
+    def logits(self, texts, batch_size):
+        return self._logits(texts)
+
+    def read(self, texts):
+        return list(texts)
+
+    def reading_logits(self, reading, groups):
+        return self._logits(reading)
+
+
+@pytest.mark.parametrize("case, outcome", [
+    ((2000, 0.85, 0.85, 40), "pass"),            # nothing lost, resolved: upper end about +0.006
+    ((1000, 0.80, 0.85, 20), "fail"),            # five points lost: lower end about +0.034
+    ((950, 0.8214, 0.8351, 28), "inconclusive"),  # 1.37 points lost, SE 0.0067: about [+0.000, +0.027]
+])
+def test_a_rung_ships_only_when_its_drop_interval_passes(case, outcome):
+    from tests.test_gate import constructed_pair
+
+    y_true, candidate, teacher = constructed_pair(*case)
+    rows = pd.DataFrame({"text": [f"review {i}" for i in range(len(y_true))], "label": y_true})
+    cfg = parse_config(tiny_params(REPO)).quantize.model_copy(
+        update={"max_accuracy_drop": 0.02, "confidence": 0.95, "min_agreement": 0.5, "latency_rows": 2})
+    judged_against = stage.Reference(teacher, float((teacher == y_true).mean()), seed=42)
+    figures = stage.measure_rung(ConstructedModel(list(rows["text"]), candidate), rows, judged_against,
+                                 ["negative", "positive"], cfg)
+    assert figures["drop_outcome"] == outcome and figures["passed"] is (outcome == "pass")
+    low, high = figures["accuracy_drop_interval"]
+    assert low <= figures["accuracy_drop"] <= high
+    assert figures["accuracy_drop"] == pytest.approx(case[2] - case[1], abs=1e-3)
+    assert (figures["drop_rows_needed"] is None) is (outcome != "inconclusive")
+
+
+def test_the_ladder_passes_over_a_rung_whose_drop_is_inconclusive(staged_pipeline, tmp_path, monkeypatch):
+    cfg, paths = staged_pipeline
+    real_measure = stage.measure_rung
+
+    def first_rung_unsettled(model, *args, **kwargs):
+        figures = real_measure(model, *args, **kwargs)
+        if model.model_file == f"{cfg.quantize.ladder[0]}.onnx":
+            figures.update(drop_outcome="inconclusive", drop_rows_needed=4139, passed=False)
+        return figures
+
+    monkeypatch.setattr(stage, "measure_rung", first_rung_unsettled)
+    dev = pd.read_parquet(paths.split("dev"))
+    quick = cfg.quantize.model_copy(update={"ladder": [cfg.quantize.ladder[0], "fp32"], "latency_rows": 2})
+    tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
+                                       cfg.data.label_names, quick, reference(paths, dev))
+    assert [r["drop_outcome"] for r in tried] == ["inconclusive", "pass"] and chosen == "fp32.onnx"
+    assert tried[-1]["accuracy_drop_interval"] == [0.0, 0.0], "FP32 against itself loses exactly nothing"
 
 
 # --- the ladder over model size: the student's rungs first, then the teacher's ----------------------------------
 
-QUICK_LADDER = ["dynamic_per_tensor", "fp32"]
+QUICK_LADDER = ["dynamic_per_row", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +263,16 @@ def quantized(cfg, paths: ArtifactPaths, **quantize) -> dict:
 def test_a_student_within_the_bounds_ships_and_the_shipped_folder_is_the_student(staged_pipeline, student_run):
     cfg, _ = staged_pipeline
     report = quantized(cfg, student_run, ladder=QUICK_LADDER)  # lenient tiny bounds: the student passes
-    assert report["chosen_model"] == "student" and report["chosen"] == "dynamic_per_tensor"
-    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [("student", "dynamic_per_tensor")]
+    assert report["chosen_model"] == "student" and report["chosen"] == "dynamic_per_row"
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [("student", "dynamic_per_row")]
     assert json.loads((student_run.int8_dir / "config.json").read_text())["num_hidden_layers"] == 1
     graph = onnx.load(str(student_run.int8_dir / "model.onnx")).graph
-    assert sum(node.op_type in ("Attention", "QAttention") for node in graph.node) == 1  # the student's one layer
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 6  # the student's one layer: Q, K, V, out, FFN x2
     models = report["models"]
     assert report["rungs"][0]["params"] == models["student"]["params"] < models["teacher"]["params"]
     assert report["size_ratio"] < models["student"]["fp32_mb"] / models["teacher"]["fp32_mb"] < 1
     timings = json.loads(student_run.run_record("quantize").read_text())["timings"]
-    assert set(timings) == {"student:dynamic_per_tensor"} and timings["student:dynamic_per_tensor"]["latency_ms_b1"] > 0
+    assert set(timings) == {"student:dynamic_per_row"} and timings["student:dynamic_per_row"]["latency_ms_b1"] > 0
 
 
 def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(staged_pipeline, tmp_path):
@@ -220,7 +285,7 @@ def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(
     for record in report["rungs"]:
         by_model.setdefault(record["model"], []).append(record)
     # The student's ladder has no fp32 rung (params.yaml, quantize.models): its one INT8 rung fails on agreement.
-    assert [r["rung"] for r in by_model["student"]] == ["dynamic_per_tensor"]
+    assert [r["rung"] for r in by_model["student"]] == ["dynamic_per_row"]
     assert not by_model["student"][0]["passed"] and by_model["student"][0]["agreement"] < 0.5
     assert report["chosen_model"] == "teacher" and by_model["teacher"][-1]["passed"]
     assert report["agreement"] >= 0.5

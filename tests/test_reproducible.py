@@ -105,6 +105,7 @@ def test_run_records_keep_what_was_measured_outside_the_tracked_outputs(staged_p
     train = json.loads(paths.run_record("train").read_text())
     assert train["seconds"] > 0 and train["samples_per_second"] > 0 and train["project"] == str(paths.root.resolve())
     assert train["host"] and "sha" in train["git"] and train["resumed_from"] is None
+    assert train["cpu"]["kind"] and "flags" in train["cpu"], "the CPU whose kernels computed the model's bytes"
     quantize = json.loads(paths.run_record("quantize").read_text())
     report = json.loads(paths.quantization_report.read_text())
     assert quantize["timings"][f"{report['chosen_model']}:{report['chosen']}"]["latency_ms_b1"] > 0

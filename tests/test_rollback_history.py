@@ -247,6 +247,7 @@ def test_rollback_restores_prod_from_fetched_files_and_history_tells_who_held_it
     recorded = tags.message_fields(tags.in_stage(root).message)
     assert recorded["rolled back from"] == "v0.2.0" and recorded["reason"] == "v0.2.0 is at chance"
     assert recorded["smoke test"].startswith("passed") and recorded["model sha256"] == first_sha
+    assert recorded["parity"].startswith("passed: "), "the fetched release's certificate, re-scored on this host"
 
     # history --at: each instant between moves names the version prod held then.
     first, second, third = tags.stage_moves(root, tags.PROD)

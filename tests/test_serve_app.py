@@ -7,6 +7,7 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -37,6 +38,13 @@ class StandInModel:
         self.info = ModelInfo(name="tunegate", version=version, labels=LABELS, max_length=8, long_text={"rule": "head"},
                               model_sha256="ab" * 32, precision=None, folder="stand-in")
         self.gate, self.calls, self.entered = gate, [], threading.Event()
+
+    def read(self, texts: list[str]) -> list[SimpleNamespace]:
+        """Each word costs one model token."""
+        return [SimpleNamespace(text=t, cost=len(t.split()) + 2) for t in texts]
+
+    def score_read(self, items: list[SimpleNamespace], max_batch_size: int) -> list[TextScore]:
+        return self.score([item.text for item in items], max_batch_size)
 
     def score(self, texts: list[str], max_batch_size: int) -> list[TextScore]:
         self.calls.append(list(texts))
@@ -148,9 +156,13 @@ def test_app_predict_answers_label_probabilities_truncation_and_version(tmp_path
 def test_app_model_metadata_names_the_version_and_404s_another_name(tmp_path, stand_in):
     app = create_app(serve_settings(tmp_path), tmp_path, source=StandInSource("v3"))
     mine, other = call(app, ("GET", "/v2/models/tunegate", {}), ("GET", "/v2/models/someone-else", {}))
-    assert mine.status_code == 200 and mine.json() == {
+    body = mine.json()
+    parity = body.pop("parity")
+    assert mine.status_code == 200 and body == {
         "name": "tunegate", "version": "v3", "labels": LABELS, "max_length": 8, "long_text": {"rule": "head"},
         "model_sha256": "ab" * 32, "precision": None, "platform": "onnxruntime"}
+    # The stand-in's folder holds no parity certificate: served, and said so (tests/test_parity.py has the rest).
+    assert parity["status"] == "no_certificate" and "carries no parity certificate" in parity["detail"]
     assert other.status_code == 404 and other.json()["error"] == "not_found"
 
 
@@ -255,7 +267,8 @@ def test_app_predict_refuses_bad_input_naming_the_limit(tmp_path, stand_in, body
 
 
 def test_app_refuses_a_body_over_the_limit_by_length_and_by_chunked_count(tmp_path, stand_in):
-    app = create_app(serve_settings(tmp_path, max_body_bytes=2048), tmp_path, source=StandInSource())
+    app = create_app(serve_settings(tmp_path, max_body_bytes=2048, max_texts=1, max_text_chars=2000), tmp_path,
+                     source=StandInSource())
     big = json.dumps({"texts": ["x" * 3000]}).encode()
     read = []
 
@@ -513,3 +526,103 @@ def test_app_swap_under_200_concurrent_requests_fails_none_and_mixes_no_versions
         assert np.allclose(got, reference[version], atol=1e-4), f"a response names {version} but was not scored by it"
     assert {a.json()["model_version"] for a in after} == {"v2"}
     assert {a.json()["model_version"] for a in answers} == {"v1", "v2"}, "requests on both sides of the swap"
+
+
+# ---------------------------------------------------------------- admission counts model work ahead
+
+
+REVIEW_WORDS = ("the film was a gripping, beautiful mess of plot and character that never quite lands but still "
+                "moves; its second act drags while the score soars over every scene").split()
+
+
+def review(seed: int, chars: int) -> str:
+    """A review-like text of exactly `chars` characters (seeded words)."""
+    rng = np.random.default_rng(seed)
+    words = rng.choice(REVIEW_WORDS, size=chars // 3 + 1)
+    return " ".join(words)[:chars]
+
+
+@pytest.fixture
+def windowed_folder(served_folders, tmp_path) -> Path:
+    """The tiny served folder reading long texts as sliding windows (every 7 tokens, up to 64 windows of 16 tokens),
+    so a 20,000-character text costs 64 windows, as a long review does the default model."""
+    import shutil
+
+    folder = tmp_path / "windowed"
+    shutil.copytree(served_folders[0], folder)
+    serving = json.loads((folder / "serving.json").read_text())
+    serving["long_text"] = {"rule": "window", "stride": 7, "aggregate": "mean_prob"}
+    (folder / "serving.json").write_text(json.dumps(serving))
+    return folder
+
+
+def test_app_idle_service_serves_64_texts_of_the_longest_allowed_length(tmp_path, windowed_folder, monkeypatch):
+    monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    settings = serve_settings(tmp_path, model=str(windowed_folder))
+    app = create_app(settings, tmp_path)
+    longest = [review(i, settings.max_text_chars) for i in range(settings.max_texts)]
+    sentence, answer, metrics = call(app, ("POST", "/v1/predict", {"json": {"texts": ["a fine film"]}}),
+                                     ("POST", "/v1/predict", {"json": {"texts": longest}}), ("GET", "/metrics", {}))
+    assert sentence.status_code == 200
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["predictions"]) == settings.max_texts == 64
+    assert metric(metrics.text, "tunegate_requests_refused_total", reason="queue_full") == 0
+    assert metric(metrics.text, "tunegate_queue_tokens") == 0
+
+
+def test_app_after_the_longest_allowed_text_a_one_sentence_request_on_the_idle_service_is_served(
+        tmp_path, windowed_folder, monkeypatch):
+    monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    # A 1 ms bound: any work ahead refuses, so only "nothing ahead" admits (the learned rate cannot wedge it).
+    settings = serve_settings(tmp_path, model=str(windowed_folder), max_queue_wait_ms=1)
+    app = create_app(settings, tmp_path)
+    longest = review(0, settings.max_text_chars)
+
+    async def go():
+        async with serving(app) as client:
+            answers = []
+            for texts in (["a fine film"], [longest], ["one short sentence"], [longest] * 64, ["and another"]):
+                answers.append(await client.post("/v1/predict", json={"texts": texts}))
+            return answers, app.state.service.batcher.seconds_per_token
+
+    answers, seconds_per_token = run(go())
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers if a.status_code != 200]
+    assert seconds_per_token is not None and seconds_per_token > 0
+
+
+def test_app_eight_clients_sending_long_reviews_back_to_back_are_not_refused_while_the_wait_is_under_the_bound(
+        tmp_path, windowed_folder, monkeypatch, record_property):
+    monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    settings = serve_settings(tmp_path, model=str(windowed_folder))  # the default bound (serve.max_queue_wait_ms)
+    app = create_app(settings, tmp_path)
+    reviews = [review(i, 1500 + 150 * i) for i in range(16)]  # ~600-1,000 tokens: 40-64 windows each
+    seconds = 3.0
+
+    async def go():
+        async with serving(app) as client:
+            batcher = app.state.service.batcher
+            latency_ms, statuses, waits = [], [], []
+            loop = asyncio.get_running_loop()
+            until = loop.time() + seconds
+
+            async def client_loop(c: int):
+                i = c
+                while loop.time() < until:
+                    waits.append(batcher.wait_ahead_s())
+                    started = loop.time()
+                    answer = await client.post("/v1/predict", json={"texts": [reviews[i % len(reviews)]]})
+                    latency_ms.append((loop.time() - started) * 1000)
+                    statuses.append(answer.status_code)
+                    i += 8
+
+            await asyncio.gather(*(client_loop(c) for c in range(8)))
+            return latency_ms, statuses, waits
+
+    latency_ms, statuses, waits = run(go())
+    p99 = float(np.percentile(latency_ms, 99))
+    record_property("long_review_p99_ms", round(p99, 1))
+    record_property("long_review_requests", len(statuses))
+    bound_s = settings.max_queue_wait_ms / 1000
+    assert max(waits) < bound_s, f"the wait reached {max(waits) * 1000:.0f} ms: this host is too slow for the scenario"
+    assert statuses.count(429) == 0 and set(statuses) == {200}, f"{len(statuses)} requests, p99 {p99:.0f} ms"
+    assert len(statuses) >= 16, "every client was served back to back"

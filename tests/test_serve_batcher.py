@@ -1,5 +1,6 @@
-"""Micro-batching: concurrent requests share model calls, the queue refuses when full, and a request that left,
-failed or was admitted to an older version is handled as its client would expect."""
+"""Micro-batching: concurrent requests share model calls, the queue refuses when full or when the model work ahead
+of a request is over its bound (never with nothing ahead), and a request that left, failed or was admitted to an
+older version is handled as its client would expect."""
 
 import asyncio
 import threading
@@ -20,6 +21,13 @@ class StandInModel:
         self.calls: list[list[str]] = []
         self.entered = threading.Event()
         self.gate, self.fail_on, self.closed = gate, fail_on, False
+
+    def read(self, texts: list[str]) -> list[SimpleNamespace]:
+        """Each text costs one model token per character."""
+        return [SimpleNamespace(text=t, cost=len(t)) for t in texts]
+
+    def score_read(self, items: list[SimpleNamespace], max_batch_size: int) -> list[TextScore]:
+        return self.score([item.text for item in items], max_batch_size)
 
     def score(self, texts: list[str], max_batch_size: int) -> list[TextScore]:
         self.calls.append(list(texts))
@@ -42,12 +50,14 @@ class RecordingObserver:
     def __init__(self):
         self.batches: list[tuple[str, int]] = []
         self.depths: list[int] = []
+        self.depth_tokens: list[int] = []
 
     def on_batch(self, version: str, texts: int, seconds: float) -> None:
         self.batches.append((version, texts))
 
-    def on_queue_depth(self, texts: int) -> None:
+    def on_queue_depth(self, texts: int, tokens: int) -> None:
         self.depths.append(texts)
+        self.depth_tokens.append(tokens)
 
 
 def run(coro):
@@ -235,45 +245,88 @@ def test_batcher_reports_each_batch_and_the_queue_depth_to_its_observer():
     observer = run(scenario())
     assert observer.batches == [("v7", 3)]
     assert observer.depths[0] == 3 and observer.depths[-1] == 0
+    assert observer.depth_tokens[0] == 3 and observer.depth_tokens[-1] == 0, "one token per character"
 
 
 class SlowModel(StandInModel):
-    """Takes `seconds_per_text` of wall time per text, as a real model call does (and waits at the gate first)."""
+    """Takes `seconds_per_token` of wall time per token (character) of a call, as a real model call does (and waits
+    at the gate first)."""
 
-    def __init__(self, seconds_per_text: float, gate: threading.Event):
+    def __init__(self, seconds_per_token: float, gate: threading.Event):
         super().__init__(gate=gate)
-        self.seconds_per_text = seconds_per_text
+        self.seconds_per_token = seconds_per_token
 
     def score(self, texts: list[str], max_batch_size: int) -> list[TextScore]:
-        threading.Event().wait(self.seconds_per_text * len(texts))
+        threading.Event().wait(self.seconds_per_token * sum(len(t) for t in texts))
         return super().score(texts, max_batch_size)
 
 
-def test_batcher_refuses_a_request_that_would_wait_longer_than_max_queue_wait_ms():
+def test_batcher_refuses_a_request_when_the_work_ahead_of_it_would_take_longer_than_max_queue_wait_ms():
     gate = threading.Event()
     gate.set()
 
     async def scenario():
-        model = SlowModel(seconds_per_text=0.02, gate=gate)
-        batcher = await started(max_batch_size=4, max_wait_ms=0, max_queue_texts=64, max_queue_wait_ms=260)
-        await batcher.score(model, ["warm 1", "warm 2"])  # one batch teaches it ~20 ms per text
+        model = SlowModel(seconds_per_token=0.001, gate=gate)
+        batcher = await started(max_batch_size=4, max_wait_ms=0, max_queue_texts=64, max_queue_wait_ms=50)
+        await batcher.score(model, ["w" * 50])  # 50 tokens in >= 50 ms: it learns >= 1 ms per token
         gate.clear()
         model.entered.clear()
-        first = asyncio.create_task(batcher.score(model, ["b1", "b2", "b3", "b4"]))
+        first = asyncio.create_task(batcher.score(model, ["b" * 10] * 4))
         await until(model.entered.is_set)  # that batch is in the (blocked) model, out of the queue
-        queued = [asyncio.create_task(batcher.score(model, [f"q{i}", f"r{i}"])) for i in range(3)]
-        await asyncio.sleep(0.01)
-        expected = batcher.expected_wait_s(4)
-        with pytest.raises(QueueFull) as refused:
-            await batcher.score(model, ["one", "too", "many", "texts"])
+        queued = [asyncio.create_task(batcher.score(model, [f"q{i}" * 5, f"r{i}" * 5])) for i in range(3)]
+        await until(lambda: batcher.queued_texts == 6)
+        ahead = batcher.wait_ahead_s()
+        refusals = []
+        for texts in (["one"], ["a", "few", "more", "texts"]):  # the wait is the same, whatever the request brings
+            with pytest.raises(QueueFull) as refused:
+                await batcher.score(model, texts)
+            refusals.append(refused.value)
         gate.set()
         answers = await asyncio.gather(first, *queued)
+        idle = batcher.wait_ahead_s()
         admitted = await batcher.score(model, ["after the queue drained"])
         await batcher.stop()
-        return refused.value, expected, answers, admitted, model
+        return refusals, ahead, idle, answers, admitted, model
 
-    refused, expected, answers, admitted, model = run(scenario())
-    # 4 texts in the model + 6 queued + 4 more at >= 20 ms each: >= 0.28 s of waiting, over the 0.26 s bound (the
-    # count bound, 64, is far off); the 6 were admitted (0.12-0.2 s each).
-    assert expected > 0.26 and "serve.max_queue_wait_ms" in str(refused) and refused.retry_after_s >= 1
-    assert [len(a) for a in answers] == [4, 2, 2, 2] and len(admitted) == 1 and "many" not in model.scored()
+    refusals, ahead, idle, answers, admitted, model = run(scenario())
+    # 6 queued texts of 10 tokens at >= 1 ms each are >= 60 ms of work ahead, over the 50 ms bound (the count bound,
+    # 64, is far off); the 6 themselves were admitted behind the 4 texts in the model (40 tokens, >= 40 ms).
+    assert ahead >= 0.06 and idle == 0.0
+    for refused in refusals:
+        assert "serve.max_queue_wait_ms" in str(refused) and "60 model tokens" in str(refused)
+        assert refused.retry_after_s >= 1
+    assert [len(a) for a in answers] == [4, 2, 2, 2] and len(admitted) == 1
+    assert not {"one", "few"} & set(model.scored())
+
+
+def test_batcher_admits_a_request_with_nothing_ahead_however_large_and_however_slow_the_last_text_was():
+    gate = threading.Event()
+    gate.set()
+
+    async def scenario():
+        model = SlowModel(seconds_per_token=0.001, gate=gate)
+        batcher = await started(max_batch_size=8, max_wait_ms=0, max_queue_texts=64, max_queue_wait_ms=10)
+        longest = await batcher.score(model, ["x" * 300])  # >= 300 ms for one text: the longest allowed, say
+        learned = batcher.seconds_per_token
+        model.seconds_per_token = 0.0  # the next texts are quick; the estimate still says >= 1 ms per token
+        sentence = await batcher.score(model, ["one short sentence"])
+        largest = await batcher.score(model, ["y" * 300] * 64)  # >= 19 s of work at the estimate: its own, not ahead
+        await batcher.stop()
+        return longest, learned, sentence, largest
+
+    longest, learned, sentence, largest = run(scenario())
+    assert learned >= 0.001, "per token: 300 tokens in >= 0.3 s"
+    assert len(longest) == len(sentence) == 1 and len(largest) == 64
+
+
+def test_batcher_learns_time_per_token_and_one_outlier_batch_moves_it_less_than_twofold():
+    from tasks.serving.batcher import RATE_CLIP, RATE_SMOOTHING, next_rate
+
+    assert next_rate(None, 0.002) == 0.002, "the first batch sets it"
+    assert next_rate(0.001, 1.0) == pytest.approx(0.001 * (1 + RATE_SMOOTHING * (RATE_CLIP - 1)))
+    assert next_rate(0.001, 0.0) == pytest.approx(0.001 * (1 - RATE_SMOOTHING * (1 - 1 / RATE_CLIP)))
+    rate = next_rate(0.001, 1.0)
+    for _ in range(20):  # ordinary batches bring it back
+        rate = next_rate(rate, 0.001)
+    assert rate == pytest.approx(0.001, rel=0.01)
+

@@ -21,6 +21,7 @@ from flows.workspace import WorkspaceBusy, workspace_lock
 from tasks.core.config import load_config, write_overrides
 from tasks.core.dvc_cache import DvcBusy, DvcStageCache
 from tasks.core.io import file_sha256
+from tasks.core.lock_cpu import lock_cpus_on_disk
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult
 from tests.conftest import BIN, run, tiny_params
@@ -80,6 +81,7 @@ def test_run_stage_records_a_stage_only_if_its_params_and_deps_held_still(make_p
     outcome = run_stage("validate", load_config(paths.params), paths, cache)
     assert outcome.status == "unrecorded" and "tasks/contracts/text.py changed while the stage ran" in outcome.note
     assert not lock.exists() and not cache.is_up_to_date("validate")
+    assert not paths.lock_cpu.exists(), "nor is the CPU beside dvc.lock"
 
     # Nothing changes: recorded, DVC agrees it is up to date, and the stage's old failure report goes.
     (paths.failed_dir("validate") / "report.md").parent.mkdir(parents=True)
@@ -88,6 +90,7 @@ def test_run_stage_records_a_stage_only_if_its_params_and_deps_held_still(make_p
     outcome = run_stage("validate", load_config(paths.params), paths, cache)
     assert (outcome.status, outcome.note) == ("completed", "")
     assert "validate" in lock.read_text() and cache.is_up_to_date("validate")
+    assert list(lock_cpus_on_disk(paths)) == ["validate"]
     assert not (root / "artifacts" / "_failed").exists()
 
 

@@ -219,7 +219,7 @@ class ExportConfig(_Section):
 
 
 # The quantization ladder's rungs, roughly fastest first; fp32 (no quantization) always keeps accuracy.
-QuantizationRung = Literal["dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_entropy",
+QuantizationRung = Literal["dynamic_per_row", "dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_entropy",
                            "static_percentile", "static_sensitive_fp32", "fp32"]
 QUANTIZATION_RUNGS: tuple[str, ...] = get_args(QuantizationRung)
 # The models whose ladders quantize climbs: the distilled student (artifacts/export/student) and the teacher.
@@ -230,11 +230,15 @@ class QuantizeConfig(_Section):
     models: list[QuantizedModel] = Field(min_length=1)
     ladder: list[QuantizationRung] = Field(min_length=1)
     max_accuracy_drop: float = Field(ge=0, le=1)
+    confidence: float = Field(gt=0, lt=1)
+    bootstrap_samples: int = Field(ge=100)
     min_agreement: float = Field(ge=0, le=1)
     calibration_rows: int = Field(ge=1)
     sensitive_nodes: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     latency_rows: int = Field(ge=1)
+    batch_check_size: int = Field(ge=2)
+    max_batch_prob_delta: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _ends_with_fp32(self) -> QuantizeConfig:
@@ -267,8 +271,10 @@ class GateConfig(_Section):
     first_run: Literal["promote_if_checks_pass", "require_champion"]
     margin: float = Field(ge=0, le=1)
     min_compare_rows: int = Field(ge=1)
+    parity_rows: int = Field(ge=1)
+    parity_max_prob_delta: float = Field(ge=0, le=1)
     latency_rows: int = Field(ge=1)
-    max_latency_ms_b1: float = Field(gt=0)
+    max_gmacs_per_text_p95: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _buckets_increase(self) -> GateConfig:
@@ -293,9 +299,11 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(ge=1,
                                 description='texts per model call (micro-batching); 1 = each text alone')
     max_wait_ms: float = Field(ge=0, description='how long the first text of a batch waits for others (ms)')
-    max_queue_texts: int = Field(ge=1, description='texts waiting per worker; beyond it 429 with Retry-After')
-    max_queue_wait_ms: float = Field(gt=0, description='refuse (429) a request whose texts would likely wait longer '
-                                                       'than this behind the queue (from recent model time per text)')
+    max_queue_texts: int = Field(ge=1, description='texts held waiting per worker; a request that would exceed it '
+                                                   'gets 429 with Retry-After')
+    max_queue_wait_ms: float = Field(gt=0, description='refuse (429) a request whose work ahead (queued texts and the '
+                                                       'batch in the model, in model tokens x the learned time per '
+                                                       'token; not its own) would take longer than this (ms)')
     request_timeout_s: float = Field(gt=0, description='a request not scored by then gets 504')
     max_body_bytes: int = Field(ge=1024, description='request bodies above this get 413')
     max_texts: int = Field(ge=1, description='texts per request (422 above)')
@@ -311,6 +319,12 @@ class ServeConfig(_Section):
     log_max_mb: float = Field(gt=0, description='oldest prediction-log parts are deleted beyond this total (MB)')
     log_flush_seconds: float = Field(gt=0,
                                      description='prediction-log records are written within this many seconds')
+    min_parity_agreement: float = Field(ge=0, le=1,
+                                        description="share of the release's parity certificate texts whose label "
+                                                    "this host must reproduce (scored one per call)")
+    parity_action: Literal["refuse", "warn"] = Field(
+        description='when this host fails the certificate check (start, reload, rollback): refuse the version, or '
+                    'serve it with a warning; a folder without a certificate is served with a warning either way')
 
     @model_validator(mode="after")
     def _log_bounds(self) -> ServeConfig:
@@ -319,6 +333,9 @@ class ServeConfig(_Section):
         if self.max_texts > self.max_queue_texts:  # such a request could never be queued
             raise ValueError(f"serve.max_texts ({self.max_texts}) must not exceed serve.max_queue_texts "
                              f"({self.max_queue_texts})")
+        if self.max_body_bytes < self.max_texts * self.max_text_chars:  # the largest request allowed must fit
+            raise ValueError(f"serve.max_body_bytes ({self.max_body_bytes}) must be at least serve.max_texts x "
+                             f"serve.max_text_chars ({self.max_texts} x {self.max_text_chars})")
         if self.max_batch_size > self.max_queue_texts:
             raise ValueError(f"serve.max_batch_size ({self.max_batch_size}) must not exceed serve.max_queue_texts "
                              f"({self.max_queue_texts})")

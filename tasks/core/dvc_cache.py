@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import TunegateError
+from tasks.core.lock_cpu import record_lock_cpu
+from tasks.core.paths import ArtifactPaths
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +98,20 @@ class DvcStageCache:
         """Write the stage's deps/params/outs hashes to dvc.lock and its outs to the cache, only if the
         deps are still as hashed before the run (`deps_before`) and params.yaml still holds the values
         it ran with (`params_ran`, in params.yaml's shape). Returns what changed; on a change, dvc.lock
-        is left as it was, so the stage counts as stale and the next run reruns it."""
+        is left as it was, so the stage counts as stale and the next run reruns it. When the stage's entry
+        changed, this host's CPU goes into the record beside dvc.lock (tasks/core/lock_cpu.py); an entry
+        reproduced byte for byte keeps the CPU it was recorded on."""
         lock_file = self.root / "dvc.lock"
         previous = lock_file.read_bytes() if lock_file.is_file() else None
+        entry_before = _lock_entry(lock_file, stage) if previous is not None else {}
         self._call(lambda repo: repo.commit(stage, force=True))
         # dvc commit hashes what is on disk when it runs; compare that with what the stage ran with.
-        changes = recorded_changes(_lock_entry(lock_file, stage), deps_before, params_ran)
+        entry = _lock_entry(lock_file, stage)
+        changes = recorded_changes(entry, deps_before, params_ran)
         if changes:
             _restore(lock_file, previous)
+        elif entry != entry_before:
+            record_lock_cpu(ArtifactPaths(self.root), stage)
         return changes
 
 

@@ -33,6 +33,11 @@ class ArtifactPaths:
         return self.root / ".tunegate"
 
     @property
+    def lock_cpu(self) -> Path:
+        """Git-tracked, beside dvc.lock: the CPU each stage in dvc.lock was recorded on (tasks/core/lock_cpu.py)."""
+        return self.root / "dvc.lock.cpu.json"
+
+    @property
     def run_lock(self) -> Path:
         """flock'ed by whoever runs stages here (`tunegate run`, `tunegate stage`); names its holder."""
         return self.work_dir / "run.lock"

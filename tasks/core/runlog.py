@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.core.host import cpu_facts
 from tasks.core.io import write_json
 from tasks.core.paths import ArtifactPaths
 
@@ -34,11 +35,12 @@ def git_revision(root: Path) -> dict[str, Any]:
 
 
 def write_run_record(paths: ArtifactPaths, stage: str, measured: dict[str, Any]) -> Path:
-    """Write .tunegate/runs/<stage>.json: when, where (host, platform, project folder, git) and `measured`."""
+    """Write .tunegate/runs/<stage>.json: when, where (host, CPU, platform, project folder, git) and `measured`."""
     record = {
         "stage": stage,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
+        "cpu": cpu_facts(),  # model, numeric flags and kind: what decides the bytes a CPU run computes
         "platform": platform.platform(),
         "python": sys.executable,
         "project": str(paths.root.resolve()),

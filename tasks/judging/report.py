@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.config import GateConfig
+from tasks.judging.stats import CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS
 
 
 def _span(figure: dict[str, float] | None, signed: bool = False) -> str:
@@ -20,18 +21,45 @@ def key_figure(decision: dict[str, Any]) -> str:
     comparison = decision.get("comparison")
     if comparison and comparison["rows"]:
         line += f", vs champion {_span(comparison['differences']['accuracy'], signed=True)}"
-    failed = [c["check"] for c in decision["checks"] if not c["passed"]]
-    return line + (f" (failed: {', '.join(failed)})" if failed else "")
+    failed = [c["check"] for c in decision["checks"] if c["outcome"] == CHECK_FAIL]
+    unsettled = [c["check"] for c in decision["checks"] if c["outcome"] == CHECK_INCONCLUSIVE]
+    return (line + (f" (failed: {', '.join(failed)})" if failed else "")
+            + (f" (not settled: {', '.join(unsettled)})" if unsettled else ""))
+
+
+def _check_result(check: dict[str, Any]) -> str:
+    """pass, FAIL, or INCONCLUSIVE with the test rows that would settle it."""
+    if check["outcome"] != CHECK_INCONCLUSIVE:
+        return "pass" if check["outcome"] == CHECK_PASS else "FAIL"
+    needed = check["rows_needed"]
+    return ("INCONCLUSIVE: on the bound" if needed is None else
+            f"INCONCLUSIVE: about {needed} rows would settle it ({check['rows']} judged)")
 
 
 def _checks(decision: dict[str, Any]) -> list[str]:
     lines = ["| check | value | interval | rule | threshold | result |", "|---|---|---|---|---|---|"]
     for c in decision["checks"]:
-        value = "see run record" if c["value"] is None else f"{c['value']:.4f}"
         span = f"[{c['interval'][0]:.4f}, {c['interval'][1]:.4f}]" if "interval" in c else ""
-        lines.append(f"| {c['check']} | {value} | {span} | {c['rule']} | {c['threshold']:.4f} | "
-                     f"{'pass' if c['passed'] else 'FAIL'} |")
-    return lines
+        lines.append(f"| {c['check']} | {c['value']:.4f} | {span} | {c['rule']} | {c['threshold']:.4f} | "
+                     f"{_check_result(c)} |")
+    return lines + ["", "A check with an interval that compares two models (the quantized accuracy drop: the "
+                        "teacher's PyTorch model - the shipped model, on the same rows) passes when the interval's "
+                        "upper end is within the threshold, fails when its lower end is beyond it, and is "
+                        "inconclusive otherwise (the decision is then INCONCLUSIVE unless something fails)."]
+
+
+def _compute_cost(cost: dict[str, Any]) -> list[str]:
+    """What one text costs the shipped model, counted on its graph (the budget check's figures)."""
+    window, per_text = cost["window_macs"], cost["gmacs_per_text"]
+    return [f"Counted, not timed: multiply-accumulates (MACs) of the graph's matrix products, one text per call "
+            f"with all the windows its reading rule gives it. One window of L tokens costs {window['constant']:,} + "
+            f"{window['per_token']:,} L + {window['per_token_pair']:,} L² MACs ({window['full_window'] / 1e9:.3f} "
+            f"GMACs at the full {window['full_window_tokens']} tokens). Over the {cost['texts']} test texts: "
+            f"{cost['windows_per_text']['mean']:.2f} windows per text on average (at most "
+            f"{cost['windows_per_text']['max']}); GMACs per text mean {per_text['mean']:.3f}, p50 "
+            f"{per_text['p50']:.3f}, p95 {per_text['p95']:.3f}, max {per_text['max']:.3f}. Measured batch-1 "
+            "latencies (which vary with the host and its load, so they decide nothing) are in "
+            "`.tunegate/runs/gate.json`."]
 
 
 def _metrics(metrics: dict[str, Any], confidence: float) -> list[str]:
@@ -101,10 +129,18 @@ def _batching(batching: dict[str, Any]) -> str:
             "activations per call, so a text's label can depend on the texts batched with it.")
 
 
-def _candidate_outcome(record: dict[str, Any], shipped: bool) -> str:
+def _candidate_outcome(record: dict[str, Any], shipped: bool, limits: dict[str, Any]) -> str:
+    """shipped, pass, FAIL (a limit failed), or INCONCLUSIVE drop (nothing failed, the drop's interval straddles its
+    bound): a rung ships only on pass."""
     if "error" in record:
         return f"not built: {record['error'][:80]}"
-    return "shipped" if shipped else "pass" if record["passed"] else "FAIL"
+    if shipped:
+        return "shipped"
+    if record["passed"]:
+        return "pass"
+    other_limits_hold = record["agreement"] >= limits["min_agreement"] and record.get("batch_invariant", True)
+    unsettled = record.get("drop_outcome") == CHECK_INCONCLUSIVE and other_limits_hold
+    return "INCONCLUSIVE drop" if unsettled else "FAIL"
 
 
 def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
@@ -112,19 +148,21 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
     and the models it skipped with why."""
     limits = quantize["thresholds"]
     lines = [f"Tried in order on {quantize['rows']} {quantize['split']} rows, each against the teacher FP32 (accuracy "
-             f"{quantize['fp32_accuracy']:.4f}); the first with drop <= {limits['max_accuracy_drop']:g} and agreement "
+             f"{quantize['fp32_accuracy']:.4f}); the first whose drop passes (the upper end of its "
+             f"{limits['confidence']:.0%} paired interval <= {limits['max_accuracy_drop']:g}) with agreement "
              f">= {limits['min_agreement']:g} ships. Batch-1 latency of each: `.tunegate/runs/quantize.json` "
              "(timings stay out of tracked outputs).", "",
-             "| model | rung | dev accuracy | drop ± SE | agreement | MB | weights | result |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | rung | dev accuracy | drop ± SE | drop interval | agreement | MB | weights | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in quantize["candidates"]:
         shipped = (c["model"], c["rung"]) == (quantize["chosen_model"], quantize["chosen"])
         if "error" in c:
-            lines.append(f"| {c['model']} | {c['rung']} | | | | | | {_candidate_outcome(c, shipped)} |")
+            lines.append(f"| {c['model']} | {c['rung']} | | | | | | | {_candidate_outcome(c, shipped, limits)} |")
             continue
+        low, high = c["accuracy_drop_interval"]
         lines.append(f"| {c['model']} | {c['rung']} | {c['accuracy']:.4f} | {c['accuracy_drop']:+.4f} ± "
-                     f"{c['accuracy_drop_se']:.4f} | {c['agreement']:.1%} | {c['mb']:.1f} | {c['params']:,} | "
-                     f"{_candidate_outcome(c, shipped)} |")
+                     f"{c['accuracy_drop_se']:.4f} | [{low:+.4f}, {high:+.4f}] | {c['agreement']:.1%} | "
+                     f"{c['mb']:.1f} | {c['params']:,} | {_candidate_outcome(c, shipped, limits)} |")
     skipped = [f"- {name}: skipped ({why})" for name, why in quantize["skipped"].items()]
     return lines + ([""] + skipped if skipped else [])
 
@@ -132,8 +170,11 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
 def _shipped(candidate: dict[str, Any], pytorch: dict[str, Any], quantization: dict[str, Any]) -> str:
     """The PyTorch teacher's figures and what shipping the candidate costs against them."""
     cost = "distillation and quantization cost" if candidate["model"] == "student" else "quantization cost"
+    drop = quantization["drop"]
     return (f"The teacher's PyTorch model: accuracy {pytorch['accuracy']:.4f}, macro-F1 {pytorch['macro_f1']:.4f}; "
-            f"{cost} {quantization['accuracy_drop']:+.4f} accuracy (SE {quantization['accuracy_drop_se']:.4f}; "
+            f"{cost} {quantization['accuracy_drop']:+.4f} accuracy (SE {quantization['accuracy_drop_se']:.4f}, "
+            f"interval [{drop['low']:+.4f}, {drop['high']:+.4f}] against the bound {drop['bound']:g}: "
+            f"{drop['outcome']}; "
             f"{quantization['agreement']:.1%} of predictions agree).")
 
 
@@ -153,6 +194,7 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         f"{_shipped(candidate, pytorch, quantization)}", "",
         _batching(decision["reference"]["batching"]), "",
         "## Checks", "", *_checks(decision), "",
+        "## Compute cost", "", *_compute_cost(decision["compute_cost"]), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
         "## Slices", "", _reading(decision["long_text"]), "", *_slices(decision["slices"], cfg), "",

@@ -159,6 +159,38 @@ def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
     }
 
 
+# The three outcomes of a check (a cost check: how much accuracy a cheaper model gives up against its reference).
+CHECK_PASS, CHECK_FAIL, CHECK_INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+def paired_cost(y_true: np.ndarray, reference_pred: np.ndarray, candidate_pred: np.ndarray, n_classes: int,
+                bound: float, samples: int, confidence: float, seed: int) -> dict:
+    """Accuracy the candidate gives up against the reference on the same rows (reference - candidate), with its
+    paired bootstrap interval, judged against `bound`: {value, low, high, se, rows, disagreement, bound, outcome,
+    rows_needed}; outcome pass when the interval's upper end is within the bound, fail when its lower end is
+    beyond it, inconclusive otherwise (with the rows that would settle it)."""
+    y_true, reference_pred, candidate_pred = (np.asarray(v, dtype=np.int64) for v in (y_true, reference_pred,
+                                                                                      candidate_pred))
+    drop = paired_difference(y_true, reference_pred, candidate_pred, n_classes, samples, confidence, seed)["accuracy"]
+    disagreement = float(((reference_pred == y_true) != (candidate_pred == y_true)).mean())
+    return {**drop, "rows": len(y_true), "disagreement": disagreement, "bound": bound,
+            **cost_outcome(drop, disagreement, bound, confidence)}
+
+
+def cost_outcome(drop: dict[str, float], disagreement: float, bound: float, confidence: float) -> dict:
+    """The outcome of a cost interval {value, low, high} against `bound` (pass: high <= bound; fail: low > bound;
+    inconclusive otherwise) and, when inconclusive, rows_needed: the rows at which an interval of this
+    disagreement and this difference would no longer straddle the bound (None when decided, and when the
+    difference sits on the bound: no row count settles it)."""
+    if drop["high"] <= bound:
+        return {"outcome": CHECK_PASS, "rows_needed": None}
+    if drop["low"] > bound:
+        return {"outcome": CHECK_FAIL, "rows_needed": None}
+    # The same normal approximation as the champion comparison's: z * paired SE(n) < |bound - difference|.
+    return {"outcome": CHECK_INCONCLUSIVE,
+            "rows_needed": rows_to_resolve(disagreement, drop["value"], abs(bound - drop["value"]), confidence)}
+
+
 def paired_accuracy_se(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
     """Standard error of the accuracy difference a - b on the same rows: sqrt((p_disc - d^2) / n), p_disc the share
     of rows exactly one gets right, d the difference; 0 when they never disagree."""

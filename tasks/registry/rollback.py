@@ -1,5 +1,6 @@
-"""Move a stage back to an earlier version, but only once that version's files are fetched through DVC and a
-smoke prediction on them succeeds: a rollback must not put a version in production that cannot serve."""
+"""Move a stage back to an earlier version, but only once that version's files are fetched through DVC, a smoke
+prediction on them succeeds and this host reproduces its parity certificate: a rollback must not put a version in
+production that cannot serve, or that answers here otherwise than it was judged."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core.io import read_json
+from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
 from tasks.registry.fetch import fetch_release
 from tasks.registry.history import ROLLED_BACK_FROM, rolled_back_from
@@ -45,6 +46,7 @@ class RollbackResult:
     moved: bool
     folder: Path | None  # the fetched release folder the smoke test ran on (None when nothing moved)
     smoke: str
+    parity: str  # the certificate check on this host (tasks.serving.parity), or why it did not run
     pushed_to: str | None
 
 
@@ -90,6 +92,22 @@ def smoke_test(folder: Path) -> str:
     return check_predictions(probs, model.labels, read_json(folder / RELEASE_FILE)["labels"])
 
 
+def parity_check(root: Path, folder: Path, subject: str) -> str:
+    """Re-score a fetched release's parity certificate on this host under the project's serve.min_parity_agreement
+    and serve.parity_action (what `tunegate serve` would do with it here): ParityError when refused, else the line
+    the tag records. A release without a certificate (made before them) passes, saying so."""
+    from tasks.serving.parity import check_served, classifier_scorer, enforce
+    from tasks.serving.predict import load_served_model
+    from tasks.serving.settings import load_serve_settings
+
+    settings = load_serve_settings(root / "params.yaml", {})
+    model = load_served_model(folder)
+    outcome = check_served(folder, file_sha256(folder / model.model_file), classifier_scorer(model),
+                           settings.min_parity_agreement, settings.parity_action)
+    enforce(outcome, subject)
+    return outcome.one_line()
+
+
 def push_tag(root: Path, remote: str, tag: str) -> None:
     """`git push REMOTE TAG`; a refusal says the move is made locally and how to finish."""
     done = subprocess.run(["git", "push", remote, f"refs/tags/{tag}"], cwd=root, capture_output=True, text=True)
@@ -125,16 +143,19 @@ def rollback(root: Path, stage: str = PROD, to: str | None = None, reason: str |
         current = moves[-1]
         if version.version == current.version:  # a rerun after a refused push lands here: push, move nothing
             result = RollbackResult(stage, current.version, version.version, current.tag, False, None,
+                                    f"not run ({stage} already holds {version.version})",
                                     f"not run ({stage} already holds {version.version})", None)
         else:
             folder = fetch_release(ArtifactPaths(root), version)  # through DVC at the version's commit
             smoke = smoke_test(folder)
+            # Before the tag: a version this host cannot reproduce must not become what prod serves.
+            parity = parity_check(root, folder, f"rollback of {stage} to {version.version}")
             # One line per field: message_fields (history's "why") reads the message line by line.
             fields = {ROLLED_BACK_FROM: current.version, "reason": " ".join((reason or "").split()) or NO_REASON, "smoke test": smoke,
-                      "model sha256": read_json(folder / RELEASE_FILE)["sha256"]}
+                      "parity": parity, "model sha256": read_json(folder / RELEASE_FILE)["sha256"]}
             tag = assign(root, version.version, stage,
                          tag_message(f"rollback: {stage} <- {version.version} (from {current.version})", fields))
-            result = RollbackResult(stage, current.version, version.version, tag, True, folder, smoke, None)
+            result = RollbackResult(stage, current.version, version.version, tag, True, folder, smoke, parity, None)
     if remote is None:
         return result
     push_tag(root, remote, result.tag)

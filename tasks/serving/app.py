@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,6 +27,7 @@ from tasks.core.errors import TunegateError
 from tasks.serving import scoring
 from tasks.serving.batcher import BatcherStopped, MicroBatcher, QueueFull
 from tasks.serving.metrics import ServiceMetrics
+from tasks.serving.parity import ParityOutcome, check_served, enforce
 from tasks.serving.predlog import PredictionLog
 from tasks.serving.reload import reload_if_changed
 from tasks.serving.service import cores, thread_plan
@@ -77,6 +79,11 @@ class ModelMetadata(BaseModel):
     model_sha256: str
     precision: str | None
     platform: str
+    parity: dict[str, Any] | None = Field(
+        description="the parity certificate check of this version on this host: status (passed | failed | "
+                    "no_certificate), detail, action (serve.parity_action) and, when checked, agreement, "
+                    "min_agreement, texts, max_prob_delta, tolerance, judged_on and this_host (CPU features), "
+                    "same_numerics, differing and the first differing texts (shown)")
 
 
 class LoadResponse(BaseModel):
@@ -306,6 +313,28 @@ class Service:
         self.predlog: PredictionLog | None = None
         self.ready = False
         self._poll: asyncio.Task | None = None
+        self.parity: dict[str, ParityOutcome] = {}  # version -> its certificate check on this host
+
+    def vet(self, model: ServedModel, folder: Path) -> None:
+        """Check a loaded version against its folder's parity certificate (texts one per call, as judged); record
+        the outcome (metrics, /v2/models) and raise ParityError when serve.parity_action refuses it."""
+        s = self.settings
+        outcome = check_served(folder, model.info.model_sha256,
+                               lambda texts: np.asarray([t.probabilities for t in model.score(texts, 1)]),
+                               s.min_parity_agreement, s.parity_action)
+        version = model.info.version
+        self.parity[version] = outcome
+        figures = outcome.report
+        self.metrics.on_parity(version, outcome.status, figures.agreement if figures else None,
+                               figures.max_prob_delta if figures else None)
+        enforce(outcome, f"version {version}")
+        if outcome.status == "passed":
+            log.info("parity certificate of %s %s", version, outcome.detail)
+        elif outcome.status == "no_certificate":
+            log.warning("parity certificate of %s %s; serving it unchecked", version, outcome.detail)
+        else:
+            log.warning("parity certificate of %s FAILED; serving it anyway (serve.parity_action: warn): %s",
+                        version, outcome.detail)
 
     async def start(self) -> None:
         s = self.settings
@@ -313,6 +342,11 @@ class Service:
         # scoring.load_served looked up now, as reload does: one place to replace it (tests).
         model = await asyncio.to_thread(scoring.load_served, resolved.folder, s.model_name, resolved.version,
                                         self.threads)
+        try:
+            await asyncio.to_thread(self.vet, model, resolved.folder)  # a refused version never starts serving
+        except BaseException:
+            model.close()
+            raise
         self.holder = ModelHolder(model)
         log_dir = Path(s.log_dir) if Path(s.log_dir).is_absolute() else self.project / s.log_dir
         self.predlog = PredictionLog(log_dir, log_texts=s.log_texts, file_mb=s.log_file_mb, max_mb=s.log_max_mb,
@@ -347,7 +381,8 @@ class Service:
         # Concurrent calls (the poll, POST .../load) run one after another inside reload_if_changed. A request
         # holds its version at most serve.request_timeout_s: the old version is drained by then.
         new = await reload_if_changed(self.source, self.holder, name=self.settings.model_name,
-                                      threads=self.threads, drain_timeout_s=self.settings.request_timeout_s)
+                                      threads=self.threads, drain_timeout_s=self.settings.request_timeout_s,
+                                      vet=self.vet)
         if new is not None:
             self.metrics.set_version(self.settings.model_name, new)
             log.info("now serving %s version %s", self.settings.model_name, new)
@@ -460,7 +495,8 @@ def create_app(settings: ServeSettings, project: Path, *, source: ModelSource | 
         info = service.holder.current.info
         return ModelMetadata(name=info.name, version=info.version, labels=info.labels, max_length=info.max_length,
                              long_text=info.long_text, model_sha256=info.model_sha256, precision=info.precision,
-                             platform=PLATFORM)
+                             platform=PLATFORM, parity=parity.block() if (parity := service.parity.get(info.version))
+                             else None)
 
     @app.post(PREDICT_PATH, response_model=PredictResponse, tags=["predict"],
               responses={k: ERRORS[k] for k in (400, 401, 413, 422, 429, 503, 504)})

@@ -1,4 +1,10 @@
-"""Micro-batching: texts of concurrent requests wait in a bounded asyncio queue and are scored together."""
+"""Micro-batching: texts of concurrent requests wait in a bounded asyncio queue and are scored together.
+
+Admission counts model work, not texts: a request's texts are read (tokenised, cut into the windows the long_text
+rule reads) before they are queued, and each costs the tokens of its windows (a sentence ~20, a 20,000-character
+review up to 64 windows x max_length). A request waits for the work AHEAD of it (the queued texts and what is left of
+the batch in the model, priced at a learned time per token); its own work is not waiting, so a request with nothing
+ahead of it is always admitted (within serve.max_texts and serve.max_text_chars)."""
 
 from __future__ import annotations
 
@@ -12,18 +18,24 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tasks.core.errors import TunegateError
-from tasks.serving.scoring import ServedModel, TextScore
+from tasks.serving.scoring import ReadText, ServedModel, TextScore
 
 log = logging.getLogger(__name__)
 
-# Weight of the newest batch in the running seconds-per-text estimate that Retry-After is computed from.
+# Weight of the newest batch in the running seconds-per-token estimate that work ahead is priced at.
 RATE_SMOOTHING = 0.3
+# One batch's seconds per token counts as at most this factor above (or below) the estimate: a GC pause or a noisy
+# neighbour moves the estimate by at most x1.9 (1 + RATE_SMOOTHING * 3), and later batches bring it back.
+RATE_CLIP = 4.0
 MIN_RETRY_AFTER_S = 1.0  # Retry-After is whole seconds; 0 would invite an immediate retry storm
+# Requests of at most this many characters are read on the event loop (~0.1 ms of tokenising, less than a hop to a
+# thread); longer ones in a worker thread (64 texts of 20,000 characters take ~1 s), so the loop keeps answering.
+INLINE_READ_CHARS = 2_000
 
 
 class QueueFull(TunegateError):
-    """More texts are waiting than serve.max_queue_texts allows, or they would wait longer than
-    serve.max_queue_wait_ms: refuse at once (429 with Retry-After)."""
+    """More texts would be waiting than serve.max_queue_texts allows, or the model work ahead of the request would
+    take longer than serve.max_queue_wait_ms: refuse at once (429 with Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: float):
         super().__init__(message)
@@ -38,14 +50,14 @@ class BatchObserver(Protocol):
     """What the batcher reports (tasks.serving.metrics implements it)."""
 
     def on_batch(self, version: str, texts: int, seconds: float) -> None: ...
-    def on_queue_depth(self, texts: int) -> None: ...
+    def on_queue_depth(self, texts: int, tokens: int) -> None: ...
 
 
 @dataclass(eq=False)  # identity equality: deque.remove must find this very request
 class _Pending:
-    """One request's texts in the queue: handed to the model in order, `taken` of them so far."""
+    """One request's texts in the queue, already read: handed to the model in order, `taken` of them so far."""
     model: ServedModel
-    texts: list[str]
+    items: list[ReadText]
     future: asyncio.Future
     enqueued: float  # loop time
     taken: int = 0
@@ -54,7 +66,11 @@ class _Pending:
 
     @property
     def waiting(self) -> int:
-        return len(self.texts) - self.taken
+        return len(self.items) - self.taken
+
+    def cost(self, start: int, n: int) -> int:
+        """Model tokens of texts start .. start + n - 1."""
+        return sum(item.cost for item in self.items[start:start + n])
 
 
 @dataclass
@@ -64,15 +80,22 @@ class _Batch:
     slices: list[tuple[_Pending, int, int]]
 
     @property
-    def texts(self) -> list[str]:
-        return [t for item, start, n in self.slices for t in item.texts[start:start + n]]
+    def items(self) -> list[ReadText]:
+        return [t for item, start, n in self.slices for t in item.items[start:start + n]]
 
 
-def retry_after(queued_texts: int, seconds_per_text: float | None) -> float:
-    """Whole seconds until the queue has likely drained (at least MIN_RETRY_AFTER_S)."""
-    if seconds_per_text is None:
-        return MIN_RETRY_AFTER_S
-    return max(MIN_RETRY_AFTER_S, float(math.ceil(queued_texts * seconds_per_text)))
+def retry_after(wait_s: float) -> float:
+    """Whole seconds until the work ahead has likely been done (at least MIN_RETRY_AFTER_S)."""
+    return max(MIN_RETRY_AFTER_S, float(math.ceil(wait_s)))
+
+
+def next_rate(old: float | None, observed: float) -> float:
+    """The seconds-per-token estimate after one batch that took `observed` seconds per token: smoothed, and the
+    observation clipped to RATE_CLIP times the old estimate either way (one outlier cannot wedge admission)."""
+    if old is None:
+        return observed
+    clipped = min(max(observed, old / RATE_CLIP), old * RATE_CLIP)
+    return RATE_SMOOTHING * clipped + (1 - RATE_SMOOTHING) * old
 
 
 class MicroBatcher:
@@ -82,8 +105,8 @@ class MicroBatcher:
 
     def __init__(self, *, max_batch_size: int, max_wait_ms: float, max_queue_texts: int,
                  max_queue_wait_ms: float | None = None, observer: BatchObserver | None = None):
-        """max_queue_wait_ms: refuse a request whose texts would likely wait longer than this behind the queue
-        (estimated from recent model time per text); None = bound by max_queue_texts alone."""
+        """max_queue_wait_ms: refuse a request when the model work ahead of it (queued texts and the rest of the
+        batch in the model, priced at the learned time per token) would take longer; None = max_queue_texts alone."""
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_texts = max_queue_texts
@@ -91,12 +114,15 @@ class MicroBatcher:
         self.observer = observer
         self._pending: collections.deque[_Pending] = collections.deque()
         self._queued = 0  # texts in _pending not yet handed to the model
+        self._queued_tokens = 0  # their cost: tokens of the windows the model will read
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
-        self._seconds_per_text: float | None = None  # wall time per text while busy (see _consume)
+        self._seconds_per_token: float | None = None  # wall time per model token while busy (see _consume)
         self._in_model = 0  # texts of the batch being scored
+        self._in_model_tokens = 0  # and their cost
+        self._in_model_since = 0.0  # perf_counter when that batch went to the model
         self._last_done: float | None = None  # perf_counter when the last batch was answered, if the queue was
                                               # not empty then (the batcher stayed busy)
 
@@ -126,19 +152,34 @@ class MicroBatcher:
     def queued_texts(self) -> int:
         return self._queued
 
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def seconds_per_token(self) -> float | None:
+        """The learned model time per token (None before the first batch)."""
+        return self._seconds_per_token
+
     async def score(self, model: ServedModel, texts: list[str]) -> list[TextScore]:
-        """Scores in input order. QueueFull at once when the queue cannot take len(texts) more. Cancelling the
-        awaiting task (client disconnected, request timeout) drops its texts not yet handed to the model."""
-        if self._task is None or self._stopping:
-            raise BatcherStopped("the scoring queue is not running (the service is starting or shutting down)")
+        """Scores in input order. QueueFull at once when the queue cannot take len(texts) more or the work ahead is
+        over its bound (asked before the texts are read, so a refusal costs no tokenising, and again once they are
+        read, when they join the queue). Cancelling the awaiting task (client disconnected, request timeout) drops
+        its texts not yet handed to the model."""
+        self._check_running()
         if not texts:
             return []
         if (refused := self.refusal(len(texts))) is not None:
             raise refused
+        items = await self._read(model, texts)
+        self._check_running()
+        if (refused := self.refusal(len(texts))) is not None:  # the queue may have grown while they were read
+            raise refused
         loop = asyncio.get_running_loop()
-        item = _Pending(model, list(texts), loop.create_future(), loop.time(), results=[None] * len(texts))
+        item = _Pending(model, items, loop.create_future(), loop.time(), results=[None] * len(texts))
         self._pending.append(item)
-        self._queued += len(texts)
+        self._queued += len(items)
+        self._queued_tokens += item.cost(0, len(items))
         self._report_depth()
         self._wake.set()
         try:
@@ -147,31 +188,49 @@ class MicroBatcher:
             self._drop(item)
             raise
 
-    def expected_wait_s(self, texts: int) -> float:
-        """Seconds until `texts` more would be scored behind the queue and the batch in the model, from recent
-        time per text (0 before the first batch)."""
-        ahead = self._queued + self._in_model + texts
-        return 0.0 if self._seconds_per_text is None else ahead * self._seconds_per_text
+    def _check_running(self) -> None:
+        if self._task is None or self._stopping:
+            raise BatcherStopped("the scoring queue is not running (the service is starting or shutting down)")
+
+    async def _read(self, model: ServedModel, texts: list[str]) -> list[ReadText]:
+        """The texts read by `model` (token ids and cost): short requests here, long ones in a worker thread."""
+        if sum(len(t) for t in texts) <= INLINE_READ_CHARS:
+            return model.read(texts)
+        return await asyncio.to_thread(model.read, texts)
+
+    def wait_ahead_s(self) -> float:
+        """Seconds of model work ahead of a request arriving now: the queued texts' tokens plus what is left of the
+        batch in the model, at the learned seconds per token. 0 when nothing is ahead, whatever the estimate (an
+        idle service admits every request), and 0 before the first batch."""
+        rate = self._seconds_per_token
+        if rate is None:
+            return 0.0
+        in_model_left = 0.0
+        if self._in_model_tokens:
+            in_model_left = max(0.0, self._in_model_tokens * rate - (time.perf_counter() - self._in_model_since))
+        return self._queued_tokens * rate + in_model_left
 
     def refusal(self, texts: int) -> QueueFull | None:
-        """Why a request of `texts` texts would be refused now (count or expected wait over its bound), or None.
-        The service also asks before reading a request's body: shedding load early costs the least."""
+        """Why a request of `texts` texts would be refused now, or None: the texts held would exceed
+        max_queue_texts (with an empty queue never: serve.max_texts <= serve.max_queue_texts), or the work ahead
+        of it would take longer than max_queue_wait_ms (its own work is not waiting). The service also asks
+        before reading a request's body: shedding load early costs the least."""
         if self._queued + texts > self.max_queue_texts:
             return QueueFull(f"{self._queued} texts are waiting to be scored and this request brings {texts} more: "
                              f"over serve.max_queue_texts ({self.max_queue_texts}); retry later",
-                             retry_after(self._queued + texts, self._seconds_per_text))
-        expected_wait = self.expected_wait_s(texts)
-        if self.max_queue_wait_s is not None and expected_wait > self.max_queue_wait_s:
+                             retry_after(self.wait_ahead_s()))
+        wait = self.wait_ahead_s()
+        if self.max_queue_wait_s is not None and wait > self.max_queue_wait_s:
             # Under overload a bounded count alone lets every served request wait the whole queue out: refusing
             # what would wait too long keeps served requests fast and tells clients to back off.
-            return QueueFull(f"{self._queued + self._in_model} texts are ahead in the queue: {texts} more would "
-                             f"wait about {expected_wait * 1000:.0f} ms, over serve.max_queue_wait_ms "
-                             f"({self.max_queue_wait_s * 1000:g}); retry later",
-                             retry_after(self._queued + texts, self._seconds_per_text))
+            return QueueFull(f"{self._queued} texts ({self._queued_tokens} model tokens) are queued and "
+                             f"{self._in_model} are in the model ahead of this request: about {wait * 1000:.0f} ms "
+                             f"of model work, over serve.max_queue_wait_ms ({self.max_queue_wait_s * 1000:g}); "
+                             "retry later", retry_after(wait))
         return None
 
     def _report_depth(self) -> None:
-        self._observe("on_queue_depth", self._queued)
+        self._observe("on_queue_depth", self._queued, self._queued_tokens)
 
     def _observe(self, event: str, *args: object) -> None:
         """Tell the observer; a failing observer (metrics) is logged, never lets requests hang or fail."""
@@ -189,7 +248,8 @@ class MicroBatcher:
         except ValueError:
             return  # all its texts were taken already
         self._queued -= item.waiting
-        item.taken = len(item.texts)
+        self._queued_tokens -= item.cost(item.taken, item.waiting)
+        item.taken = len(item.items)
         self._report_depth()
 
     def _prune(self) -> None:
@@ -232,10 +292,11 @@ class MicroBatcher:
                 break
             if item.model is not model:
                 continue  # another version's request waits for a batch of its own
-            if item.waiting > room and len(item.texts) <= self.max_batch_size:
+            if item.waiting > room and len(item.items) <= self.max_batch_size:
                 break  # do not split a request that fits in a batch; keep first-come order for the rest
             n = min(item.waiting, room)
             slices.append((item, item.taken, n))
+            self._queued_tokens -= item.cost(item.taken, n)
             item.taken += n
             room -= n
             self._queued -= n
@@ -247,33 +308,31 @@ class MicroBatcher:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while (batch := await self._gather()) is not None:
-            texts = batch.texts
+            items = batch.items
+            tokens = sum(item.cost for item in items)
             started = time.perf_counter()
-            self._in_model = len(texts)
+            self._in_model, self._in_model_tokens, self._in_model_since = len(items), tokens, started
             try:
-                scores = await loop.run_in_executor(self._executor, batch.model.score, texts, self.max_batch_size)
-                if len(scores) != len(texts):
-                    raise RuntimeError(f"model returned {len(scores)} scores for {len(texts)} texts")
+                scores = await loop.run_in_executor(self._executor, batch.model.score_read, items,
+                                                    self.max_batch_size)
+                if len(scores) != len(items):
+                    raise RuntimeError(f"model returned {len(scores)} scores for {len(items)} texts")
             except Exception as exc:  # noqa: BLE001 - any model failure fails this batch's requests, not the service
-                log.warning("model call on %d texts failed: %s: %s", len(texts), type(exc).__name__, exc)
+                log.warning("model call on %d texts failed: %s: %s", len(items), type(exc).__name__, exc)
                 self._fail(batch, exc)
                 continue
             finally:
-                self._in_model = 0
+                self._in_model = self._in_model_tokens = 0
             done = time.perf_counter()
             seconds = done - started
-            # While busy, the time from one answer to the next is what a queued text really waits per text ahead
-            # of it: the model call plus the event loop's work on the same cores (parsing, answering, refusing).
+            # While busy, the time from one answer to the next is what queued work really waits per token ahead of
+            # it: the model call plus the event loop's work on the same cores (parsing, reading, answering, refusing).
             busy_cycle = done - self._last_done if self._last_done is not None else seconds
-            self._learn_rate(max(seconds, busy_cycle) / len(texts))
+            # Per token, not per text: a 20,000-character review is ~200 sentences of work, and prices as such.
+            self._seconds_per_token = next_rate(self._seconds_per_token, max(seconds, busy_cycle) / max(1, tokens))
             self._last_done = done if self._pending else None
-            self._observe("on_batch", batch.model.info.version, len(texts), seconds)
+            self._observe("on_batch", batch.model.info.version, len(items), seconds)
             self._resolve(batch, scores)
-
-    def _learn_rate(self, seconds_per_text: float) -> None:
-        old = self._seconds_per_text
-        self._seconds_per_text = seconds_per_text if old is None else (
-            RATE_SMOOTHING * seconds_per_text + (1 - RATE_SMOOTHING) * old)
 
     def _resolve(self, batch: _Batch, scores: list[TextScore]) -> None:
         at = 0
@@ -281,7 +340,7 @@ class MicroBatcher:
             item.results[start:start + n] = scores[at:at + n]
             at += n
             item.scored += n
-            if item.scored == len(item.texts) and not item.future.done():
+            if item.scored == len(item.items) and not item.future.done():
                 item.future.set_result(item.results)
 
     def _fail(self, batch: _Batch, exc: Exception) -> None:

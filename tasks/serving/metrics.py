@@ -12,8 +12,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set (to a fresh folder) by the run
 # Why a request was refused: the `reason` label's only values (low cardinality by construction).
 REFUSAL_REASONS = ("unauthorized", "body_too_large", "invalid_input", "queue_full", "timeout", "disconnected")
 
-# Seconds; the service answers in milliseconds when well, up to serve.request_timeout_s (default 10) when not.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Seconds; the service answers in milliseconds when well, up to serve.request_timeout_s (default 60) when not.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Texts per model call; serve.max_batch_size is 16 by default.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -37,6 +37,9 @@ class ServiceMetrics:
         # livesum: the texts waiting in every live worker.
         self.queue_texts = Gauge("tunegate_queue_texts", "Texts waiting for the model", registry=r,
                                  multiprocess_mode="livesum")
+        # What admission prices the wait by: tokens of the windows the model will read of the queued texts.
+        self.queue_tokens = Gauge("tunegate_queue_tokens", "Model work waiting: tokens of the queued texts' windows",
+                                  registry=r, multiprocess_mode="livesum")
         self.texts_scored = Counter("tunegate_texts_scored", "Texts scored, by predicted label", ["label"], registry=r)
         # A gauge set to 1 for the version served (0 once swapped out): Info has no multiprocess mode.
         self.model_version = Gauge("tunegate_model_version_info", "The model version served (1 = current)",
@@ -45,6 +48,17 @@ class ServiceMetrics:
         self.log_dropped = Counter("tunegate_prediction_log_dropped", "Prediction-log records dropped (queue full)",
                                    registry=r)
         self.reload_failures = Counter("tunegate_reload_failures", "Failed reloads of the model source", registry=r)
+        # The parity certificate check of each version loaded (start, reloads, refused ones included). Every worker of
+        # a host computes the same figures; min/max keep the worse one should they ever differ.
+        self.parity_agreement = Gauge("tunegate_parity_agreement", "Share of the version's parity-certificate texts "
+                                      "whose label this host reproduces", ["version"], registry=r,
+                                      multiprocess_mode="livemin")
+        self.parity_prob_delta = Gauge("tunegate_parity_max_prob_delta", "Largest |probability difference| from the "
+                                       "version's parity certificate on this host", ["version"], registry=r,
+                                       multiprocess_mode="livemax")
+        self.parity_passed = Gauge("tunegate_parity_passed", "1 = this host reproduces the version's parity "
+                                   "certificate, 0 = it does not, -1 = the version has no certificate", ["version"],
+                                   registry=r, multiprocess_mode="livemin")
         for reason in REFUSAL_REASONS:  # every reason shows as 0 before the first refusal
             self.refused.labels(reason)
         self._dropped_seen = 0
@@ -55,8 +69,9 @@ class ServiceMetrics:
         self.model_call_seconds.observe(seconds)
         self.batch_texts.observe(texts)
 
-    def on_queue_depth(self, texts: int) -> None:
+    def on_queue_depth(self, texts: int, tokens: int) -> None:
         self.queue_texts.set(texts)
+        self.queue_tokens.set(tokens)
 
     def on_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.request_seconds.labels(endpoint, str(status)).observe(seconds)
@@ -78,6 +93,13 @@ class ServiceMetrics:
 
     def on_reload_failed(self) -> None:
         self.reload_failures.inc()
+
+    def on_parity(self, version: str, status: str, agreement: float | None, max_prob_delta: float | None) -> None:
+        """Record a version's certificate check (status passed | failed | no_certificate; figures when checked)."""
+        self.parity_passed.labels(version).set({"passed": 1, "failed": 0}.get(status, -1))
+        if agreement is not None and max_prob_delta is not None:
+            self.parity_agreement.labels(version).set(agreement)
+            self.parity_prob_delta.labels(version).set(max_prob_delta)
 
     def set_version(self, name: str, version: str) -> None:
         if self._version is not None and self._version != (name, version):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
+from pathlib import Path
 
 from tasks.core.errors import TunegateError
 from tasks.serving import scoring
-from tasks.serving.scoring import ModelHolder
+from tasks.serving.scoring import ModelHolder, ServedModel
 from tasks.serving.source import ModelSource
 
 # One lock per holder (not per module): an asyncio.Lock belongs to the event loop that first waits on it, and
@@ -27,8 +29,10 @@ def _lock_for(holder: ModelHolder) -> asyncio.Lock:
 
 
 async def reload_if_changed(source: ModelSource, holder: ModelHolder, *, name: str, threads: int,
-                            drain_timeout_s: float) -> str | None:
+                            drain_timeout_s: float,
+                            vet: Callable[[ServedModel, Path], None] | None = None) -> str | None:
     """Serve the source's version now: None when the holder already serves it, else the version swapped in.
+    `vet(model, folder)` runs on the loaded version before the swap and refuses it by raising (the parity check).
     Concurrent calls run one after another; on failure (ReloadError) the old version keeps serving."""
     async with _lock_for(holder):
         serving = holder.current.info.version
@@ -45,6 +49,14 @@ async def reload_if_changed(source: ModelSource, holder: ModelHolder, *, name: s
         except Exception as exc:  # noqa: BLE001 - a broken folder fails in onnxruntime/tokenizers in many ways
             raise ReloadError(f"cannot load {resolved.version} from {resolved.folder} ({type(exc).__name__}: "
                               f"{exc}); still serving {serving}") from exc
+        if vet is not None:
+            try:
+                # In a thread too: re-scoring the certificate's texts takes seconds.
+                await asyncio.to_thread(vet, new, resolved.folder)
+            except TunegateError as exc:
+                new.close()
+                raise ReloadError(f"{resolved.version} from {resolved.folder} was refused ({type(exc).__name__}): "
+                                  f"{exc}\nstill serving {serving}") from exc
         try:
             await holder.swap(new, drain_timeout_s)
         except BaseException:
