@@ -286,10 +286,23 @@ def test_flow_resumes_a_crashed_run_from_the_failed_stage_and_train_from_its_che
 
 
 def test_flow_stops_a_stage_past_its_time_limit_and_keeps_nothing_half_written(make_project, prefect_api,
-                                                                               tiny_model_dir):
+                                                                               tiny_model_dir, monkeypatch):
+    import tasks.validate as validate_stage
+
     raw = flow_params(tiny_model_dir)
-    raw["orchestration"]["stage_timeout_minutes"]["validate"] = 0.001  # 0.06 s: validate takes seconds
+    raw["orchestration"]["stage_timeout_minutes"]["validate"] = 0.001  # 0.06 s
     root = make_project(params=raw)
+    real_validate_table = validate_stage.validate_table
+
+    def slow_validate_table(*args, **kwargs):
+        # With Great Expectations already imported by earlier tests, validating the tiny table can end before the
+        # watchdog thread gets the GIL: spin in Python bytecode (where its exception lands) well past the limit.
+        until = time.monotonic() + 30
+        while time.monotonic() < until:
+            time.sleep(0.001)
+        return real_validate_table(*args, **kwargs)
+
+    monkeypatch.setattr(validate_stage, "validate_table", slow_validate_table)
     with pytest.raises(PipelineFailed) as failed:
         training_pipeline(project=str(root))
     assert isinstance(failed.value.cause, StageTimeout) and failed.value.cause.stage == "validate"
