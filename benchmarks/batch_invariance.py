@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.core.config import load_config  # noqa: E402
 from tasks.core.host import cpu_facts  # noqa: E402
 from tasks.core.io import read_json, write_json  # noqa: E402
-from tasks.core.metrics import softmax  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
 from tasks.judging.stats import paired_difference  # noqa: E402
-from tasks.quantize import build_rung  # noqa: E402
+from tasks.quantize import batch_invariance, build_rung  # noqa: E402
 from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
 from tasks.serving.onnx_model import OnnxClassifier, share_one_thread_pool  # noqa: E402
+from tasks.serving.parity import classifier_scorer  # noqa: E402
 
 RUNGS = ("dynamic_per_row", "dynamic_per_tensor")
 BATCH_SIZES = (2, 8, 32, 64)
@@ -61,18 +61,14 @@ def build_models(exported: Path, scratch: Path, shipped_rule: dict[str, Any]) ->
     return models
 
 
-def alone(model: OnnxClassifier, texts: list[str]) -> np.ndarray:
-    return softmax(model.reading_logits(model.read(texts), [[i] for i in range(len(texts))]))
-
-
 def batch_figures(model: OnnxClassifier, texts: list[str], single: np.ndarray, seed: int) -> dict[str, dict]:
-    """Per batch size: share of labels equal to alone and max |delta prob|, over random (seeded) groups."""
-    rng, reading, figures = np.random.default_rng(seed), model.read(texts), {}
+    """Per batch size: share of labels equal to alone and max |delta prob|, over random (seeded) groups, by the
+    check quantize applies to every rung."""
+    figures = {}
     for size in BATCH_SIZES:
-        order = rng.permutation(len(texts))
-        probs = softmax(model.reading_logits(reading, [order[i:i + size] for i in range(0, len(order), size)]))
-        figures[str(size)] = {"label_agreement": float((probs.argmax(1) == single.argmax(1)).mean()),
-                              "max_prob_delta": float(np.abs(probs - single).max())}
+        check = batch_invariance(model, texts, single, size, tolerance=0.0, seed=seed + size)
+        figures[str(size)] = {"label_agreement": check["batch_label_agreement"],
+                              "max_prob_delta": check["batch_max_prob_delta"]}
     return figures
 
 
@@ -121,7 +117,7 @@ def main() -> None:
         models = build_models(exported, Path(scratch) / "models", shipped_rule)
         print(f"batch invariance of {shipped_model} INT8, reading {shipped_rule}, on {len(test)} test rows; "
               f"{len(stress)} stress texts; CPU {cpu_facts()['model']} ({cpu_facts()['kind']})", file=sys.stderr)
-        probs = {name: alone(model, list(test["text"])) for name, model in models.items()}
+        probs = {name: classifier_scorer(model)(list(test["text"])) for name, model in models.items()}
         positions = {t: i for i, t in enumerate(test["text"])}
         single = {name: probs[name][[positions[t] for t in stress]] for name in RUNGS}
         batching = {name: batch_figures(models[name], stress, single[name], cfg.seed) for name in RUNGS}

@@ -163,18 +163,18 @@ def teacher_reference(teacher_dir: Path, rows: pd.DataFrame, labels: list[str], 
                      seed)
 
 
-def batch_invariance(model: OnnxClassifier, texts: list[str], alone: np.ndarray, cfg: QuantizeConfig,
+def batch_invariance(model: OnnxClassifier, texts: list[str], alone: np.ndarray, size: int, tolerance: float,
                      seed: int = 0) -> dict[str, Any]:
-    """How `model`'s answers change when texts share calls: `texts` scored in random (seeded) groups of
-    cfg.batch_check_size, short sentences beside long reviews, against `alone` ([n, classes] probabilities at
-    quantize.batch_size: 1 = one text per call, as the gate judges). Invariant: every label the same and every probability within cfg.max_batch_prob_delta."""
+    """How `model`'s answers change when texts share calls: `texts` scored in random (seeded) groups of `size`,
+    short sentences beside long reviews, against `alone` ([n, classes] probabilities at quantize.batch_size: 1 = one
+    text per call, as the gate judges). Invariant: every label the same and every probability within `tolerance`."""
     order = np.random.default_rng(seed).permutation(len(texts))
-    groups = [order[i:i + cfg.batch_check_size] for i in range(0, len(order), cfg.batch_check_size)]
+    groups = [order[i:i + size] for i in range(0, len(order), size)]
     batched = softmax(model.reading_logits(model.read(texts), groups))
     agreement = float((batched.argmax(axis=1) == alone.argmax(axis=1)).mean())
     delta = float(np.abs(batched - alone).max())
     return {"batch_label_agreement": agreement, "batch_max_prob_delta": delta,
-            "batch_invariant": bool(agreement == 1.0 and delta <= cfg.max_batch_prob_delta)}
+            "batch_invariant": bool(agreement == 1.0 and delta <= tolerance)}
 
 
 def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
@@ -199,7 +199,7 @@ def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference
         "latency_ms_b1": float(np.median(batch1_latencies_ms(model, texts[: cfg.latency_rows]))),
         # A rung whose labels move with batch mates would serve other answers than the gate judges (one text
         # per call): it does not ship, however accurate.
-        **batch_invariance(model, texts, probs, cfg),
+        **batch_invariance(model, texts, probs, cfg.batch_check_size, cfg.max_batch_prob_delta),
     }
     figures["passed"] = bool(figures["drop_outcome"] == CHECK_PASS
                              and figures["agreement"] >= cfg.min_agreement and figures["batch_invariant"])

@@ -77,13 +77,10 @@ def test_rowwise_answers_do_not_depend_on_batch_mates(quantized_pair, stress_tex
 
 def test_per_tensor_int8_answers_do_depend_on_batch_mates(quantized_pair, stress_texts):
     """What the row-wise rung fixes, seen by the check quantize applies to every rung."""
-    from tasks.core.config import QuantizeConfig
-
-    cfg = QuantizeConfig.model_construct(batch_check_size=32, max_batch_prob_delta=INVARIANCE_ATOL)
     for model_file, invariant in (("per_tensor.onnx", False), ("rowwise.onnx", True)):
         model = OnnxClassifier(quantized_pair, model_file=model_file, target="cpu")
         alone = softmax(model.reading_logits(model.read(stress_texts), [[i] for i in range(len(stress_texts))]))
-        figures = batch_invariance(model, stress_texts, alone, cfg)
+        figures = batch_invariance(model, stress_texts, alone, 32, INVARIANCE_ATOL)
         assert figures["batch_invariant"] is invariant, (model_file, figures)
 
 
