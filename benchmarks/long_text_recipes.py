@@ -61,7 +61,8 @@ EVAL_RULES: list[dict[str, Any]] = [
     {"rule": "window", "stride": 31, "aggregate": "max_confidence"},
     {"rule": "window", "stride": 62, "aggregate": "mean_prob"},
 ]
-# The pipeline's default candidates (train.long_text.candidates), cheapest first, and its replacement bar.
+# The pipeline's default candidates when this sweep ran (train.long_text.candidates then; params.yaml now puts
+# cheaper non-overlapping windows before the stride-31 ones), cheapest first, and its replacement bar.
 CANDIDATES = [describe(r) for r in EVAL_RULES if r["rule"] == "head" or r.get("head_tokens") == 16
               or (r["rule"] == "window" and r["stride"] == 31)]
 MIN_GAIN_SE = 1.0

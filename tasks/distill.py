@@ -31,6 +31,14 @@ from tasks.training.tokens import TokenizedTexts, tokenize, tokenizer_fingerprin
 
 console = Console(stderr=True, soft_wrap=True)
 DISTILL_FILE, TRANSFER_ROWS_FILE = "distill.json", "transfer_rows.json"
+# distill's keys that judge the student rather than make it (quantize and the gate read them): left out of the
+# recipe, the stamp and dvc.yaml's distill params, so a new bound reruns the judging stages but not distillation.
+RECIPE_EXCLUDES = ("max_accuracy_drop", "min_agreement")
+
+
+def recipe(cfg: PipelineConfig) -> dict[str, Any]:
+    """distill's params that make the student (every key but RECIPE_EXCLUDES)."""
+    return {k: v for k, v in cfg.dump()["distill"].items() if k not in RECIPE_EXCLUDES}
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ def distill_params(cfg: PipelineConfig) -> dict[str, Any]:
     """The params distill's dvc.yaml stage declares: what its stamp records."""
     dump = cfg.dump()
     train, prepare = dump["train"], dump["prepare"]
-    return {"seed": dump["seed"], "data": dump["data"], "distill": dump["distill"],
+    return {"seed": dump["seed"], "data": dump["data"], "distill": recipe(cfg),
             "train": {k: train[k] for k in ("max_length", "long_text", "device", "deterministic", "max_grad_norm")},
             "prepare": {k: prepare[k] for k in ("near_duplicate_jaccard", "shingle_words", "minhash_permutations",
                                                 "lsh_bands")}}
@@ -207,7 +215,7 @@ def distill(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     rows = training_rows(tokenizer, splits["train"], transfer.texts, cfg, paths)
     student = distill_student(teacher, rows, cfg, device)
     rule = chosen_long_text(paths)
-    report = {"enabled": True, "recipe": cfg.dump()["distill"], **student.report, "transfer": transfer.counts,
+    report = {"enabled": True, "recipe": recipe(cfg), **student.report, "transfer": transfer.counts,
               "dev": dev_figures(student.model, teacher, tokenizer, splits["dev"], rule, cfg, device)}
     result = StageResult(stage="distill", key_figure=key_figure(report), enabled=True, dev=report["dev"],
                          params=report["params"], encoder_params=report["encoder_params"])

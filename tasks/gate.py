@@ -59,16 +59,26 @@ def cost_check(name: str, cost: dict[str, Any]) -> dict[str, Any]:
             "interval": [cost["low"], cost["high"]], "rows": cost["rows"], "rows_needed": cost["rows_needed"]}
 
 
+def shipped_bounds(cfg: PipelineConfig, model: str) -> dict[str, Any]:
+    """What the shipped model may give up against the teacher's PyTorch model on test: the teacher's INT8 answers to
+    gate.max_quantization_drop; the student (distillation and quantization) to distill.max_accuracy_drop and
+    distill.min_agreement, the bounds quantize chose it by on dev."""
+    if model == "student":
+        return {"model": model, "max_accuracy_drop": cfg.distill.max_accuracy_drop,
+                "min_agreement": cfg.distill.min_agreement}
+    return {"model": model, "max_accuracy_drop": cfg.gate.max_quantization_drop, "min_agreement": None}
+
+
 def quantization_reference(y_true: np.ndarray, pytorch_pred: np.ndarray, shipped_pred: np.ndarray, n_classes: int,
-                           cfg: GateConfig, seed: int) -> dict[str, Any]:
+                           cfg: GateConfig, seed: int, bounds: dict[str, Any]) -> dict[str, Any]:
     """Test accuracy lost by the shipped model against the PyTorch model it came from (quantization, and
-    distillation when the student ships): paired SE, interval and outcome against gate.max_quantization_drop."""
+    distillation when the student ships): paired SE, interval and outcome against bounds["max_accuracy_drop"]."""
     pytorch_right, shipped_right = pytorch_pred == y_true, shipped_pred == y_true
-    cost = paired_cost(y_true, pytorch_pred, shipped_pred, n_classes, cfg.max_quantization_drop,
+    cost = paired_cost(y_true, pytorch_pred, shipped_pred, n_classes, bounds["max_accuracy_drop"],
                        cfg.bootstrap_samples, cfg.confidence, seed)
     return {"pytorch_accuracy": float(pytorch_right.mean()), "shipped_accuracy": float(shipped_right.mean()),
             "accuracy_drop": cost["value"], "accuracy_drop_se": paired_accuracy_se(shipped_right, pytorch_right),
-            "agreement": float((pytorch_pred == shipped_pred).mean()), "drop": cost}
+            "agreement": float((pytorch_pred == shipped_pred).mean()), "drop": cost, "bounds": bounds}
 
 
 def absolute_checks(metrics: dict[str, Any], quantization: dict[str, Any], cost: dict[str, Any],
@@ -76,10 +86,16 @@ def absolute_checks(metrics: dict[str, Any], quantization: dict[str, Any], cost:
     """The candidate's checks: point values against the bounds in params, except the accuracy it gives up against
     its PyTorch model, decided on its paired interval (pass, fail or inconclusive)."""
     judged = [s for s in slices if s["judged"]]
+    student = quantization["bounds"]["model"] == "student"
+    # The student's cost is distillation and quantization together, against its own bounds (distill's).
+    fidelity = [check("agreement with the teacher's PyTorch (share)", quantization["agreement"],
+                      quantization["bounds"]["min_agreement"], True)] if student else []
     return [
         check("test accuracy", metrics["accuracy"]["value"], cfg.min_accuracy, True, span=metrics["accuracy"]),
         check("test macro-F1", metrics["macro_f1"]["value"], cfg.min_macro_f1, True, span=metrics["macro_f1"]),
-        cost_check("quantized accuracy drop", quantization["drop"]),
+        cost_check("student accuracy drop vs the teacher's PyTorch" if student else "quantized accuracy drop",
+                   quantization["drop"]),
+        *fidelity,
         # Counted, not timed (tasks/judging/cost.py): the same on any host under any load. Measured latencies go
         # to the run record only.
         check("cost per text, p95 (GMACs, batch 1)", cost["gmacs_per_text"]["p95"], cfg.max_gmacs_per_text_p95,
@@ -212,8 +228,10 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     if list(pytorch["text"]) != texts:
         raise RuntimeError("artifacts/evaluate/predictions.parquet does not hold the test split's rows in order: "
                            "rerun evaluate")
+    quantized = read_json(paths.quantization_report)
     quantization = quantization_reference(y_true, pytorch["predicted"].to_numpy(), predicted,
-                                          len(cfg.data.label_names), g, cfg.seed)
+                                          len(cfg.data.label_names), g, cfg.seed,
+                                          shipped_bounds(cfg, quantized["chosen_model"]))
     cost = cost_record(model.read(texts), window_cost(model.folder / model.model_file, model.max_length),
                        model.max_length)
     latencies = batch1_latencies_ms(model, texts[: g.latency_rows])  # measured for the run record, never judged
@@ -224,7 +242,6 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     keys = row_keys(texts)
     comparison = compare_with_champion(champion, test, keys, predicted, cfg) if champion else None
     shipped = paths.int8_dir / MODEL_FILE
-    quantized = read_json(paths.quantization_report)
     candidate = {"model": quantized["chosen_model"], "file": str(shipped.relative_to(paths.root)),
                  "precision": quantized["chosen"], "sha256": file_sha256(shipped),
                  # The run's fingerprint, not a git SHA: the commit holding dvc.lock is made after the run, so a

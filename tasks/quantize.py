@@ -147,6 +147,25 @@ def judging_rows(dev: pd.DataFrame, calibration_rows: int) -> tuple[pd.DataFrame
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a model's rung must hold against the teacher FP32 on dev to ship: the upper end of the paired interval of
+    its accuracy drop at most max_accuracy_drop, and agreement at least min_agreement. The teacher's rungs answer to
+    quantize's limits (quantization alone); the student's to distill's (distillation and quantization together)."""
+
+    max_accuracy_drop: float
+    min_agreement: float
+
+    def record(self) -> dict[str, float]:
+        return {"max_accuracy_drop": self.max_accuracy_drop, "min_agreement": self.min_agreement}
+
+
+def model_limits(cfg: PipelineConfig) -> dict[str, Limits]:
+    """Each model's limits: the teacher's from quantize, the student's from distill."""
+    return {"teacher": Limits(cfg.quantize.max_accuracy_drop, cfg.quantize.min_agreement),
+            "student": Limits(cfg.distill.max_accuracy_drop, cfg.distill.min_agreement)}
+
+
+@dataclass(frozen=True)
 class Reference:
     """The teacher FP32's predictions on the judging rows: every candidate of every model is judged against them."""
 
@@ -178,15 +197,15 @@ def batch_invariance(model: OnnxClassifier, texts: list[str], alone: np.ndarray,
 
 
 def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
-                 cfg: QuantizeConfig) -> dict[str, Any]:
+                 cfg: QuantizeConfig, limits: Limits) -> dict[str, Any]:
     """Accuracy on the judging (dev) rows, paired drop vs the teacher FP32 with its standard error, interval and
-    outcome (pass / fail / inconclusive against quantize.max_accuracy_drop), agreement with it, median batch-1
+    outcome (pass / fail / inconclusive against limits.max_accuracy_drop), agreement with it, median batch-1
     latency; and whether it passes (only a drop that passes can)."""
     texts, truth = list(rows["text"]), rows["label"].to_numpy()
     probs = softmax(model.logits(texts, cfg.batch_size))
     predicted = probs.argmax(axis=1)
     accuracy = classification_metrics(truth, probs, labels)["accuracy"]
-    drop = paired_cost(truth, reference.predicted, predicted, len(labels), cfg.max_accuracy_drop,
+    drop = paired_cost(truth, reference.predicted, predicted, len(labels), limits.max_accuracy_drop,
                        cfg.bootstrap_samples, cfg.confidence, reference.seed)
     figures = {
         "accuracy": accuracy,
@@ -202,7 +221,7 @@ def measure_rung(model: OnnxClassifier, rows: pd.DataFrame, reference: Reference
         **batch_invariance(model, texts, probs, cfg.batch_check_size, cfg.max_batch_prob_delta),
     }
     figures["passed"] = bool(figures["drop_outcome"] == CHECK_PASS
-                             and figures["agreement"] >= cfg.min_agreement and figures["batch_invariant"])
+                             and figures["agreement"] >= limits.min_agreement and figures["batch_invariant"])
     return figures
 
 
@@ -223,11 +242,22 @@ def weight_count(model_path: Path) -> int:
     return int(sum(np.prod(init.dims, dtype=np.int64) for init in graph.initializer if init.data_type in floats))
 
 
+def ceiling_record(model: str, fp32: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
+                   cfg: QuantizeConfig, limits: Limits) -> dict[str, Any]:
+    """The model's FP32 judged like a rung, as the ceiling of its ladder (never shipped: `passed` is False): INT8
+    only adds error to it, so when the FP32 itself does not pass, no rung is worth building and judging."""
+    figures = measure_rung(fp32, rows, reference, labels, cfg, limits)
+    return {"model": model, "rung": "fp32", "method": "no quantization: the ladder's ceiling, not a candidate",
+            "ceiling": True, **figures, "ceiling_holds": figures["passed"], "passed": False,
+            "mb": model_mb(fp32.folder / fp32.model_file), "params": weight_count(fp32.folder / MODEL_FILE)}
+
+
 def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, calibration: list[str],
-                 labels: list[str], cfg: QuantizeConfig,
-                 reference: Reference) -> tuple[list[dict[str, Any]], str | None]:
-    """Try `model`'s rungs in order until one passes against the teacher FP32 `reference` on `rows` (dev rows,
-    never test); returns every rung tried and the passing model file in `work`, or None when none passed.
+                 labels: list[str], cfg: QuantizeConfig, reference: Reference,
+                 limits: Limits) -> tuple[list[dict[str, Any]], str | None]:
+    """Try `model`'s rungs in order until one passes `limits` against the teacher FP32 `reference` on `rows` (dev
+    rows, never test); returns every rung tried and the passing model file in `work`, or None when none passed.
+    The student's ladder (no fp32 rung) is judged at its FP32 ceiling first and not climbed when that fails.
 
     Each record holds what the model decides (accuracy, agreement, size, weights) and `latency_ms_b1`, a timing
     that differs run to run: split_timings takes it out before the record is written to a tracked file.
@@ -237,7 +267,13 @@ def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, cal
     shutil.copytree(fp32_dir, work, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"), dirs_exist_ok=True)
     weights = weight_count(fp32_dir / MODEL_FILE)
     tried = []
-    for rung in model_rungs(model, cfg.ladder):
+    rungs = model_rungs(model, cfg.ladder)
+    if model == "student" and "fp32" not in rungs:
+        ceiling = ceiling_record(model, fp32, rows, reference, labels, cfg, limits)
+        tried.append(ceiling)
+        if not ceiling["ceiling_holds"]:
+            return tried, None
+    for rung in rungs:
         target = work / f"{rung}.onnx"
         record: dict[str, Any] = {"model": model, "rung": rung}
         try:
@@ -246,7 +282,7 @@ def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, cal
             tried.append({**record, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
         candidate = OnnxClassifier(work, model_file=target.name, target=SERVING_TARGET)
-        record.update(measure_rung(candidate, rows, reference, labels, cfg))
+        record.update(measure_rung(candidate, rows, reference, labels, cfg, limits))
         record.update(mb=model_mb(target), params=weights)
         tried.append(record)
         if record["passed"]:
@@ -255,16 +291,18 @@ def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, cal
 
 
 def climb_ladders(fp32_dirs: dict[str, Path], work: Path, rows: pd.DataFrame, calibration: list[str],
-                  labels: list[str], cfg: QuantizeConfig, seed: int) -> tuple[list[dict[str, Any]], str, str]:
+                  labels: list[str], cfg: QuantizeConfig, seed: int,
+                  limits: dict[str, Limits]) -> tuple[list[dict[str, Any]], str, str]:
     """Climb each model's ladder in quantize.models order (fp32_dirs: the exported models there are; the teacher
-    always), every rung judged against the teacher FP32 (paired intervals resampled with `seed`); returns every
-    rung tried, the first passing one's model and its file in work/<model>/."""
+    always), every rung judged against the teacher FP32 (paired intervals resampled with `seed`) within its
+    model's `limits`; returns every rung tried, the first passing one's model and its file in work/<model>/."""
     reference = teacher_reference(fp32_dirs["teacher"], rows, labels, cfg.batch_size, seed)
     tried: list[dict[str, Any]] = []
     for model in cfg.models:
         if model not in fp32_dirs:
             continue
-        rungs, chosen = climb_ladder(model, fp32_dirs[model], work / model, rows, calibration, labels, cfg, reference)
+        rungs, chosen = climb_ladder(model, fp32_dirs[model], work / model, rows, calibration, labels, cfg, reference,
+                                     limits[model])
         tried += rungs
         if chosen is not None:
             return tried, model, chosen
@@ -308,8 +346,9 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     fp32_dirs, models = model_records(cfg.quantize, paths)
     with staged_dir(paths.stage_dir("quantize")) as out, tempfile.TemporaryDirectory(dir=out) as work_dir:
         work = Path(work_dir)
+        limits = model_limits(cfg)
         tried, chosen_model, chosen_file = climb_ladders(fp32_dirs, work, rows, calibration, cfg.data.label_names,
-                                                         cfg.quantize, cfg.seed)
+                                                         cfg.quantize, cfg.seed, limits)
         int8_dir = out / paths.int8_dir.name
         # The chosen model's tokenizer, config.json and serving.json (the student's when the student ships).
         shutil.copytree(work / chosen_model, int8_dir, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
@@ -330,8 +369,9 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
             "agreement": chosen["agreement"],
             "size_ratio": round(chosen["mb"] / models["teacher"]["fp32_mb"], 4),  # of the teacher FP32
             "params_ratio": round(chosen["params"] / models["teacher"]["params"], 4),
-            "thresholds": {"max_accuracy_drop": cfg.quantize.max_accuracy_drop,
-                           "confidence": cfg.quantize.confidence, "min_agreement": cfg.quantize.min_agreement},
+            # The teacher's limits at the top level (quantize's); the student's (distill's) under "student".
+            "thresholds": {**limits["teacher"].record(), "confidence": cfg.quantize.confidence,
+                           "student": limits["student"].record()},
             "models": models,
             "rungs": rungs,  # every candidate tried, in order: model, rung, dev figures, drop outcome, size, passed
         }

@@ -98,6 +98,7 @@ def tiny_params(model_dir: Path, data_path: str = "data/movie_reviews.csv", long
     # A random tiny model sits near 50% accuracy: quantization may flip many of its coin tosses,
     # so the first rung is accepted whatever it does (tests force rungs to fail explicitly).
     raw["quantize"].update(max_accuracy_drop=1.0, min_agreement=0.0, calibration_rows=16, latency_rows=4)
+    raw["distill"].update(max_accuracy_drop=1.0, min_agreement=0.0)  # the student's rungs, likewise
     raw["gate"]["max_quantization_drop"] = 1.0  # quantize's limit may not exceed the gate's (a config rule)
     raw["gate"]["parity_rows"] = 24  # fewer than the tiny test split's rows: the certificate chooses by length
     return raw

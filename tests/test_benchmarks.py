@@ -158,7 +158,8 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
         assert all(result[key] is None for key in student_keys)
     # texts/s per reading rule: one per distinct window set of train.long_text.candidates (aggregates cost alike)
     reading = result["reading_texts_per_s"]
-    assert set(reading) == {"head", "head_tail(16)", "window(stride 31, mean_prob)"}
+    assert set(reading) == {"head", "head_tail(16)", "window(stride 62, at most 4, mean_prob)",
+                            "window(stride 62, mean_prob)", "window(stride 31, mean_prob)"}
     assert all(figures["long"] > 0 and figures["short"] > 0 for figures in reading.values())
     assert result["reading_rows"]["long"] == 6 and result["reading_rows"]["short"] == 8
     windows = result["reading_windows_per_long_text"]

@@ -90,3 +90,15 @@ def test_stage_outputs_live_in_their_own_artifact_folder():
         outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
                 for o in stage.get(key, [])]
         assert outs and all(o == f"artifacts/{name}" or o.startswith(f"artifacts/{name}/") for o in outs)
+
+
+def test_distill_depends_on_its_recipe_and_the_judging_stages_on_the_students_bounds():
+    from tasks.distill import RECIPE_EXCLUDES
+
+    stages = dvc_stages()
+    distill_keys = set(read_params(REPO / "params.yaml")["distill"])
+    recipe_params = {p.split(".", 1)[1] for p in stages["distill"]["params"] if str(p).startswith("distill.")}
+    assert "distill" not in stages["distill"]["params"]  # the whole section would rerun it for a new bound
+    assert recipe_params == distill_keys - set(RECIPE_EXCLUDES)
+    for judging in ("quantize", "gate"):
+        assert {f"distill.{key}" for key in RECIPE_EXCLUDES} <= set(stages[judging]["params"])

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tasks.judging.cost import CostCountError, WindowCost, cost_record, text_macs, window_cost
-from tasks.serving.long_text import Reading
+from tasks.serving.long_text import Reading, Wrapper, read_ids
 
 
 def toy_graph(path, sequence: str | int = "sequence") -> None:
@@ -52,6 +52,23 @@ def test_a_text_costs_its_windows_at_the_width_of_its_longest():
     record = cost_record(reading, cost, max_length=8)
     assert record["windows_per_text"] == {"mean": 2.0, "max": 3}
     assert record["window_macs"]["full_window"] == 874 and record["gmacs_per_text"]["max"] == 3 * 874 / 1e9
+
+
+def test_a_window_rules_cap_lowers_the_windows_and_macs_counted_per_text():
+    # 64-token windows (62 content tokens), texts of 40 (one window) and 600 content tokens.
+    wrapper, contents = Wrapper(prefix=(101,), suffix=(102,)), [[5] * 40, [5] * 600]
+    uncapped = {"rule": "window", "stride": 62, "aggregate": "mean_prob"}
+    capped = {**uncapped, "max_windows": 4}
+    cost = WindowCost(constant=10, per_token=100, per_token_pair=1)
+    full, short = cost.macs(64), cost.macs(42)
+    assert read_ids(contents, uncapped, 64, wrapper).window_counts() == [1, 10]
+    reading = read_ids(contents, capped, 64, wrapper)
+    assert reading.window_counts() == [1, 4]
+    assert text_macs(reading, cost).tolist() == [short, 4 * full]
+    record = cost_record(reading, cost, max_length=64)
+    assert record["windows_per_text"] == {"mean": 2.5, "max": 4}
+    assert record["gmacs_per_text"]["max"] == 4 * full / 1e9
+    assert cost_record(read_ids(contents, uncapped, 64, wrapper), cost, 64)["gmacs_per_text"]["max"] == 10 * full / 1e9
 
 
 def test_the_shipped_models_count_is_its_architecture_whatever_its_graph_form(staged_pipeline):

@@ -20,6 +20,14 @@ from tests.conftest import LENIENT_GATE, REPO, keyword_reviews, tiny_params
 GATE = parse_config(tiny_params(REPO)).gate.model_copy(update={"margin": 0.01, "min_compare_rows": 200})
 
 
+def teacher_bounds(gate):
+    """What the teacher's INT8 may give up (tasks.gate.shipped_bounds for the teacher)."""
+    return {"model": "teacher", "max_accuracy_drop": gate.max_quantization_drop, "min_agreement": None}
+
+
+TEACHER_BOUNDS = teacher_bounds(GATE)
+
+
 def predictions(y_true: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Binary predictions that are right exactly where `right` is True."""
     return np.where(right, y_true, 1 - y_true)
@@ -106,7 +114,7 @@ def test_absolute_checks_judge_point_values_and_only_judged_slices():
                                                                                    "high": 0.82}}
     slices = [{"judged": True, "passed": True}, {"judged": True, "passed": False}, {"judged": False, "passed": None}]
     y_true, shipped, pytorch = constructed_pair(2000, 0.85, 0.85, 40)
-    quantization = quantization_reference(y_true, pytorch, shipped, 2, GATE, seed=42)
+    quantization = quantization_reference(y_true, pytorch, shipped, 2, GATE, seed=42, bounds=TEACHER_BOUNDS)
     budget = GATE.max_gmacs_per_text_p95
     cost = {"gmacs_per_text": {"p95": budget * 1.5}}
     batching = {"predict_batch_size": 32, "agreement": 0.99}  # 1% of labels move with batch mates
@@ -120,6 +128,26 @@ def test_absolute_checks_judge_point_values_and_only_judged_slices():
     assert checks["slices failing (2 judged of 3)"]["passed"] is False
     batched = checks["labels changed by batches of 32 (share)"]
     assert batched["outcome"] == "fail" and batched["value"] == pytest.approx(0.01)
+
+
+def test_a_shipped_student_answers_to_distills_bounds_on_its_drop_and_agreement():
+    metrics = {"accuracy": {"value": 0.80, "low": 0.77, "high": 0.83}, "macro_f1": {"value": 0.79, "low": 0.76,
+                                                                                   "high": 0.82}}
+    y_true, shipped, pytorch = constructed_pair(2000, 0.85, 0.85, 40)  # 2% of rows disagree, nothing lost
+    bounds = {"model": "student", "max_accuracy_drop": 0.01, "min_agreement": 0.99}
+    quantization = quantization_reference(y_true, pytorch, shipped, 2, GATE, seed=42, bounds=bounds)
+    cost = {"gmacs_per_text": {"p95": 0.0}}
+    checks = {c["check"]: c for c in absolute_checks(metrics, quantization, cost, {"predict_batch_size": 32,
+                                                                                   "agreement": 1.0}, [], GATE)}
+    drop = checks["student accuracy drop vs the teacher's PyTorch"]
+    assert drop["threshold"] == 0.01 and drop["outcome"] == "pass"  # upper end about +0.006
+    agreement = checks["agreement with the teacher's PyTorch (share)"]
+    assert agreement["value"] == pytest.approx(0.98) and agreement["threshold"] == 0.99 and agreement["passed"] is False
+    assert "quantized accuracy drop" not in checks
+    teacher = quantization_reference(y_true, pytorch, shipped, 2, GATE, seed=42, bounds=TEACHER_BOUNDS)
+    teacher_checks = [c["check"] for c in absolute_checks(metrics, teacher, cost, {"predict_batch_size": 32,
+                                                                                   "agreement": 1.0}, [], GATE)]
+    assert "quantized accuracy drop" in teacher_checks and not any("agreement" in c for c in teacher_checks)
 
 
 # The shipped model against its PyTorch model on the same test rows: (rows, shipped accuracy, PyTorch accuracy,
@@ -136,7 +164,7 @@ DROP_CASES = [
 def test_the_quantized_drop_check_decides_on_its_paired_interval(case, outcome):
     y_true, shipped, pytorch = constructed_pair(*case)
     gate = GATE.model_copy(update={"max_quantization_drop": DROP_BOUND})
-    quantization = quantization_reference(y_true, pytorch, shipped, 2, gate, seed=42)
+    quantization = quantization_reference(y_true, pytorch, shipped, 2, gate, seed=42, bounds=teacher_bounds(gate))
     drop_check = cost_check("quantized accuracy drop", quantization["drop"])
     assert drop_check["outcome"] == outcome and drop_check["passed"] is {"pass": True, "fail": False}.get(outcome)
     assert drop_check["value"] == quantization["accuracy_drop"] == pytest.approx(case[2] - case[1], abs=1e-3)
@@ -153,8 +181,8 @@ def test_the_quantized_drop_check_decides_on_its_paired_interval(case, outcome):
 def test_a_failed_check_or_a_rejecting_champion_outranks_an_inconclusive_check():
     y_true, shipped, pytorch = constructed_pair(950, 0.8214, 0.8351, 28)
     gate = GATE.model_copy(update={"max_quantization_drop": DROP_BOUND})
-    unsettled = cost_check("quantized accuracy drop", quantization_reference(y_true, pytorch, shipped, 2, gate,
-                                                                             seed=42)["drop"])
+    unsettled = cost_check("quantized accuracy drop", quantization_reference(y_true, pytorch, shipped, 2, gate, seed=42,
+                                                                             bounds=teacher_bounds(gate))["drop"])
     assert decide([unsettled, check("test macro-F1", 0.7, 0.78, True)], None, gate)["decision"] == REJECT
     rejected = decide([unsettled], {"outcome": REJECT, "why": "worse than the champion"}, gate)
     assert rejected == {"decision": REJECT, "why": "worse than the champion"}
@@ -340,8 +368,14 @@ def test_gate_judges_a_shipped_student_against_the_teachers_pytorch_figures(stag
     assert decision["reference"]["quantization"]["agreement"] == float((student == teacher).mean())
     report = (copy.stage_dir("gate") / "report.md").read_text()
     assert "the student, dynamic_per_row" in report and "distillation and quantization cost" in report
-    shipped = candidate_rows(report)[0]
+    ceiling, shipped = candidate_rows(report)[:2]  # the student's FP32 is judged first, as its ladder's ceiling
+    assert ceiling[:2] == ["student", "fp32"] and ceiling[-1] == "ceiling holds"
     assert shipped[:2] == ["student", "dynamic_per_row"] and shipped[-1] == "shipped"
+    # The student answers to distill's bounds (drop and agreement), not to the teacher's quantization bound.
+    checks = {c["check"]: c for c in decision["checks"]}
+    assert checks["student accuracy drop vs the teacher's PyTorch"]["threshold"] == cfg.distill.max_accuracy_drop
+    assert checks["agreement with the teacher's PyTorch (share)"]["threshold"] == cfg.distill.min_agreement
+    assert "quantized accuracy drop" not in checks
 
 
 def test_gate_stage_keeps_latency_figures_out_of_tracked_outputs(staged_pipeline):

@@ -13,8 +13,8 @@ from tokenizers import Tokenizer
 from tasks.core.base_model import resolve_base_model
 from tasks.core.batching import length_sorted_batches
 from tasks.serving.files import SERVING_FILE
-from tasks.serving.long_text import (HEAD, MAX_WINDOWS, LongTextRuleError, Wrapper, combine, normalise, padded,
-                                     read_ids, read_texts, tokens_read, window_starts, windows_of)
+from tasks.serving.long_text import (HEAD, MAX_WINDOWS, LongTextRuleError, Wrapper, combine, describe, normalise,
+                                     padded, read_ids, read_texts, tokens_read, window_starts, windows_of)
 from tasks.serving.onnx_model import OnnxClassifier
 from tasks.serving.predict import predict_texts
 from tasks.serving.scoring import load_served
@@ -93,6 +93,49 @@ def test_a_very_long_text_is_read_by_at_most_max_windows_evenly_spread_first_and
     assert len(windows_of(content(10_000), rule, MAX, WRAP)) == MAX_WINDOWS
 
 
+CAPPED = {"rule": "window", "stride": 4, "max_windows": 3, "aggregate": "mean_prob"}  # 8 windows over 30 tokens
+
+
+def test_a_window_rules_max_windows_keeps_that_many_evenly_spaced_first_and_last_kept():
+    uncapped = {k: v for k, v in CAPPED.items() if k != "max_windows"}
+    assert len(windows_of(content(30), uncapped, MAX, WRAP)) == 8  # starts 0, 4, ..., 24 and 26
+    assert windows_of(content(30), CAPPED, MAX, WRAP) == [window(1000, 1001, 1002, 1003),
+                                                          window(1016, 1017, 1018, 1019),
+                                                          window(1026, 1027, 1028, 1029)]
+    assert window_starts(30, 4, 4, max_windows=3) == [0, 16, 26], "the same thinning as the global bound"
+    # the caller's bound and the rule's: the smaller holds
+    assert windows_of(content(30), CAPPED, MAX, WRAP, max_windows=2) == [window(1000, 1001, 1002, 1003),
+                                                                         window(1026, 1027, 1028, 1029)]
+    assert len(windows_of(content(30), CAPPED, MAX, WRAP, max_windows=5)) == 3
+    assert len(windows_of(content(10_000), {**CAPPED, "max_windows": MAX_WINDOWS}, MAX, WRAP)) == MAX_WINDOWS
+    # one window each way for a text that fits, and a cap of 1 keeps the first window
+    assert windows_of(content(4), CAPPED, MAX, WRAP) == [window(1000, 1001, 1002, 1003)]
+    assert windows_of(content(30), {**CAPPED, "max_windows": 1}, MAX, WRAP) == [window(1000, 1001, 1002, 1003)]
+    assert read_ids([content(30), content(2)], CAPPED, MAX, WRAP).window_counts() == [3, 1]
+
+
+def test_tokens_read_counts_only_the_capped_windows():
+    assert tokens_read(30, {k: v for k, v in CAPPED.items() if k != "max_windows"}, MAX, WRAP) == 30
+    assert tokens_read(30, CAPPED, MAX, WRAP) == 12  # 0-3, 16-19, 26-29
+    assert tokens_read(30, CAPPED, MAX, WRAP, max_windows=2) == 8
+    assert tokens_read(4, CAPPED, MAX, WRAP) == 4 and tokens_read(30, {**CAPPED, "max_windows": 1}, MAX, WRAP) == 4
+
+
+def test_a_window_rule_without_max_windows_reads_exactly_as_before():
+    rule = {"rule": "window", "stride": 31, "aggregate": "mean_prob"}
+    assert normalise(rule) == rule and list(normalise(rule)) == ["rule", "stride", "aggregate"], "no key added"
+    assert json.dumps(normalise(json.loads(json.dumps(rule)))) == json.dumps(rule)
+    assert describe(rule) == "window(stride 31, mean_prob)"
+    text = content(5_000)
+    starts = window_starts(len(text), 62, 31)
+    assert len(starts) == MAX_WINDOWS and starts[0] == 0 and starts[-1] == len(text) - 62
+    wrap = Wrapper(prefix=(CLS,), suffix=(SEP,))
+    assert windows_of(text, rule, 64, wrap) == [wrap.wrap(text[s:s + 62]) for s in starts]
+    assert windows_of(text, rule, 64, wrap) == windows_of(text, {**rule, "max_windows": MAX_WINDOWS}, 64, wrap)
+    assert tokens_read(len(text), rule, 64, wrap) == tokens_read(len(text), {**rule, "max_windows": MAX_WINDOWS}, 64,
+                                                                  wrap)
+
+
 def test_read_ids_keeps_each_texts_windows_together_in_text_order():
     rule = {"rule": "window", "stride": 4, "aggregate": "mean_prob"}
     reading = read_ids([content(2), content(9), []], rule, MAX, WRAP)
@@ -144,10 +187,27 @@ def test_one_window_rules_pass_the_logits_through():
     ({"rule": "head_tail", "head_tokens": -1}, "head_tokens >= 0"),
     ({"rule": "window", "stride": 0, "aggregate": "mean_prob"}, "stride >= 1"),
     ({"rule": "window", "stride": 4, "aggregate": "median"}, "aggregate 'median'"),
+    ({"rule": "window", "stride": 4, "max_windows": 0, "aggregate": "mean_prob"}, "must be an integer from 1 to 64"),
+    ({"rule": "window", "stride": 4, "max_windows": 65, "aggregate": "mean_prob"}, "got 65"),
+    ({"rule": "window", "stride": 4, "max_windows": "4", "aggregate": "mean_prob"}, "got '4'"),
+    ({"rule": "window", "stride": 4, "max_windows": 4.0, "aggregate": "mean_prob"}, "got 4.0"),
+    ({"rule": "window", "stride": 4, "max_windows": True, "aggregate": "mean_prob"}, "got True"),
+    ({"rule": "window", "stride": 4, "max_windows": None, "aggregate": "mean_prob"}, "got None"),
+    ({"rule": "head", "max_windows": 4}, "takes no \\['max_windows'\\]"),
+    ({"rule": "head_tail", "head_tokens": 16, "max_windows": 4}, "takes no \\['max_windows'\\]"),
 ])
 def test_normalise_refuses_rules_it_cannot_read(rule, message):
     with pytest.raises(LongTextRuleError, match=message):
         normalise(rule)
+
+
+@pytest.mark.parametrize("cap", [1, 4, MAX_WINDOWS])
+def test_normalise_accepts_a_window_cap_and_describe_names_it(cap):
+    rule = {"rule": "window", "stride": 62, "max_windows": cap, "aggregate": "mean_prob"}
+    assert normalise(rule) == rule
+    assert describe(rule) == f"window(stride 62, at most {cap}, mean_prob)"
+    uncapped = {"rule": "window", "stride": 62, "aggregate": "max_confidence"}
+    assert describe(uncapped) == "window(stride 62, max_confidence)"
 
 
 def test_normalise_reads_old_folders_and_a_missing_rule_as_head():

@@ -23,7 +23,8 @@ def test_quantize_stage_keeps_first_rung_and_reports_it(staged_pipeline):
     # Lenient tiny bounds: the first candidate ships, the student's when distill made one.
     first = "student" if paths.student_onnx_dir.is_dir() else "teacher"
     assert report["chosen"] == cfg.quantize.ladder[0] == "dynamic_per_row" and report["chosen_model"] == first
-    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [(first, "dynamic_per_row")]
+    ceiling = [("student", "fp32")] if first == "student" else []  # the student's FP32 is judged first
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [*ceiling, (first, "dynamic_per_row")]
     assert report["size_ratio"] < 0.6
     assert report["accuracy_drop"] == pytest.approx(report["fp32_accuracy"] - report["accuracy"])
     served = OnnxClassifier(paths.int8_dir)
@@ -80,7 +81,8 @@ def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     work = tmp_path / "work"
     dev = pd.read_parquet(paths.split("dev")).head(8)
     tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, work, dev, list(dev["text"]), cfg.data.label_names,
-                                       cfg.quantize.model_copy(update={"ladder": [rung]}), reference(paths, dev))
+                                       cfg.quantize.model_copy(update={"ladder": [rung]}), reference(paths, dev),
+                                       stage.model_limits(cfg)["teacher"])
     assert tried[0]["rung"] == rung and "error" not in tried[0], tried[0]
     logits = OnnxClassifier(work, model_file=chosen).logits(["a test"], 1)
     assert np.isfinite(logits).all()
@@ -101,7 +103,8 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
     monkeypatch.setattr(stage, "measure_rung", measure_with_first_rung_broken)
     dev = pd.read_parquet(paths.split("dev"))
     tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
-                                       cfg.data.label_names, cfg.quantize, reference(paths, dev))
+                                       cfg.data.label_names, cfg.quantize, reference(paths, dev),
+                                       stage.model_limits(cfg)["teacher"])
     assert [r["rung"] for r in tried] == ["dynamic_per_row", "static_minmax"]
     assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "static_minmax.onnx"
 
@@ -118,7 +121,8 @@ def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeli
     dev = pd.read_parquet(paths.split("dev"))
     quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "static_minmax", "fp32"]})
     tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
-                                       cfg.data.label_names, quick, reference(paths, dev))
+                                       cfg.data.label_names, quick, reference(paths, dev),
+                                       stage.model_limits(cfg)["teacher"])
     assert chosen == "fp32.onnx" and [r["passed"] for r in tried] == [False, False, True]
     assert tried[-1]["accuracy_drop"] == 0.0 and tried[-1]["agreement"] == 1.0 and tried[-1]["accuracy_drop_se"] == 0.0
 
@@ -144,7 +148,7 @@ def test_quantize_measures_every_rung_on_cpu_even_where_cuda_is_offered(staged_p
     dev = pd.read_parquet(paths.split("dev")).head(8)
     quick = cfg.quantize.model_copy(update={"ladder": ["dynamic_per_tensor", "fp32"], "latency_rows": 2})
     stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"]), cfg.data.label_names, quick,
-                       reference(paths, dev))
+                       reference(paths, dev), stage.model_limits(cfg)["teacher"])
     assert gpu_host.sessions.requests and all(asked == [CPU] for asked in gpu_host.sessions.requests)
 
 
@@ -214,7 +218,7 @@ def test_a_rung_ships_only_when_its_drop_interval_passes(case, outcome):
         update={"max_accuracy_drop": 0.02, "confidence": 0.95, "min_agreement": 0.5, "latency_rows": 2})
     judged_against = stage.Reference(teacher, float((teacher == y_true).mean()), seed=42)
     figures = stage.measure_rung(ConstructedModel(list(rows["text"]), candidate), rows, judged_against,
-                                 ["negative", "positive"], cfg)
+                                 ["negative", "positive"], cfg, stage.Limits(cfg.max_accuracy_drop, cfg.min_agreement))
     assert figures["drop_outcome"] == outcome and figures["passed"] is (outcome == "pass")
     low, high = figures["accuracy_drop_interval"]
     assert low <= figures["accuracy_drop"] <= high
@@ -236,7 +240,8 @@ def test_the_ladder_passes_over_a_rung_whose_drop_is_inconclusive(staged_pipelin
     dev = pd.read_parquet(paths.split("dev"))
     quick = cfg.quantize.model_copy(update={"ladder": [cfg.quantize.ladder[0], "fp32"], "latency_rows": 2})
     tried, chosen = stage.climb_ladder("teacher", paths.onnx_dir, tmp_path / "w", dev, list(dev["text"][:8]),
-                                       cfg.data.label_names, quick, reference(paths, dev))
+                                       cfg.data.label_names, quick, reference(paths, dev),
+                                       stage.model_limits(cfg)["teacher"])
     assert [r["drop_outcome"] for r in tried] == ["inconclusive", "pass"] and chosen == "fp32.onnx"
     assert tried[-1]["accuracy_drop_interval"] == [0.0, 0.0], "FP32 against itself loses exactly nothing"
 
@@ -254,9 +259,11 @@ def student_run(staged_pipeline, tmp_path_factory) -> ArtifactPaths:
     return student_project(staged_pipeline, tmp_path_factory.mktemp("student-run"))
 
 
-def quantized(cfg, paths: ArtifactPaths, **quantize) -> dict:
-    """Run the quantize stage with these quantize settings; its quantization.json."""
-    stage.quantize.fn(cfg.model_copy(update={"quantize": cfg.quantize.model_copy(update=quantize)}), paths)
+def quantized(cfg, paths: ArtifactPaths, distill: dict | None = None, **quantize) -> dict:
+    """Run the quantize stage with these quantize (and distill) settings; its quantization.json."""
+    update = {"quantize": cfg.quantize.model_copy(update=quantize),
+              "distill": cfg.distill.model_copy(update=distill or {})}
+    stage.quantize.fn(cfg.model_copy(update=update), paths)
     return json.loads(paths.quantization_report.read_text())
 
 
@@ -264,15 +271,21 @@ def test_a_student_within_the_bounds_ships_and_the_shipped_folder_is_the_student
     cfg, _ = staged_pipeline
     report = quantized(cfg, student_run, ladder=QUICK_LADDER)  # lenient tiny bounds: the student passes
     assert report["chosen_model"] == "student" and report["chosen"] == "dynamic_per_row"
-    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [("student", "dynamic_per_row")]
+    # The student's FP32 first, as its ladder's ceiling (never shipped), then its rungs.
+    assert [(r["model"], r["rung"]) for r in report["rungs"]] == [("student", "fp32"), ("student", "dynamic_per_row")]
+    ceiling = report["rungs"][0]
+    assert ceiling["ceiling"] and ceiling["ceiling_holds"] and not ceiling["passed"]
+    assert report["thresholds"]["student"] == {"max_accuracy_drop": cfg.distill.max_accuracy_drop,
+                                               "min_agreement": cfg.distill.min_agreement}
     assert json.loads((student_run.int8_dir / "config.json").read_text())["num_hidden_layers"] == 1
     graph = onnx.load(str(student_run.int8_dir / "model.onnx")).graph
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 6  # the student's one layer: Q, K, V, out, FFN x2
     models = report["models"]
-    assert report["rungs"][0]["params"] == models["student"]["params"] < models["teacher"]["params"]
+    assert report["rungs"][1]["params"] == models["student"]["params"] < models["teacher"]["params"]
     assert report["size_ratio"] < models["student"]["fp32_mb"] / models["teacher"]["fp32_mb"] < 1
     timings = json.loads(student_run.run_record("quantize").read_text())["timings"]
-    assert set(timings) == {"student:dynamic_per_row"} and timings["student:dynamic_per_row"]["latency_ms_b1"] > 0
+    assert set(timings) == {"student:fp32", "student:dynamic_per_row"}
+    assert timings["student:dynamic_per_row"]["latency_ms_b1"] > 0
 
 
 def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(staged_pipeline, tmp_path):
@@ -280,13 +293,17 @@ def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(
 
     cfg, _ = staged_pipeline
     flipped = student_project(staged_pipeline, tmp_path, flip=True)  # disagrees with the teacher on every row
-    report = quantized(cfg, flipped, ladder=QUICK_LADDER, min_agreement=0.5)
+    # The student answers to distill's agreement bound, the teacher's rungs to quantize's.
+    report = quantized(cfg, flipped, ladder=QUICK_LADDER, min_agreement=0.0, distill={"min_agreement": 0.5})
     by_model = {}
     for record in report["rungs"]:
         by_model.setdefault(record["model"], []).append(record)
-    # The student's ladder has no fp32 rung (params.yaml, quantize.models): its one INT8 rung fails on agreement.
-    assert [r["rung"] for r in by_model["student"]] == ["dynamic_per_row"]
-    assert not by_model["student"][0]["passed"] and by_model["student"][0]["agreement"] < 0.5
+    # The student's ladder has no fp32 rung (params.yaml, quantize.models): its FP32 is judged first as the
+    # ceiling; it misses the agreement bound, so no INT8 rung of the student is built.
+    assert [r["rung"] for r in by_model["student"]] == ["fp32"]
+    ceiling = by_model["student"][0]
+    assert ceiling["ceiling"] and not ceiling["ceiling_holds"] and ceiling["agreement"] < 0.5
+    assert not ceiling["passed"]
     assert report["chosen_model"] == "teacher" and by_model["teacher"][-1]["passed"]
     assert report["agreement"] >= 0.5
     assert json.loads((flipped.int8_dir / "config.json").read_text())["num_hidden_layers"] == 2

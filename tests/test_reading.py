@@ -8,9 +8,9 @@ import pytest
 
 from tasks.core.config import ConfigError, LongTextConfig, WindowRule, parse_config, read_params
 from tasks.core.paths import ArtifactPaths
-from tasks.serving.long_text import AGGREGATES, HEAD, RULES, Wrapper, combine, read_ids
+from tasks.serving.long_text import AGGREGATES, HEAD, MAX_WINDOWS, RULES, Wrapper, combine, normalise, read_ids
 from tasks.training.reading import (candidate_logits, choose, chosen_long_text, long_text_path, long_text_report,
-                                    summary, window_groups, write_long_text)
+                                    summary, window_groups, window_set, write_long_text)
 from tests.conftest import REPO
 
 WRAPPER = Wrapper(prefix=(101,), suffix=(102,))  # [CLS] text [SEP]
@@ -84,6 +84,44 @@ def test_candidate_logits_run_each_window_set_once_and_short_texts_once():
     assert np.allclose(logits[3][1], combine(per_window, reading.owners, 1, MEAN_LOGIT)[0])
 
 
+CAPPED = {"rule": "window", "stride": 2, "max_windows": 2, "aggregate": "mean_prob"}
+
+
+def test_window_set_tells_a_capped_window_rule_from_an_uncapped_one():
+    assert window_set(CAPPED) != window_set(MEAN_PROB)
+    assert window_set(CAPPED) == window_set({**CAPPED, "aggregate": "max_confidence"}), "aggregates share windows"
+    assert window_set({**MEAN_PROB, "max_windows": MAX_WINDOWS}) == window_set(MEAN_PROB), "absent = MAX_WINDOWS"
+    assert window_set(HEAD) != window_set(HEAD_TAIL)
+
+
+def test_candidate_logits_run_capped_windows_as_their_own_set():
+    contents = [[7, 7, 5], [8, 8, 5, 5, 7, 7, 7, 7, 7, 7]]  # the long one: 4 windows at stride 2, 2 when capped
+    capped_max = {**CAPPED, "aggregate": "max_confidence"}
+    calls: list[int] = []
+    logits = candidate_logits(contents, [MEAN_PROB, CAPPED, capped_max], MAX_LENGTH, WRAPPER, fake_runner(calls),
+                              max_windows=64, classes=2)
+    assert calls == [1, 4, 2], "short text once, the uncapped windows once, the capped ones once (shared)"
+    reading = read_ids([contents[1]], CAPPED, MAX_LENGTH, WRAPPER)
+    assert reading.windows == [[101, 8, 8, 5, 5, 102], [101, 7, 7, 7, 7, 102]], "first and last window"
+    per_window = fake_runner([])(reading.windows)
+    assert np.allclose(logits[1][1], combine(per_window, reading.owners, 1, CAPPED)[0])
+    assert np.allclose(logits[2][1], combine(per_window, reading.owners, 1, capped_max)[0])
+
+
+def test_the_default_candidates_come_cheapest_first_in_windows_per_long_text():
+    train = read_params(REPO / "params.yaml")["train"]
+    rules = [normalise(c.model_dump()) for c in LongTextConfig.model_validate(train["long_text"]).candidates]
+    assert rules[:2] == [HEAD, {"rule": "head_tail", "head_tokens": 16}]
+    assert {"rule": "window", "stride": 62, "max_windows": 4, "aggregate": "mean_prob"} in rules
+    wrapper = Wrapper(prefix=(101,), suffix=(102,))
+    for length in (100, 300, 600, 3_000):  # long reviews: about 1.5 to 50 windows of 62 content tokens
+        windows = [len(read_ids([[5] * length], rule, train["max_length"], wrapper).windows) for rule in rules]
+        assert windows == sorted(windows), f"{length} tokens: {windows}"
+    # the cap only lowers the cost: a capped rule never reads more windows than the same rule uncapped
+    capped = [r for r in rules if "max_windows" in r]
+    assert capped and all({k: v for k, v in r.items() if k != "max_windows"} in rules for r in capped)
+
+
 def test_window_groups_hold_whole_texts_within_the_window_budget():
     reading = read_ids([[1] * 20, [1], [1] * 9, [1, 2]], MEAN_PROB, MAX_LENGTH, WRAPPER)
     counts = reading.window_counts()
@@ -120,6 +158,20 @@ def test_config_rules_have_the_shapes_long_text_reads():
     rules = typing.get_args(kinds[0])
     assert tuple(typing.get_args(r.model_fields["rule"].annotation)[0] for r in rules) == RULES
     assert typing.get_args(WindowRule.model_fields["aggregate"].annotation) == AGGREGATES
+    bounds = {type(m).__name__: m for m in WindowRule.model_fields["max_windows"].metadata}
+    assert (bounds["Ge"].ge, bounds["Le"].le) == (1, MAX_WINDOWS)
+
+
+def test_config_takes_a_window_cap_and_dumps_a_rule_without_one_as_written():
+    section = read_params(REPO / "params.yaml")["train"]["long_text"]
+    capped = {"rule": "window", "stride": 62, "max_windows": 4, "aggregate": "mean_prob"}
+    uncapped = {"rule": "window", "stride": 62, "aggregate": "mean_prob"}
+    long_text = LongTextConfig.model_validate({**section, "candidates": [{"rule": "head"}, capped, uncapped]})
+    assert [c.model_dump() for c in long_text.candidates] == [{"rule": "head"}, capped, uncapped]
+    # params.yaml's shape (what stamps and long_text.json record): no max_windows: null added
+    assert long_text.model_dump(mode="json")["candidates"] == [{"rule": "head"}, capped, uncapped]
+    assert json.loads(long_text.candidates[2].model_dump_json()) == uncapped
+    assert [normalise(c.model_dump()) for c in long_text.candidates] == [HEAD, capped, uncapped]
 
 
 @pytest.mark.parametrize("candidates, message", [
@@ -128,6 +180,11 @@ def test_config_rules_have_the_shapes_long_text_reads():
     ([{"rule": "window", "stride": 0, "aggregate": "mean_prob"}], "stride"),
     ([{"rule": "head"}, {"rule": "head"}], "must not repeat"),
     ([{"rule": "head_tail", "head_tokens": 64}], "must be below train.max_length"),
+    ([{"rule": "window", "stride": 62, "max_windows": 0, "aggregate": "mean_prob"}], "max_windows"),
+    ([{"rule": "window", "stride": 62, "max_windows": 65, "aggregate": "mean_prob"}], "max_windows"),
+    ([{"rule": "window", "stride": 62, "max_windows": "4", "aggregate": "mean_prob"}], "max_windows"),
+    ([{"rule": "window", "stride": 62, "max_windows": None, "aggregate": "mean_prob"}], "max_windows"),
+    ([{"rule": "head", "max_windows": 4}], "max_windows"),
     ([], "candidates"),
 ])
 def test_config_rejects_a_long_text_candidate_no_reader_can_use(candidates, message):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 from tasks.core.errors import TunegateError
 
 # Order is the DAG: every runner (dvc.yaml, the Prefect flow, the CLI) follows it.
@@ -121,7 +121,24 @@ class HeadTailRule(_Section):
 class WindowRule(_Section):
     rule: Literal["window"]
     stride: int = Field(ge=1)
+    # Windows per text at most (evenly spaced, first and last kept); absent: long_text.MAX_WINDOWS (64).
+    max_windows: int | None = Field(default=None, ge=1, le=64)
     aggregate: Literal["mean_prob", "mean_logit", "max_confidence"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_cap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_windows" in data and data["max_windows"] is None:
+            raise ValueError("max_windows: leave the key out for the default (64 windows), or give 1 to 64")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _absent_cap_stays_absent(self, handler: Any) -> dict[str, Any]:
+        # A rule without max_windows dumps as written (params.yaml shape, stamps, long_text.json, serving.json).
+        data = handler(self)
+        if data.get("max_windows") is None:
+            data.pop("max_windows", None)
+        return data
 
 
 LongTextRule = Annotated[HeadRule | HeadTailRule | WindowRule, Field(discriminator="rule")]
@@ -195,6 +212,8 @@ class DistillConfig(_Section):
     weight_decay: float = Field(ge=0)
     freeze_embeddings: bool
     transfer: TransferConfig
+    max_accuracy_drop: float = Field(ge=0, le=1)  # the student's bound (quantize on dev, the gate on test)
+    min_agreement: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _layers_increase(self) -> DistillConfig:

@@ -129,11 +129,19 @@ def _batching(batching: dict[str, Any]) -> str:
             "activations per call, so a text's label can depend on the texts batched with it.")
 
 
+def model_limits(thresholds: dict[str, Any], model: str) -> dict[str, Any]:
+    """quantization.json's limits for `model`'s rungs: the student's under "student" (distill's bounds; absent in
+    records written before they had their own), the teacher's at the top level."""
+    return {**thresholds, **thresholds.get("student", {})} if model == "student" else thresholds
+
+
 def _candidate_outcome(record: dict[str, Any], shipped: bool, limits: dict[str, Any]) -> str:
     """shipped, pass, FAIL (a limit failed), or INCONCLUSIVE drop (nothing failed, the drop's interval straddles its
-    bound): a rung ships only on pass."""
+    bound): a rung ships only on pass. A ladder's FP32 ceiling (judged first, never shipped) holds or stops it."""
     if "error" in record:
         return f"not built: {record['error'][:80]}"
+    if record.get("ceiling"):
+        return "ceiling holds" if record["ceiling_holds"] else "ceiling misses: ladder stopped"
     if shipped:
         return "shipped"
     if record["passed"]:
@@ -147,22 +155,26 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
     """Every candidate quantize tried (model, rung, its dev figures against the teacher FP32), the shipped one marked,
     and the models it skipped with why."""
     limits = quantize["thresholds"]
+    student = model_limits(limits, "student")
     lines = [f"Tried in order on {quantize['rows']} {quantize['split']} rows, each against the teacher FP32 (accuracy "
              f"{quantize['fp32_accuracy']:.4f}); the first whose drop passes (the upper end of its "
-             f"{limits['confidence']:.0%} paired interval <= {limits['max_accuracy_drop']:g}) with agreement "
-             f">= {limits['min_agreement']:g} ships. Batch-1 latency of each: `.tunegate/runs/quantize.json` "
-             "(timings stay out of tracked outputs).", "",
+             f"{limits['confidence']:.0%} paired interval <= {limits['max_accuracy_drop']:g} for the teacher's "
+             f"rungs, {student['max_accuracy_drop']:g} for the student's) with agreement >= "
+             f"{limits['min_agreement']:g} ({student['min_agreement']:g}) ships. Batch-1 latency of each: "
+             "`.tunegate/runs/quantize.json` (timings stay out of tracked outputs).", "",
              "| model | rung | dev accuracy | drop ± SE | drop interval | agreement | MB | weights | result |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in quantize["candidates"]:
         shipped = (c["model"], c["rung"]) == (quantize["chosen_model"], quantize["chosen"])
         if "error" in c:
-            lines.append(f"| {c['model']} | {c['rung']} | | | | | | | {_candidate_outcome(c, shipped, limits)} |")
+            lines.append(f"| {c['model']} | {c['rung']} | | | | | | | "
+                         f"{_candidate_outcome(c, shipped, model_limits(limits, c['model']))} |")
             continue
         low, high = c["accuracy_drop_interval"]
         lines.append(f"| {c['model']} | {c['rung']} | {c['accuracy']:.4f} | {c['accuracy_drop']:+.4f} ± "
                      f"{c['accuracy_drop_se']:.4f} | [{low:+.4f}, {high:+.4f}] | {c['agreement']:.1%} | "
-                     f"{c['mb']:.1f} | {c['params']:,} | {_candidate_outcome(c, shipped, limits)} |")
+                     f"{c['mb']:.1f} | {c['params']:,} | "
+                     f"{_candidate_outcome(c, shipped, model_limits(limits, c['model']))} |")
     skipped = [f"- {name}: skipped ({why})" for name, why in quantize["skipped"].items()]
     return lines + ([""] + skipped if skipped else [])
 

@@ -75,7 +75,8 @@ class ModelMetadata(BaseModel):
     max_length: int
     long_text: dict[str, str | int] = Field(description="how a text longer than max_length is read: {'rule': 'head'}, "
                                             "{'rule': 'head_tail', 'head_tokens': H} or {'rule': 'window', "
-                                            "'stride': S, 'aggregate': A}")
+                                            "'stride': S, 'aggregate': A}, optionally with 'max_windows': K "
+                                            "(at most K windows per text)")
     model_sha256: str
     precision: str | None
     platform: str

@@ -8,6 +8,10 @@ A rule is serving.json's `long_text` (and an entry of train.long_text.candidates
   {"rule": "window", "stride": S, "aggregate": A}    windows of max_length tokens starting every S content tokens (the
                                                      last one ends at the text's end); A = mean_prob | mean_logit |
                                                      max_confidence combines their logits into the text's
+  {"rule": "window", "stride": S, "max_windows": K, "aggregate": A}
+                                                     the same, at most K windows per text (1 <= K <= MAX_WINDOWS),
+                                                     evenly spaced, the first and the last kept; without the key,
+                                                     at most MAX_WINDOWS
 A text that fits in one window is read whole, the same way by every rule.
 """
 
@@ -24,7 +28,8 @@ from tasks.core.errors import TunegateError
 RULES = ("head", "head_tail", "window")
 AGGREGATES = ("mean_prob", "mean_logit", "max_confidence")
 # Windows read per text at most (a 20,000-character text is ~5,000 tokens): beyond it, windows are taken evenly
-# spaced over the text (the first and the last always among them), bounding a request's cost.
+# spaced over the text (the first and the last always among them), bounding a request's cost. A window rule's
+# max_windows lowers it for that rule.
 MAX_WINDOWS = 64
 HEAD = {"rule": "head"}
 
@@ -71,7 +76,8 @@ def normalise(rule: str | dict[str, Any] | None) -> dict[str, Any]:
     if name not in RULES:
         raise LongTextRuleError(f"long_text rule {name!r} is not one this version reads ({', '.join(RULES)}): "
                                 "upgrade tunegate")
-    allowed = {"head": {"rule"}, "head_tail": {"rule", "head_tokens"}, "window": {"rule", "stride", "aggregate"}}[name]
+    allowed = {"head": {"rule"}, "head_tail": {"rule", "head_tokens"},
+               "window": {"rule", "stride", "aggregate", "max_windows"}}[name]
     extra = set(rule) - allowed
     if extra:
         raise LongTextRuleError(f"long_text rule {name!r} takes no {sorted(extra)} (it takes {sorted(allowed)})")
@@ -82,16 +88,28 @@ def normalise(rule: str | dict[str, Any] | None) -> dict[str, Any]:
             raise LongTextRuleError(f"long_text window needs stride >= 1, got {rule.get('stride')!r}")
         if rule.get("aggregate") not in AGGREGATES:
             raise LongTextRuleError(f"long_text window aggregate {rule.get('aggregate')!r} is not one of {AGGREGATES}")
-    return dict(rule)
+        cap = rule.get("max_windows", MAX_WINDOWS)
+        if not (isinstance(cap, int) and not isinstance(cap, bool) and 1 <= cap <= MAX_WINDOWS):
+            raise LongTextRuleError(f"long_text window max_windows must be an integer from 1 to {MAX_WINDOWS}, "
+                                    f"got {cap!r}")
+    return dict(rule)  # max_windows stays absent when absent: old rules keep their exact dict (and hashes)
 
 
 def describe(rule: dict[str, Any]) -> str:
-    """One line for logs and reports: head, head_tail(16), window(stride 31, mean_prob)."""
+    """One line for logs and reports: head, head_tail(16), window(stride 31, mean_prob),
+    window(stride 62, at most 4, mean_prob)."""
     if rule["rule"] == "head_tail":
         return f"head_tail({rule['head_tokens']})"
     if rule["rule"] == "window":
-        return f"window(stride {rule['stride']}, {rule['aggregate']})"
+        cap = f"at most {rule['max_windows']}, " if "max_windows" in rule else ""
+        return f"window(stride {rule['stride']}, {cap}{rule['aggregate']})"
     return "head"
+
+
+def window_cap(rule: dict[str, Any], max_windows: int = MAX_WINDOWS) -> int:
+    """Windows per text at most under a window rule: its own max_windows (MAX_WINDOWS when absent), and at most
+    `max_windows` (a caller's bound)."""
+    return min(rule.get("max_windows", MAX_WINDOWS), max_windows)
 
 
 def window_starts(length: int, budget: int, stride: int, max_windows: int = MAX_WINDOWS) -> list[int]:
@@ -111,7 +129,7 @@ def windows_of(content: list[int], rule: dict[str, Any], max_length: int, wrappe
                max_windows: int = MAX_WINDOWS) -> list[list[int]]:
     """The token-id sequences (special tokens included, each at most max_length) the model reads for one text
     whose content ids (no special tokens, untruncated) are `content`. Always at least one (an empty text reads as
-    its special tokens alone)."""
+    its special tokens alone); a window rule gives at most window_cap(rule, max_windows)."""
     budget = max_length - wrapper.specials
     if budget < 1:
         raise LongTextRuleError(f"max_length {max_length} leaves no room for text beside {wrapper.specials} special tokens")
@@ -123,15 +141,17 @@ def windows_of(content: list[int], rule: dict[str, Any], max_length: int, wrappe
         head = min(rule["head_tokens"], budget)
         tail = budget - head
         return [wrapper.wrap(content[:head] + (content[len(content) - tail:] if tail else []))]
-    return [wrapper.wrap(content[s:s + budget]) for s in window_starts(len(content), budget, rule["stride"], max_windows)]
+    starts = window_starts(len(content), budget, rule["stride"], window_cap(rule, max_windows))
+    return [wrapper.wrap(content[s:s + budget]) for s in starts]
 
 
-def tokens_read(content_length: int, rule: dict[str, Any], max_length: int, wrapper: Wrapper) -> int:
+def tokens_read(content_length: int, rule: dict[str, Any], max_length: int, wrapper: Wrapper,
+                max_windows: int = MAX_WINDOWS) -> int:
     """Distinct content tokens of a text the rule reads (== content_length when nothing is skipped)."""
     budget = max_length - wrapper.specials
     if content_length <= budget or rule["rule"] != "window":
         return min(content_length, budget)
-    starts = window_starts(content_length, budget, rule["stride"])
+    starts = window_starts(content_length, budget, rule["stride"], window_cap(rule, max_windows))
     covered = np.zeros(content_length, dtype=bool)
     for s in starts:
         covered[s:s + budget] = True

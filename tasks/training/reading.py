@@ -17,7 +17,7 @@ from tasks.core.io import read_json, write_json
 from tasks.core.paths import ArtifactPaths
 from tasks.judging.stats import paired_accuracy_se
 from tasks.serving.long_text import (HEAD, Reading, Wrapper, combine, content_ids, describe, normalise, padded,
-                                     read_ids)
+                                     read_ids, window_cap)
 from tasks.training.modeling import bf16_enabled
 from tasks.training.tokens import fast_backend
 
@@ -37,8 +37,10 @@ def chosen_long_text(paths: ArtifactPaths) -> dict[str, Any]:
 
 
 def window_set(rule: dict[str, Any]) -> tuple[Any, ...]:
-    """What decides a rule's windows (not how their logits are combined): rules that share it share one forward."""
-    return rule["rule"], rule.get("head_tokens"), rule.get("stride")
+    """What decides a rule's windows (not how their logits are combined): rules that share it share one forward.
+    A window rule's cap on windows per text is part of it (absent reads as MAX_WINDOWS, the same windows)."""
+    cap = window_cap(rule) if rule["rule"] == "window" else None
+    return rule["rule"], rule.get("head_tokens"), rule.get("stride"), cap
 
 
 def window_groups(reading: Reading, max_windows: int) -> list[np.ndarray]:
