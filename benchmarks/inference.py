@@ -20,9 +20,11 @@ with its own long_text rule on the IMDB part; then one JSON line:
    "student_speedup_b1": ..., "student_speedup_b32x128": ..., "student_accuracy_drop": ...,
    "student_accuracy_drop_interval": [low, high], "student_agreement": ...,
    "workload_texts_per_s": {"tunegate_predict": ..., "hf_pipeline": ...}, "workload_speedup_vs_hf_pipeline": ...,
-   "workload_shipped_rule": {"rule": ..., "imdb_texts_per_s": ..., "imdb_accuracy": ...}, ...}
+   "workload_shipped_rule": {"rule": ..., "imdb_texts_per_s": ..., "imdb_accuracy": ...}, ...,
+   "targets": {key: {"target", "value", "pass", "note"}}, "all_targets_pass": ...}
 Without a student (distill.enabled false) its rows say so and the student_* keys are null; --skip-workload leaves
-the workload_* keys null.
+the workload_* keys null. Targets (printed last, and judged in "targets"): workload_speedup_vs_hf_pipeline >= 8
+(at equal reading), student_speedup_b1 >= 7, student_speedup_b32x128 >= 3.5; a null value fails.
 
     python benchmarks/inference.py [--project .] [--runs-b1 200] [--runs-b32 20] [--rounds 5]
                                    [--long-texts 200] [--short-texts 500] [--reading-rounds 3]
@@ -49,6 +51,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._folders import folder_reading_by  # noqa: E402
+from benchmarks._targets import target_lines, with_targets  # noqa: E402
 from benchmarks.cpu_kernels import empty_call, gemm_call  # noqa: E402
 from benchmarks.long_reviews import seen_keys, unseen_rows  # noqa: E402
 from tasks.core.config import PipelineConfig, QuantizeConfig, load_config  # noqa: E402
@@ -68,6 +72,11 @@ from tasks.core.paths import ArtifactPaths  # noqa: E402
 
 SHAPES = {"b1": (1, 32), "b32x128": (32, 128)}  # (batch, tokens)
 WARMUP = 3
+# The compression targets of the shipped student: (key, comparison, bound, note); a missing value (no student,
+# --skip-workload) fails.
+TARGETS = (("workload_speedup_vs_hf_pipeline", ">=", 8.0, "equal reading: both read the head of each text"),
+           ("student_speedup_b1", ">=", 7.0, "student INT8 vs the teacher's PyTorch eager, 1 x 32"),
+           ("student_speedup_b32x128", ">=", 3.5, "student INT8 vs the teacher's PyTorch eager, 32 x 128"))
 
 
 def fixed_shape_inputs(tokenizer, texts: list[str], batch: int, tokens: int) -> dict[str, np.ndarray]:
@@ -136,17 +145,6 @@ def reading_rules(cfg: PipelineConfig) -> list[dict]:
             seen.add(windows)
             rules.append(rule)
     return rules
-
-
-def folder_reading_by(folder: Path, rule: dict, view: Path) -> Path:
-    """`view`: the served folder's files linked, its serving.json's long_text set to `rule` (the folder is not
-    touched), so OnnxClassifier reads long texts by `rule` exactly as a folder exported with it would."""
-    view.mkdir()
-    for item in folder.iterdir():
-        if item.name != SERVING_FILE:
-            (view / item.name).symlink_to(item.resolve())
-    write_json(view / SERVING_FILE, {**read_json(folder / SERVING_FILE), "long_text": rule})
-    return view
 
 
 def reading_texts(cfg: PipelineConfig, paths: ArtifactPaths, test_texts: list[str], source: str, long_rows: int,
@@ -420,12 +418,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     share_one_thread_pool(torch.get_num_threads())  # one onnxruntime pool, as a server holding several models would
     with tempfile.TemporaryDirectory(prefix="tunegate-inference-") as scratch:
-        summary = measure(cfg, paths, args, Path(scratch))
+        summary = with_targets(measure(cfg, paths, args, Path(scratch)), TARGETS)
     print_table(summary["contenders"], summary["student"])
     print_ceiling(summary["int8_ceiling"], summary)
     print_student(summary)
     print_reading(summary)
     print_workload(summary)
+    print_targets(summary)
     write_json(Path(args.out), summary)
     print(json.dumps(summary))
 
@@ -588,6 +587,11 @@ def print_reading(summary: dict) -> None:
     for rule, figures in summary["reading_texts_per_s"].items():
         windows = summary["reading_windows_per_long_text"][rule]
         print(f"  {rule:<32}{_figure(figures['long']):>14}{_figure(windows):>14}{_figure(figures['short']):>15}")
+
+
+def print_targets(summary: dict) -> None:
+    print(f"\nTargets ({'all pass' if summary['all_targets_pass'] else 'not all pass'}; a missing value fails):")
+    print("\n".join(target_lines(summary["targets"])))
 
 
 def _figure(value: float | None, digits: int = 1) -> str:

@@ -1,14 +1,21 @@
 """Long reviews (issue 16): the shipped model's accuracy on whole IMDB reviews the run never saw (in none of the
 prepare splits), scored through `tunegate predict --input`'s code path, beside its accuracy on the Rotten Tomatoes
 rows of the test split through the same path, and texts/s of both (model loading excluded: what a long-running
-predict pays per text).
+predict pays per text); and the teacher's exported FP32 folder (artifacts/export/onnx) on the same reviews through the
+same path, reading them by the shipped folder's long_text rule (a view of its folder), so the compression's cost on
+long reviews is the paired gap teacher - shipped.
 
     python benchmarks/long_reviews.py          # 1000 unseen IMDB reviews, artifacts/gate/release (make bench-long)
     python benchmarks/long_reviews.py --rows 200 --model artifacts/quantize/onnx --seed 7 --work /tmp/long
 
-Needs a finished pipeline run (artifacts/prepare and the served folder). Prints a table, then one JSON line:
+Needs a finished pipeline run (artifacts/prepare, artifacts/export and the served folder). Prints a table and the
+target, then one JSON line:
   {"imdb_unseen_accuracy": ..., "imdb_interval": [low, high], "rt_test_accuracy": ..., "rt_interval": [...],
-   "imdb_texts_per_s": ..., "rt_texts_per_s": ..., "long_text": "window(stride 31, mean_prob)", "rows": {...}, ...}
+   "imdb_texts_per_s": ..., "rt_texts_per_s": ..., "imdb_teacher_accuracy": ..., "imdb_teacher_interval": [...],
+   "imdb_teacher_texts_per_s": ..., "long_review_accuracy_gap": ..., "long_review_accuracy_gap_interval": [...],
+   "long_text": "window(stride 31, mean_prob)", "rows": {...}, "targets": {...}, "all_targets_pass": ..., ...}
+Target: long_review_accuracy_gap (teacher - shipped accuracy on the unseen reviews) <= 0.01: the shipped model within
+1 point of the teacher's on long reviews.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._folders import folder_reading_by  # noqa: E402
+from benchmarks._targets import target_lines, with_targets  # noqa: E402
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
 from tasks.core.data import load_dataset  # noqa: E402
 from tasks.core.io import read_json, write_json  # noqa: E402
@@ -33,7 +42,7 @@ from tasks.core.paths import ArtifactPaths  # noqa: E402
 from tasks.distill import TRANSFER_ROWS_FILE  # noqa: E402
 from tasks.judging.compare import row_keys  # noqa: E402
 from tasks.judging.slices import token_lengths  # noqa: E402
-from tasks.judging.stats import accuracy_interval  # noqa: E402
+from tasks.judging.stats import accuracy_interval, paired_difference  # noqa: E402
 from tasks.serving.files import PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
 from tasks.serving.long_text import describe, normalise  # noqa: E402
 from tasks.serving.onnx_model import OnnxClassifier  # noqa: E402
@@ -42,6 +51,8 @@ from tasks.serving.stream import predict_file  # noqa: E402
 
 SPLITS = ("train", "dev", "test")
 TEXT, LABEL = "text", "label"  # the columns of the CSVs this writes (and of prepare's splits)
+# (key, comparison, bound, note); a missing value fails.
+TARGETS = (("long_review_accuracy_gap", "<=", 0.01, "teacher - shipped, same reviews, same reading rule"),)
 
 
 def seen_keys(paths: ArtifactPaths) -> set[str]:
@@ -115,17 +126,35 @@ def length_figures(folder: Path, texts: list[str]) -> dict[str, float | int]:
             "longer_than_window": round(float((lengths > window).mean()), 4)}
 
 
+def paired_gap(truth: pd.Series, teacher: np.ndarray, shipped: np.ndarray, cfg: PipelineConfig,
+               seed: int) -> dict[str, float]:
+    """Teacher - shipped accuracy on the same rows, with its paired bootstrap interval: {value, low, high}."""
+    names = sorted({*truth.astype(str), *teacher.astype(str), *shipped.astype(str)})
+    index = {name: i for i, name in enumerate(names)}
+    as_ids = [np.asarray([index[str(v)] for v in values]) for values in (truth, teacher, shipped)]
+    gap = paired_difference(*as_ids, len(names), cfg.gate.bootstrap_samples, cfg.gate.confidence, seed)["accuracy"]
+    return {k: round(float(gap[k]), 4) for k in ("value", "low", "high")}
+
+
 def print_table(result: dict) -> None:
     print(f"model {result['model']} reading long texts by {result['long_text']}; "
           f"{result['confidence']:.0%} bootstrap intervals; {result['batch_size']} texts a model call")
     lines = [(f"{result['sources']['long']} unseen (median {result['imdb_median_tokens']:.0f} tokens)", "imdb",
-              result["imdb_unseen_accuracy"]), (f"{result['sources']['short']} test split", "rt",
-                                                result["rt_test_accuracy"])]
+              result["imdb_unseen_accuracy"], result["rows"]["imdb"]),
+             (f"{result['sources']['short']} test split", "rt", result["rt_test_accuracy"], result["rows"]["rt"]),
+             (f"{result['sources']['long']} unseen, teacher FP32", "imdb_teacher", result["imdb_teacher_accuracy"],
+              result["rows"]["imdb"])]
     print(f"{'texts':<36}{'rows':>7}{'accuracy':>10}{'interval':>20}{'texts/s':>10}")
-    for label, key, accuracy in lines:
+    for label, key, accuracy, rows in lines:
         low, high = result[f"{key}_interval"]
-        print(f"{label:<36}{result['rows'][key]:>7}{accuracy:>10.4f}{f'[{low:.4f}, {high:.4f}]':>20}"
+        print(f"{label:<36}{rows:>7}{accuracy:>10.4f}{f'[{low:.4f}, {high:.4f}]':>20}"
               f"{result[f'{key}_texts_per_s']:>10.1f}")
+    low, high = result["long_review_accuracy_gap_interval"]
+    print(f"teacher {result['teacher_model']} read by the same rule: teacher - shipped on the same "
+          f"{result['rows']['imdb']} reviews {result['long_review_accuracy_gap'] * 100:+.2f} points "
+          f"[{low * 100:+.2f}, {high * 100:+.2f}] (paired bootstrap)")
+    print(f"Targets ({'all pass' if result['all_targets_pass'] else 'not all pass'}; a missing value fails):")
+    print("\n".join(target_lines(result["targets"])))
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
@@ -141,12 +170,26 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     model = load_served_model(folder)
     long_pred, long_s = score_through_predict(model, long_rows, work, args.source, args.batch_size)
     short_pred, short_s = score_through_predict(model, short_rows, work, f"{args.short_source}_test", args.batch_size)
+    # The teacher's exported FP32 folder reading the reviews by the shipped folder's rule (a view; neither touched).
+    teacher_folder = Path(args.teacher) if args.teacher else paths.onnx_dir
+    if not (teacher_folder / SERVING_FILE).is_file():
+        raise SystemExit(f"{teacher_folder} is not the teacher's exported folder (no {SERVING_FILE}): run the pipeline "
+                         "(its export stage) first, or pass --teacher DIR")
+    with tempfile.TemporaryDirectory(prefix="tunegate-teacher-view-") as scratch:
+        teacher = load_served_model(folder_reading_by(teacher_folder, model.long_text, Path(scratch) / "teacher"))
+        teacher_pred, teacher_s = score_through_predict(teacher, long_rows, work, f"{args.source}_teacher",
+                                                        args.batch_size)
     long_fig = figures(long_rows, long_pred, long_s, cfg, seed)
     short_fig = figures(short_rows, short_pred, short_s, cfg, seed)
+    teacher_fig = figures(long_rows, teacher_pred, teacher_s, cfg, seed)
+    gap = paired_gap(long_rows[LABEL], teacher_pred, long_pred, cfg, seed)
     lengths = length_figures(folder, long_rows[TEXT].to_list())
     return {"imdb_unseen_accuracy": long_fig["accuracy"], "imdb_interval": long_fig["interval"],
             "rt_test_accuracy": short_fig["accuracy"], "rt_interval": short_fig["interval"],
             "imdb_texts_per_s": long_fig["texts_per_s"], "rt_texts_per_s": short_fig["texts_per_s"],
+            "imdb_teacher_accuracy": teacher_fig["accuracy"], "imdb_teacher_interval": teacher_fig["interval"],
+            "imdb_teacher_texts_per_s": teacher_fig["texts_per_s"], "long_review_accuracy_gap": gap["value"],
+            "long_review_accuracy_gap_interval": [gap["low"], gap["high"]], "teacher_model": str(teacher_folder),
             "long_text": describe(normalise(model.long_text)),
             "rows": {"imdb": long_fig["rows"], "rt": short_fig["rows"], "imdb_unseen_pool": len(pool)},
             "imdb_median_tokens": lengths["median_tokens"], "imdb_longer_than_window": lengths["longer_than_window"],
@@ -160,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--params", help="params.yaml to read (default: PROJECT/params.yaml)")
     parser.add_argument("--rows", type=int, default=1000, help="unseen long reviews scored (default %(default)s)")
     parser.add_argument("--model", help="served folder (default: the project's artifacts/gate/release)")
+    parser.add_argument("--teacher", help="the teacher's exported FP32 folder, read by --model's long_text rule "
+                        "(default: the project's artifacts/export/onnx)")
     parser.add_argument("--seed", type=int, help="seed of the sample and the intervals (default: params.yaml seed)")
     parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="texts per model call, as predict's")
     parser.add_argument("--source", default="imdb", help="the data's source of long reviews (data.source_column)")
@@ -171,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tunegate-long-reviews-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        result = measure(args, work)
+        result = with_targets(measure(args, work), TARGETS)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
