@@ -38,7 +38,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-invariance bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -83,13 +83,16 @@ bench-long: setup  ## long reviews: accuracy on 1,000 unseen IMDB reviews + RT t
 bench-invariance: setup  ## batch invariance: row-wise vs per-tensor dynamic INT8 of the shipped model, alone vs batches of 2-64; accuracy, texts/s
 	$(BIN)/python benchmarks/batch_invariance.py $(ARGS)
 
+bench-distill: setup  ## distillation recipes on the finished run: each student's dev drop and agreement vs the teacher, by distill's bounds (~25 min on 2 cores; ARGS=--recipes default,former)
+	$(BIN)/python benchmarks/distill_recipes.py $(ARGS)
+
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py
 
 bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
 	$(BIN)/python benchmarks/train_vs_trainer.py
 
-bench-serve: setup  ## HTTP serving under load: tunegate serve (batched / unbatched) vs a FastAPI + HF pipeline; ~7 min; quiet host
+bench-serve: setup  ## HTTP serving under load: tunegate serve (batched / unbatched / heads only) vs a FastAPI + HF pipeline; ~9 min; quiet host
 	$(BIN)/python benchmarks/serving.py $(ARGS)
 
 bench-batch: setup  ## tunegate predict --input on a 1M-row CSV: peak RSS (target < 1 GiB) and texts/s (ARGS=--rows 100000)

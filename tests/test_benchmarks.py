@@ -541,3 +541,22 @@ def test_long_text_recipes_packs_a_carry_folder_and_its_quick_sweep_writes_a_row
     assert finetuned[1]["train_examples"] <= 96 + 8 * 2, "at most K=2 windows per review"
     assert {"drop_vs_teacher", "parameters", "layers"} <= set(student) and student["layers"] == [0]
     assert all(0.0 <= d["agreement"] <= 1.0 for d in student["drop_vs_teacher"].values())
+
+
+@pytest.mark.e2e
+def test_distill_recipes_quick_sweep_judges_each_student_by_distills_bounds(staged_pipeline, tiny_project, tmp_path):
+    cfg, paths = staged_pipeline
+    project = finished_project(paths.root, tmp_path, extra_imdb=8)  # transfer sentences come from unseen reviews
+    out = tmp_path / "recipes.json"
+    result = run_benchmark("distill_recipes.py", "--project", str(project), "--params",
+                           str(tiny_project / "params.yaml"), "--quick", "--out", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    assert [r["name"] for r in result["recipes"]] == ["default", "former_loss"]
+    bounds = result["bounds"]
+    for recipe in result["recipes"]:
+        low, high = recipe["dev_drop_interval"]
+        assert recipe["epochs"] == 1 and low <= recipe["dev_drop"] <= high and 0.0 <= recipe["agreement"] <= 1.0
+        assert recipe["outcome"] in ("pass", "fail", "inconclusive") and recipe["train_seconds"] > 0
+        assert recipe["passes"] is (recipe["outcome"] == "pass" and recipe["agreement"] >= bounds["min_agreement"])
+    assert result["recipes"][1]["alpha"] == 0.5 and result["recipes"][1]["temperature"] == 2.0
+    assert result["rows"]["transfer"] > 0 and result["rows"]["judged_dev"] > 0 and result["teacher_logits_seconds"] >= 0
