@@ -2,7 +2,7 @@
 
 Each recipe is a set of distill keys (layers kept, FFN share, alpha, temperature, epochs, learning rate) applied to
 params.yaml's distill section; the student is cut from the run's teacher (artifacts/train/model) and distilled by the
-distill stage's own code (tasks/compression: FFN importance, pruning, distill_fit) on the same rows the stage reads
+distill stage's own code (tasks.distill.distill_student: FFN importance, pruning, distill_fit) on the same rows the stage reads
 (the training split as train reads it, plus the transfer sentences). The teacher's logits on those rows are computed
 once and shared by every recipe. Each student is judged as quantize judges the student's ceiling: its PyTorch labels
 against the teacher's on quantize's judging rows (dev after the calibration rows), both reading long texts by the
@@ -32,12 +32,10 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.compression.kd import distill_fit, token_batches  # noqa: E402
-from tasks.compression.prune import build_student, ffn_importance  # noqa: E402
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
 from tasks.core.host import cpu_facts  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
-from tasks.distill import gather_transfer, importance_rows, training_rows  # noqa: E402
+from tasks.distill import distill_student, gather_transfer, training_rows  # noqa: E402
 from tasks.judging.stats import CHECK_PASS, paired_cost  # noqa: E402
 from tasks.quantize import judging_rows  # noqa: E402
 from tasks.training.engine import tokens_logits  # noqa: E402
@@ -96,16 +94,12 @@ def run(project: Path, params: Path, names: list[str], quick: bool, console: Con
         keys = {**RECIPES[name], **({"epochs": 1} if quick else {})}
         recipe_cfg = with_keys(cfg, keys)
         d = recipe_cfg.distill
-        ranked = importance_rows(rows.labelled, d.importance_rows, cfg.seed)
-        importance = ffn_importance(teacher, token_batches(rows.tokens, ranked, d.batch_size), d.keep_layers)
-        student = build_student(teacher, d.keep_layers, d.ffn_keep, importance)
-        outcome = distill_fit(student, rows.tokens, teacher_logits, rows.labels, d, cfg.seed, device,
-                              max_grad_norm=cfg.train.max_grad_norm, deterministic=cfg.train.deterministic,
-                              console=console)
+        student = distill_student(teacher, rows, recipe_cfg, device, teacher_logits)
         result = {"name": name, "keys": keys, "layers": list(d.keep_layers), "ffn_keep": d.ffn_keep,
                   "alpha": d.alpha, "temperature": d.temperature, "epochs": d.epochs,
-                  "learning_rate": d.learning_rate, **judge(student, teacher_pred, judged, tokenizer, rule, recipe_cfg),
-                  "train_seconds": round(outcome.train_seconds, 1)}
+                  "learning_rate": d.learning_rate,
+                  **judge(student.model, teacher_pred, judged, tokenizer, rule, recipe_cfg),
+                  "train_seconds": round(student.outcome.train_seconds, 1)}
         console.print(f"distill_recipes: {json.dumps(result)}")
         results.append(result)
     return {"recipes": results, "teacher_logits_seconds": round(teacher_seconds, 1),

@@ -122,12 +122,15 @@ def size_figures(teacher: Any, student: Any) -> dict[str, Any]:
                                "ratio": round(student_encoder / teacher_encoder, 4)}}
 
 
-def distill_student(teacher: Any, rows: Rows, cfg: PipelineConfig, device: torch.device) -> Student:
+def distill_student(teacher: Any, rows: Rows, cfg: PipelineConfig, device: torch.device,
+                    teacher_logits: np.ndarray | None = None) -> Student:
     """Rank FFN neurons on importance rows, build the pruned student, distill it on every row; with the student's
-    KL to the teacher on the importance rows before and after."""
+    KL to the teacher on the importance rows before and after. `teacher_logits`: the teacher's logits on `rows`
+    when already computed (a sweep of recipes shares them), else computed here."""
     d = cfg.distill
     tick = time.perf_counter()
-    teacher_logits = tokens_logits(teacher, rows.tokens, d.batch_size, device)  # once: the soft targets
+    if teacher_logits is None:
+        teacher_logits = tokens_logits(teacher, rows.tokens, d.batch_size, device)  # once: the soft targets
     teacher_seconds = time.perf_counter() - tick
     ranked = importance_rows(rows.labelled, d.importance_rows, cfg.seed)
     importance = ffn_importance(teacher, token_batches(rows.tokens, ranked, d.batch_size), d.keep_layers)

@@ -242,14 +242,14 @@ def weight_count(model_path: Path) -> int:
     return int(sum(np.prod(init.dims, dtype=np.int64) for init in graph.initializer if init.data_type in floats))
 
 
-def ceiling_record(model: str, fp32: OnnxClassifier, rows: pd.DataFrame, reference: Reference, labels: list[str],
-                   cfg: QuantizeConfig, limits: Limits) -> dict[str, Any]:
+def ceiling_record(model: str, fp32: OnnxClassifier, weights: int, rows: pd.DataFrame, reference: Reference,
+                   labels: list[str], cfg: QuantizeConfig, limits: Limits) -> dict[str, Any]:
     """The model's FP32 judged like a rung, as the ceiling of its ladder (never shipped: `passed` is False): INT8
     only adds error to it, so when the FP32 itself does not pass, no rung is worth building and judging."""
     figures = measure_rung(fp32, rows, reference, labels, cfg, limits)
     return {"model": model, "rung": "fp32", "method": "no quantization: the ladder's ceiling, not a candidate",
             "ceiling": True, **figures, "ceiling_holds": figures["passed"], "passed": False,
-            "mb": model_mb(fp32.folder / fp32.model_file), "params": weight_count(fp32.folder / MODEL_FILE)}
+            "mb": model_mb(fp32.folder / fp32.model_file), "params": weights}
 
 
 def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, calibration: list[str],
@@ -269,7 +269,7 @@ def climb_ladder(model: str, fp32_dir: Path, work: Path, rows: pd.DataFrame, cal
     tried = []
     rungs = model_rungs(model, cfg.ladder)
     if model == "student" and "fp32" not in rungs:
-        ceiling = ceiling_record(model, fp32, rows, reference, labels, cfg, limits)
+        ceiling = ceiling_record(model, fp32, weights, rows, reference, labels, cfg, limits)
         tried.append(ceiling)
         if not ceiling["ceiling_holds"]:
             return tried, None

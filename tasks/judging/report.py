@@ -129,7 +129,7 @@ def _batching(batching: dict[str, Any]) -> str:
             "activations per call, so a text's label can depend on the texts batched with it.")
 
 
-def model_limits(thresholds: dict[str, Any], model: str) -> dict[str, Any]:
+def rung_limits(thresholds: dict[str, Any], model: str) -> dict[str, Any]:
     """quantization.json's limits for `model`'s rungs: the student's under "student" (distill's bounds; absent in
     records written before they had their own), the teacher's at the top level."""
     return {**thresholds, **thresholds.get("student", {})} if model == "student" else thresholds
@@ -155,7 +155,7 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
     """Every candidate quantize tried (model, rung, its dev figures against the teacher FP32), the shipped one marked,
     and the models it skipped with why."""
     limits = quantize["thresholds"]
-    student = model_limits(limits, "student")
+    student = rung_limits(limits, "student")
     lines = [f"Tried in order on {quantize['rows']} {quantize['split']} rows, each against the teacher FP32 (accuracy "
              f"{quantize['fp32_accuracy']:.4f}); the first whose drop passes (the upper end of its "
              f"{limits['confidence']:.0%} paired interval <= {limits['max_accuracy_drop']:g} for the teacher's "
@@ -168,13 +168,13 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
         shipped = (c["model"], c["rung"]) == (quantize["chosen_model"], quantize["chosen"])
         if "error" in c:
             lines.append(f"| {c['model']} | {c['rung']} | | | | | | | "
-                         f"{_candidate_outcome(c, shipped, model_limits(limits, c['model']))} |")
+                         f"{_candidate_outcome(c, shipped, rung_limits(limits, c['model']))} |")
             continue
         low, high = c["accuracy_drop_interval"]
         lines.append(f"| {c['model']} | {c['rung']} | {c['accuracy']:.4f} | {c['accuracy_drop']:+.4f} ± "
                      f"{c['accuracy_drop_se']:.4f} | [{low:+.4f}, {high:+.4f}] | {c['agreement']:.1%} | "
                      f"{c['mb']:.1f} | {c['params']:,} | "
-                     f"{_candidate_outcome(c, shipped, model_limits(limits, c['model']))} |")
+                     f"{_candidate_outcome(c, shipped, rung_limits(limits, c['model']))} |")
     skipped = [f"- {name}: skipped ({why})" for name, why in quantize["skipped"].items()]
     return lines + ([""] + skipped if skipped else [])
 
