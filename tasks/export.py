@@ -50,7 +50,9 @@ def export_onnx(model: Any, tokenizer: Any, out_dir: Path, max_length: int, cfg:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
     torch.onnx.export(
-        _LogitsOnly(model, input_names),
+        # eval(): the exporter puts the module it is given back in the mode it found it in, and a new module is in
+        # training mode: the caller's model would come back with dropout on.
+        _LogitsOnly(model, input_names).eval(),
         tuple(sample[name] for name in input_names),
         str(path),
         input_names=input_names,

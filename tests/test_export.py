@@ -154,6 +154,23 @@ def test_sessions_on_one_shared_thread_pool_give_the_same_logits(staged_pipeline
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
 
 
+def test_export_hands_the_model_back_in_eval_mode(tiny_model_dir, tmp_path):
+    """The exporter restores the mode of the module it is given; a wrapper built in training mode would hand the
+    caller's model back with dropout on, answering each call differently."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tasks.core.config import parse_config
+    from tests.conftest import tiny_params
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    export_onnx(model, tokenizer, tmp_path / "served", 16, parse_config(tiny_params(tiny_model_dir)).export)
+    assert not any(module.training for module in model.modules())
+    batch = tokenizer(["a short example", "and a second, longer one"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(model(**batch).logits, model(**batch).logits)
+
+
 def test_exported_models_have_dynamic_batch_and_sequence_axes(staged_pipeline):
     cfg, paths = staged_pipeline
     for model_file in (MODEL_FILE, OPTIMIZED_FILE):
