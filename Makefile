@@ -68,11 +68,14 @@ run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-c
 	$(BIN)/dvc push --quiet
 	@echo "decision: $$(cat artifacts/gate/decision.json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["decision"])')"
 
-test: setup  ## set up, then run the whole test suite (offline, tiny models); what CI runs
-	$(BIN)/python -m pytest
+# One pytest-xdist worker per core; worksteal: a worker that runs out takes half of another's queue.
+PYTEST_PARALLEL := -n auto --dist worksteal
+
+test: setup  ## set up, then run the whole test suite (offline, tiny models, one worker per core); what CI runs
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25
 
 test-fast: setup  ## the quick loop: every test but the end-to-end ones (marked e2e)
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not e2e"
 
 bench: setup  ## inference benchmark: teacher + student, PyTorch vs onnxruntime FP32/INT8; reading rules; real workload vs an HF pipeline (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py

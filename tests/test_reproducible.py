@@ -149,10 +149,15 @@ def lock(root: Path) -> dict:
     return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 
 
+def relocatable(make_project, tiny_model_dir, name: str, reproduced: bool) -> Path:
+    """A project whose base model is inside it at a relative path: nothing in it names its absolute location."""
+    return make_project(params=tiny_params(Path("models/tiny")), name=name, reproduced=reproduced,
+                        folders={"models/tiny": tiny_model_dir})
+
+
 @pytest.mark.e2e
-def test_forcing_any_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(make_project):
-    root = make_project()
-    dvc(root, "repro")
+def test_forcing_any_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(make_project, tiny_model_dir):
+    root = relocatable(make_project, tiny_model_dir, "project", reproduced=True)  # reproduced elsewhere, copied
     reference = (root / "dvc.lock").read_bytes()
     for stage in STAGES:
         forced = dvc(root, "repro", "--force", "--single-item", stage)
@@ -166,12 +171,12 @@ def test_forcing_any_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(
 
 @pytest.mark.e2e
 def test_two_copies_in_different_folders_record_the_same_hashes_for_every_stage(make_project, tiny_model_dir):
-    # The base model inside each project (a relative path), so its absolute location differs too.
-    roots = [make_project(params=tiny_params(Path("models/tiny")), name=name) for name in ("first", "second")]
-    for root in roots:
-        shutil.copytree(tiny_model_dir, root / "models" / "tiny")
-        dvc(root, "repro")
-    first, second = (lock(root) for root in roots)
+    # One reproduced in the shared template folder (then copied here), one here: the base model inside each
+    # project, so its absolute location differs too.
+    first = relocatable(make_project, tiny_model_dir, "first", reproduced=True)
+    second = relocatable(make_project, tiny_model_dir, "second", reproduced=False)
+    dvc(second, "repro")
+    first, second = lock(first), lock(second)
     assert set(first) == set(STAGES)
     differing = {stage: [o["path"] for o, p in zip(first[stage]["outs"], second[stage]["outs"]) if o != p]
                  for stage in STAGES if first[stage]["outs"] != second[stage]["outs"]}

@@ -17,7 +17,7 @@ from tasks.registry import tags
 from tasks.registry.history import (describe_holder, events, iso, model_rows, parse_instant,
                                     rolled_back_from)
 from tasks.registry.rollback import SmokeTestError, check_predictions, previous_version, rollback, smoke_test
-from tests.conftest import BIN, REPO, retrain, run
+from tests.conftest import BIN, REPO, readable_at_80, retrain, run
 
 T0 = datetime(2026, 11, 29, 13, 0, 0, tzinfo=timezone.utc)
 
@@ -273,6 +273,15 @@ def test_rollback_restores_prod_from_fetched_files_and_history_tells_who_held_it
     history = tunegate(root, "history").stdout
     assert history.count("registered") == 2 and "rollback prod <- v0.1.0" in history
     assert "rollback prod <- v0.2.0" in history and "v0.2.0 is at chance" in history
+    # At 80 columns: each table fits, and what identifies a row stays whole.
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = readable_at_80(tunegate(root, "models").stdout)
+    assert "registered (UTC)" in narrow and all(f"{v} {git(root, 'rev-parse', '--short=8', c)}" in narrow
+                                                for v, c in (("v0.1.0", "HEAD~1"), ("v0.2.0", "HEAD")))
+    narrow = readable_at_80(tunegate(root, "history").stdout)
+    assert all(event in narrow for event in ("registered v0.1.0", "registered v0.2.0", "rollback prod <- v0.1.0",
+                                             "rollback prod <- v0.2.0"))
+    monkeypatch.setenv("COLUMNS", "220")
 
     # Files nowhere (workspace, fetched copies, DVC cache, remote): the rollback is refused and tags nothing.
     for gone in (root / ".tunegate" / "registry", root / ".dvc" / "cache", tmp_path / "dvc-remote"):

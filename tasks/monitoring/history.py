@@ -91,13 +91,25 @@ def _figure(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def history_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Columns and cells of the series: window end (UTC), version, texts, verdict, new labelled rows, then one
-    column per check (in first-seen order; '-' where a run skipped it)."""
+def history_table(rows: list[dict[str, Any]], wide: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Columns and cells of the series: window end (UTC), version, texts, verdict, new labelled rows, then the checks
+    that alarmed or warned, with their figures (readable at 80 columns). `wide`: one column per check instead (in
+    first-seen order; '-' where a run skipped it)."""
+    columns = ["end (UTC)", "version", "texts", "verdict", "new rows"]
+    cells = [[utc(row["end"]), str(row["version"]), str(row["texts"]), verdict(row), str(row.get("new_rows", 0))]
+             for row in rows]
+    if not wide:
+        return [*columns, "flagged checks"], [[*row_cells, _flagged(row)] for row_cells, row in zip(cells, rows)]
     checks: list[str] = []
     for row in rows:
         checks.extend(name for name in row.get("figures", {}) if name not in checks)
-    columns = ["end (UTC)", "version", "texts", "verdict", "new rows", *checks]
-    cells = [[utc(row["end"]), str(row["version"]), str(row["texts"]), verdict(row), str(row.get("new_rows", 0)),
-              *(_figure(row.get("figures", {}).get(name)) for name in checks)] for row in rows]
-    return columns, cells
+    return [*columns, *checks], [[*row_cells, *(_figure(row.get("figures", {}).get(name)) for name in checks)]
+                                 for row_cells, row in zip(cells, rows)]
+
+
+def _flagged(row: dict[str, Any]) -> str:
+    """'length_ks 0.9 (alarm), label_psi 0.3 (warning)', or '-' when every check passed."""
+    figures = row.get("figures", {})
+    flagged = [f"{name} {_figure(figures.get(name))} ({kind})"
+               for kind, names in (("alarm", row["alarms"]), ("warning", row["warnings"])) for name in names]
+    return ", ".join(flagged) or "-"
