@@ -68,8 +68,9 @@ run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-c
 	$(BIN)/dvc push --quiet
 	@echo "decision: $$(cat artifacts/gate/decision.json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["decision"])')"
 
-# One pytest-xdist worker per core; worksteal: a worker that runs out takes half of another's queue.
-PYTEST_PARALLEL := -n auto --dist worksteal
+# One pytest-xdist worker per core; `load` hands each worker the next test as it finishes one, so the minute-long
+# end-to-end tests (collected first) spread over the workers from the start.
+PYTEST_PARALLEL := -n auto --dist load
 
 test: setup  ## set up, then run the whole test suite (offline, tiny models, one worker per core); what CI runs
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25

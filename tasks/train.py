@@ -345,8 +345,8 @@ def run_identity(cfg: PipelineConfig, paths: ArtifactPaths, provenance: dict[str
 def train_params(cfg: PipelineConfig) -> dict[str, Any]:
     """The params train's dvc.yaml stage declares (seed, data.label_names, train): all the stamp records, since a
     setting of a later stage would make the stamp differ from a run that DVC considers the same."""
-    dump = cfg.dump()
-    return {"seed": dump["seed"], "data": {"label_names": dump["data"]["label_names"]}, "train": dump["train"]}
+    return {"seed": cfg.seed, "data": cfg.data.model_dump(mode="json", include={"label_names"}),
+            "train": cfg.train.model_dump(mode="json")}
 
 
 @dataclass

@@ -247,10 +247,17 @@ def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reprod
 
 
 @pytest.fixture(scope="session")
-def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[PipelineConfig, ArtifactPaths]:
+def staged_pipeline(staged_run) -> tuple[PipelineConfig, ArtifactPaths]:
     """Every stage shell run once, in order, on the tiny setup (no DVC, no Prefect API)."""
+    return staged_run[:2]
+
+
+@pytest.fixture(scope="session")
+def staged_run(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[PipelineConfig, ArtifactPaths, dict]:
+    """The staged pipeline's config, paths and the params keys each stage's code read (tests/config_reads.py)."""
     from tasks.core.config import STAGES
     from tasks.core.stage import load_stage
+    from tests.config_reads import recorded_reads
 
     root = tmp_path_factory.mktemp("staged")
     (root / "data").mkdir()
@@ -259,9 +266,11 @@ def staged_pipeline(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[Pi
     # IMDB reviews (training windows, rules chosen) and a distilled student.
     cfg = parse_config(tiny_params(tiny_model_dir, long_reviews=True, distill=True))
     paths = ArtifactPaths(root)
+    reads = {}
     for stage in STAGES:
-        load_stage(stage).fn(cfg, paths)
-    return cfg, paths
+        with recorded_reads() as reads[stage]:
+            load_stage(stage).fn(cfg, paths)
+    return cfg, paths, reads
 
 
 @pytest.fixture(scope="session")

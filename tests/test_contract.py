@@ -6,8 +6,9 @@ from pathlib import Path
 import yaml
 
 from flows.cli import build_parser
-from tasks.core.config import SERVICE_SECTIONS, SHARED_SECTIONS, STAGES, PipelineConfig, read_params
-from tests.conftest import REPO
+from tasks.core.config import SERVICE_SECTIONS, SHARED_SECTIONS, STAGES, PipelineConfig, parse_config, read_params
+from tests.config_reads import covers, leaves, recorded_reads
+from tests.conftest import REPO, tiny_params
 
 
 def dvc_stages() -> dict:
@@ -30,6 +31,32 @@ def test_each_stage_runs_its_own_cli_shell_and_depends_on_its_source():
         assert stage["cmd"] == f"tunegate stage {name}"
         assert f"tasks/{name}.py" in stage["deps"]
         assert name in stage["params"] or any(str(p).startswith(f"{name}.") for p in stage["params"])
+
+
+def test_each_stage_lists_in_dvc_yaml_exactly_the_params_its_code_reads(staged_run):
+    """Both ways, from the keys each stage read while the staged pipeline ran (tests/config_reads.py): a key read
+    but not listed would change the stage's output without DVC rerunning it; a key listed but never read reruns
+    the stage for nothing. A section listed whole covers every key under it."""
+    _, _, reads = staged_run
+    for name, stage in dvc_stages().items():
+        listed, read = stage["params"], reads[name]
+        unlisted = sorted(key for key in leaves(read) if not any(covers(entry, key) for entry in listed))
+        assert not unlisted, f"{name} reads {unlisted}: list them under its params in dvc.yaml"
+        unread = [entry for entry in listed if not any(covers(entry, key) or covers(key, entry) for key in read)]
+        assert not unread, f"{name} never reads {unread}: drop them from its params in dvc.yaml"
+
+
+def test_the_recorder_sees_fields_read_one_by_one_and_through_dumps(tiny_model_dir):
+    cfg = parse_config(tiny_params(tiny_model_dir))
+    with recorded_reads() as read:
+        cfg.train.max_length, cfg.data.model_dump(include={"label_names"})
+        cfg.prepare.model_dump(exclude={"sources", "source_rows"})
+        cfg.train.long_text.model_dump(exclude={"candidates": {0: True}})
+    assert leaves(read) == {"train.max_length", "data.label_names", "train.long_text.candidates",
+                            *(f"prepare.{k}" for k in PipelineConfig.model_fields["prepare"].annotation.model_fields
+                              if k not in ("sources", "source_rows")),
+                            *(f"train.long_text.{k}" for k in ("train_windows", "max_train_windows", "min_gain_se"))}
+    assert covers("train", "train.max_length") and not covers("train.max", "train.max_length")
 
 
 # Modules that cannot change a stage's output, so editing them need not rerun stages.

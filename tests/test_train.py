@@ -224,9 +224,11 @@ def test_stamp_records_exactly_the_params_dvc_tracks_for_train(staged_pipeline):
     cfg, paths = staged_pipeline
     # Another stage's setting in the stamp would make it differ from a run DVC counts as the same (a fresh clone).
     assert yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"] == [
-        "seed", "data.label_names", "train"]
-    assert json.loads(paths.train_stamp.read_text())["config"] == {
-        "seed": cfg.seed, "data": {"label_names": cfg.data.label_names}, "train": cfg.dump()["train"]}
+        "seed", "data.label_names", "data.path", "train"]
+    stamp = json.loads(paths.train_stamp.read_text())
+    assert stamp["config"] == {"seed": cfg.seed, "data": {"label_names": cfg.data.label_names},
+                               "train": cfg.dump()["train"]}
+    assert stamp["data"]["path"] == cfg.data.path  # the data version beside it (dvc.yaml: the `data` dep too)
 
 
 def test_train_stage_chooses_how_long_texts_are_read_on_dev_and_records_every_candidate(staged_pipeline):
