@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.core.io import read_json, write_json
-from tasks.serving.files import SERVING_FILE
+from tasks.runtime.files import SERVING_FILE
 
 
 def folder_reading_by(folder: Path, rule: dict, view: Path) -> Path:

@@ -35,9 +35,9 @@ from tasks.core.io import read_json, write_json  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
 from tasks.judging.stats import paired_difference  # noqa: E402
 from tasks.quantize import batch_invariance, build_rung  # noqa: E402
-from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
-from tasks.serving.onnx_model import OnnxClassifier, share_one_thread_pool  # noqa: E402
-from tasks.serving.parity import classifier_scorer  # noqa: E402
+from tasks.runtime.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
+from tasks.runtime.onnx_model import OnnxClassifier, share_one_thread_pool  # noqa: E402
+from tasks.runtime.parity import classifier_scorer  # noqa: E402
 
 RUNGS = ("dynamic_per_row", "dynamic_per_tensor")
 BATCH_SIZES = (2, 8, 32, 64)

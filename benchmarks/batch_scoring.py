@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.core.data import default_data_source
-from tasks.serving.files import PREDICT_BATCH_SIZE
+from tasks.runtime.files import PREDICT_BATCH_SIZE
 
 TARGET_MB = 1024
 WRITE_ROWS = 100_000  # rows per append while generating the input (the generator's own memory stays small)

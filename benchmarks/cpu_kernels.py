@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.serving.onnx_model import inference_session, share_one_thread_pool  # noqa: E402
+from tasks.runtime.onnx_model import inference_session, share_one_thread_pool  # noqa: E402
 
 OPSET = 17
 

@@ -296,9 +296,9 @@ def exported(bench: Bench, size: str) -> tuple[Path, Any]:
     import torch
 
     from tasks.export import export_onnx, optimise_onnx
-    from tasks.serving.files import OPTIMIZED_FILE
+    from tasks.runtime.files import OPTIMIZED_FILE
+    from tasks.runtime.long_text import HEAD
     from tasks.train import build_model
-    from tasks.serving.long_text import HEAD
     from tasks.training.modeling import load_classifier, torch_logits
 
     if size in bench.exports:
@@ -334,7 +334,7 @@ def run_model(folder: Path, model_file: str, texts: list[str], providers: list[s
     """Logits of one model through tasks.serving's session and tokenizer, the providers it got, and node placement."""
     import onnxruntime as ort
 
-    from tasks.serving.onnx_model import OnnxClassifier, inference_session
+    from tasks.runtime.onnx_model import OnnxClassifier, inference_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -355,7 +355,7 @@ def run_model(folder: Path, model_file: str, texts: list[str], providers: list[s
 def export_parity(bench: Bench, providers: list[str], size: str) -> dict[str, Any]:
     """FP32 parity of the plain and optimised exports on the serving provider (TF32 off), and with TF32 on."""
     from tasks.export import parity
-    from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE
+    from tasks.runtime.files import MODEL_FILE, OPTIMIZED_FILE
 
     onnx_dir, reference = exported(bench, size)
     out: dict[str, Any] = {"model": size, "atol": bench.cfg.export.parity_atol, "rows": len(bench.texts)}
@@ -371,7 +371,7 @@ def export_parity(bench: Bench, providers: list[str], size: str) -> dict[str, An
 def fp16_no_fallback(bench: Bench, providers: list[str], size: str) -> dict[str, Any]:
     """The FP16 model on the first provider alone, CPU fallback disabled: node placement, difference, agreement."""
     from tasks.export import convert_fp16, fp16_parity_report
-    from tasks.serving.files import FP16_FILE, OPTIMIZED_FILE
+    from tasks.runtime.files import FP16_FILE, OPTIMIZED_FILE
 
     onnx_dir, reference = exported(bench, size)
     convert_fp16(onnx_dir / OPTIMIZED_FILE, onnx_dir / FP16_FILE, external=False)
@@ -386,7 +386,7 @@ def fp16_no_fallback(bench: Bench, providers: list[str], size: str) -> dict[str,
 def int8_placement(bench: Bench, providers: list[str], size: str) -> dict[str, Any]:
     """Where each INT8 rung's nodes run when a session is offered CUDA then CPU (tasks.quantize.build_rung)."""
     from tasks.quantize import build_rung
-    from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE
+    from tasks.runtime.files import MODEL_FILE, OPTIMIZED_FILE
 
     onnx_dir, _ = exported(bench, size)
     out: dict[str, Any] = {"model": size, "asked": providers}

@@ -59,16 +59,16 @@ from tasks.core.config import PipelineConfig, QuantizeConfig, load_config  # noq
 from tasks.core.data import load_dataset  # noqa: E402
 from tasks.core.io import read_json, write_json  # noqa: E402
 from tasks.core.metrics import softmax  # noqa: E402
+from tasks.core.paths import ArtifactPaths  # noqa: E402
 from tasks.distill import DISTILL_FILE  # noqa: E402
 from tasks.judging.slices import token_lengths  # noqa: E402
 from tasks.judging.stats import paired_difference  # noqa: E402
 from tasks.quantize import build_rung  # noqa: E402
+from tasks.runtime.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
+from tasks.runtime.long_text import HEAD, describe, normalise, read_texts  # noqa: E402
+from tasks.runtime.onnx_model import CPU, OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
+from tasks.runtime.predict import predict_texts  # noqa: E402
 from tasks.training.modeling import load_classifier, torch_logits  # noqa: E402
-from tasks.serving.files import MODEL_FILE, OPTIMIZED_FILE, PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
-from tasks.serving.long_text import HEAD, describe, normalise, read_texts  # noqa: E402
-from tasks.serving.onnx_model import CPU, OnnxClassifier, model_mb, share_one_thread_pool  # noqa: E402
-from tasks.serving.predict import predict_texts  # noqa: E402
-from tasks.core.paths import ArtifactPaths  # noqa: E402
 
 SHAPES = {"b1": (1, 32), "b32x128": (32, 128)}  # (batch, tokens)
 WARMUP = 3

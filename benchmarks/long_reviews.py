@@ -43,11 +43,11 @@ from tasks.distill import TRANSFER_ROWS_FILE  # noqa: E402
 from tasks.judging.compare import row_keys  # noqa: E402
 from tasks.judging.slices import token_lengths  # noqa: E402
 from tasks.judging.stats import accuracy_interval, paired_difference  # noqa: E402
-from tasks.serving.files import PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
-from tasks.serving.long_text import describe, normalise  # noqa: E402
-from tasks.serving.onnx_model import OnnxClassifier  # noqa: E402
-from tasks.serving.predict import load_served_model  # noqa: E402
-from tasks.serving.stream import predict_file  # noqa: E402
+from tasks.runtime.files import PREDICT_BATCH_SIZE, SERVING_FILE  # noqa: E402
+from tasks.runtime.long_text import describe, normalise  # noqa: E402
+from tasks.runtime.onnx_model import OnnxClassifier  # noqa: E402
+from tasks.runtime.predict import load_served_model  # noqa: E402
+from tasks.runtime.stream import predict_file  # noqa: E402
 
 SPLITS = ("train", "dev", "test")
 TEXT, LABEL = "text", "label"  # the columns of the CSVs this writes (and of prepare's splits)

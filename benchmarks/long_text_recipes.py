@@ -3,7 +3,7 @@
 Each recipe fine-tunes the default base model on the Rotten Tomatoes (RT) train split plus the first N IMDB reviews
 of a training pool cut into windows (stride = window budget, at most K evenly spaced windows, each carrying its
 review's label), then reads RT test/dev and two held-out IMDB sets (imdb_dev: where a rule would be chosen;
-imdb_eval: reviews no run trains on) under every long-text rule, through tasks/serving/long_text.py, exactly as
+imdb_eval: reviews no run trains on) under every long-text rule, through tasks/runtime/long_text.py, exactly as
 predict and the gate read them. Then issue-15 groundwork: 3- and 4-layer students distilled from the N=0 model.
 
   python benchmarks/long_text_recipes.py --pack DIR            (here: base model as fp16 + data.parquet, < 55 MB)
@@ -13,7 +13,7 @@ predict and the gate read them. Then issue-15 groundwork: 3- and 4-layer student
 Per recipe: train examples and tokens (real and padded: the CPU-cost proxy), seconds, and for every split x rule
 the accuracy with its binomial SE, the paired gain vs the first recipe (N=0, the baseline) with its SE, and the
 rule the pipeline's choice (cheapest candidate unless a later one gains > 1 paired SE on RT dev + imdb_dev) takes.
-Only tasks.serving.long_text is imported from tasks/ on --run: the GPU machine has no tunegate install.
+Only tasks.runtime.long_text is imported from tasks/ on --run: the GPU machine has no tunegate install.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.core.batching import shuffled_length_batches as length_batches  # noqa: E402
-from tasks.serving.long_text import Reading, Wrapper, combine, describe, padded, read_texts, windows_of  # noqa: E402
+from tasks.runtime.long_text import Reading, Wrapper, combine, describe, padded, read_texts, windows_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 42

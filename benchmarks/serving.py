@@ -57,8 +57,8 @@ from benchmarks._folders import folder_reading_by  # noqa: E402
 from benchmarks._targets import target_lines, with_targets  # noqa: E402
 from tasks.core.io import read_json, write_json  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
-from tasks.serving.files import SERVING_FILE  # noqa: E402
-from tasks.serving.long_text import HEAD  # noqa: E402
+from tasks.runtime.files import SERVING_FILE  # noqa: E402
+from tasks.runtime.long_text import HEAD  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "_loadgen.py"
@@ -313,7 +313,7 @@ def run_load(spec: dict) -> dict:
 def reference_labels(folder: Path, texts: list[str], threads: int) -> tuple[list[str], list[int], list[int]]:
     """Every text scored alone (one text per model call), as the gate judged the shipped model; and the windows and
     model tokens the folder's long_text rule reads of each (what tunegate serve's admission counts)."""
-    from tasks.serving.onnx_model import OnnxClassifier, share_one_thread_pool
+    from tasks.runtime.onnx_model import OnnxClassifier, share_one_thread_pool
 
     share_one_thread_pool(threads)
     model = OnnxClassifier(folder)

@@ -13,7 +13,7 @@ from prefect_dask import DaskTaskRunner
 
 from tasks.core.errors import TunegateError
 from tasks.core.io import TABLE_SUFFIXES
-from tasks.serving.files import PREDICT_BATCH_SIZE, SERVING_FILE
+from tasks.runtime.files import PREDICT_BATCH_SIZE, SERVING_FILE
 from tasks.serving.scoring import cores
 
 OUTPUT_SUFFIX = ".predictions.parquet"
@@ -84,8 +84,8 @@ def onnx_threads(workers: int) -> int:
 @functools.lru_cache(maxsize=2)
 def worker_model(folder: str, threads: int) -> Any:
     """The served model, loaded once per worker process on one thread pool of `threads` threads."""
-    from tasks.serving.onnx_model import share_one_thread_pool
-    from tasks.serving.predict import load_served_model
+    from tasks.runtime.onnx_model import share_one_thread_pool
+    from tasks.runtime.predict import load_served_model
 
     try:
         share_one_thread_pool(threads)
@@ -97,7 +97,7 @@ def worker_model(folder: str, threads: int) -> Any:
 @task(name="score_part")
 def score_part(part: Part, output_dir: str, model: str, text_column: str, batch_size: int, workers: int) -> int:
     """Score one part with the streaming `tunegate predict` code; write OUTPUT_DIR/<part>.predictions.parquet."""
-    from tasks.serving.stream import predict_file
+    from tasks.runtime.stream import predict_file
 
     target = Path(output_dir) / f"{part.name}{OUTPUT_SUFFIX}"
     return predict_file(worker_model(model, onnx_threads(workers)), Path(part.path), target, text_column, batch_size,

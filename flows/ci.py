@@ -193,7 +193,7 @@ def prepare_workspace(root: Path, env: Mapping[str, str]) -> None:
 
 def run_pipeline(root: Path, debug: bool) -> int:
     """The Prefect flow through `tunegate run`'s own entry (same lock, server and summary); its exit code."""
-    from flows.cli import cmd_run
+    from flows.run_command import cmd_run
 
     return cmd_run(argparse.Namespace(project=str(root), set=None, debug=debug))
 

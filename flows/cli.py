@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,114 +11,13 @@ from datetime import timezone
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from flows.run_command import cmd_run
+from flows.terminal import console, debugging, errors, prefect_defaults, report_error, signals_interrupt
 from tasks.core.config import STAGES
 from tasks.core.errors import TunegateError
-from tasks.serving.files import PREDICT_BATCH_SIZE
-
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
-
-
-def _prefect_defaults() -> None:
-    """Quiet, patient Prefect defaults; anything the user set wins."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
-
-def report_error(headline: str, exc: BaseException, debug: bool = False) -> None:
-    """One clear message (headline, error class, its text); the traceback too when debugging."""
-    if debug:
-        import traceback
-
-        errors.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
-    errors.print(f"{headline}: {type(exc).__name__}", style="bold red")
-    errors.print(str(exc), markup=False, highlight=False)
-
-
-def debugging(args: argparse.Namespace) -> bool:
-    """--debug or TUNEGATE_DEBUG=1: show tracebacks of expected errors too."""
-    return bool(getattr(args, "debug", False)) or os.environ.get("TUNEGATE_DEBUG", "") not in ("", "0")
-
-
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal) end the run like Ctrl-C, so cleanup (the Prefect server
-    this run started, the workspace lock) happens for them too."""
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    _prefect_defaults()
-    from flows.workspace import workspace_lock
-    from tasks.core.lock_cpu import committed_lock_cpus
-    from tasks.core.paths import ArtifactPaths
-
-    paths = ArtifactPaths(Path(args.project).resolve())
-    # Taken before the Prefect server starts, so a busy workspace fails in a second; the flow re-enters it.
-    with workspace_lock(paths, "tunegate run"), signals_interrupt():
-        committed = committed_lock_cpus(paths)  # before the run rewrites the work tree's record
-        from prefect.settings import PREFECT_API_URL
-
-        from flows.console_log import quiet_user_errors
-        from flows.ephemeral_api import prefect_api
-        from flows.pipeline import PipelineFailed, training_pipeline
-
-        if not debugging(args):
-            quiet_user_errors()
-        console.print(f"[bold]training_pipeline[/] on {paths.root} "
-                      f"(Prefect API: {PREFECT_API_URL.value() or 'a temporary server for this run'})", soft_wrap=True)
-        try:
-            with prefect_api():
-                outcomes = training_pipeline(overrides=args.set or None, project=str(paths.root))
-        except KeyboardInterrupt as stop:
-            errors.print(f"tunegate run interrupted{f' ({stop})' if str(stop) else ''}: stages that finished are "
-                         "recorded in dvc.lock; the stage that was running kept its last good outputs (an "
-                         "interrupted train resumes from its checkpoints in .tunegate/).", style="bold yellow")
-            return 130
-        except PipelineFailed as failed:
-            print_summary(failed.outcomes)
-            print_lock_cpu_note(committed)
-            report_error(f"pipeline stopped at {failed.outcomes[-1].stage}", failed.cause, debugging(args))
-            return 1
-    print_summary(outcomes)
-    print_lock_cpu_note(committed)
-    return 0
-
-
-def print_lock_cpu_note(committed: dict) -> None:
-    """Why dvc.lock changed, when the committed one came from a CPU of other numerics (nothing otherwise)."""
-    from tasks.core.host import cpu_facts
-    from tasks.core.lock_cpu import foreign_lock_note
-
-    for line in foreign_lock_note(committed, cpu_facts()):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def print_summary(outcomes: list) -> None:
-    table = Table(title="tunegate pipeline")
-    for column in ("stage", "status", "duration", "key figure"):
-        table.add_column(column)
-    colours = {"completed": "green", "skipped": "cyan", "failed": "red", "unrecorded": "yellow"}
-    for o in outcomes:
-        table.add_row(o.stage, f"[{colours[o.status]}]{o.status}[/]", f"{o.seconds:.1f} s", o.key_figure)
-    console.print(table)
-    for o in outcomes:
-        if o.note:
-            errors.print(f"{o.stage}: {o.note}", style="yellow", markup=False, highlight=False)
-
+from tasks.runtime.files import PREDICT_BATCH_SIZE
 
 def cmd_stage(args: argparse.Namespace) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -155,9 +53,9 @@ def cmd_data_default(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from tasks.core.config import apply_overrides, parse_config, read_params
     from tasks.contracts.report import check_name, evidence, outcome_word, verdict, write_reports
-    from tasks.contracts.vet import vet_table
+    from tasks.vet import vet_table
+    from tasks.core.config import apply_overrides, parse_config, read_params
 
     root = Path.cwd()
     # -S applies to this check only: params.yaml is read, never written.
@@ -192,8 +90,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     # Only onnxruntime, tokenizers and pandas: serving needs neither torch nor transformers.
-    from tasks.serving.predict import PredictInputError, default_text_column, load_served_model, predict_texts
-    from tasks.serving.stream import predict_file
+    from tasks.runtime.predict import PredictInputError, default_text_column, load_served_model, predict_texts
+    from tasks.runtime.stream import predict_file
 
     if bool(args.texts) == bool(args.input):
         raise PredictInputError("give texts as arguments or --input FILE (one of the two)")
@@ -218,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_batch_score(args: argparse.Namespace) -> int:
-    _prefect_defaults()
+    prefect_defaults()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a local cluster logs every start and stop
     with signals_interrupt():
         from prefect.settings import PREFECT_API_URL
@@ -226,7 +124,7 @@ def cmd_batch_score(args: argparse.Namespace) -> int:
         from flows.batch_scoring import batch_scoring
         from flows.console_log import quiet_user_errors
         from flows.ephemeral_api import prefect_api
-        from tasks.serving.predict import default_text_column
+        from tasks.runtime.predict import default_text_column
 
         if not debugging(args):
             quiet_user_errors()
@@ -267,7 +165,7 @@ def file_progress(description: str) -> Iterator[object]:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    _prefect_defaults()
+    prefect_defaults()
     from flows.deployments import serve_all
 
     # The nightly retraining, the monitor and the event-triggered retraining, as prefect.yaml declares them.
@@ -282,8 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      "`tunegate schedule` (same flags: --name, --cron, -S, --project)", style="bold red", markup=False)
         return 2
     from tasks.core.config import ServeConfig
+    from tasks.runtime.settings import load_serve_settings
     from tasks.serving.service import run_service
-    from tasks.serving.settings import load_serve_settings
 
     root = Path(args.project).resolve()
     params = root / "params.yaml"
@@ -295,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per serve setting, generated from ServeConfig (its description, params.yaml key, variable)."""
     from tasks.core.config import ServeConfig
-    from tasks.serving.settings import ENV_PREFIX
+    from tasks.runtime.settings import ENV_PREFIX
 
     for name, field in ServeConfig.model_fields.items():
         where = f"params.yaml serve.{name}; env {ENV_PREFIX}{name.upper()}"
@@ -312,7 +210,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
-    _prefect_defaults()
+    prefect_defaults()
     from flows.ci import ci_main, ci_pr
 
     root = Path(args.project).resolve()
@@ -365,7 +263,7 @@ def verify_folder_of(root: Path, model: str, gate_release: Path) -> tuple[Path, 
     the gate's release instead when serve.model's folder has no certificate and the release holds the same model
     file. Returns it with a note saying why when it is the release."""
     from tasks.core.io import file_sha256, read_json
-    from tasks.serving.files import PARITY_FILE, RELEASE_FILE
+    from tasks.runtime.files import PARITY_FILE, RELEASE_FILE
     from tasks.serving.source import served_model_file, source_for
 
     folder = source_for(model, root).resolve().folder
@@ -380,8 +278,8 @@ def verify_folder_of(root: Path, model: str, gate_release: Path) -> tuple[Path, 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     # onnxruntime and tokenizers only (gto and dvc when serve.model is registry:STAGE): no torch, no transformers.
-    from tasks.serving.parity import WIDTH, summary_lines, verify_folder
-    from tasks.serving.settings import load_serve_settings
+    from tasks.runtime.parity import WIDTH, summary_lines, verify_folder
+    from tasks.runtime.settings import load_serve_settings
 
     root = Path(args.project).resolve()
     params = root / "params.yaml"
@@ -450,7 +348,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor_run(args: argparse.Namespace) -> int:
-    _prefect_defaults()
+    prefect_defaults()
     from prefect.settings import PREFECT_API_URL
 
     from flows.console_log import quiet_user_errors

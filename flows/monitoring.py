@@ -21,8 +21,8 @@ from tasks.core.paths import ArtifactPaths
 from tasks.monitoring.arrivals import Arrival, new_labelled
 from tasks.monitoring.history import append_history, finite, history_path, history_row
 from tasks.monitoring.report import iso, write_report
+from tasks.runtime.settings import REGISTRY_PREFIX
 from tasks.serving.predlog import read_prediction_log
-from tasks.serving.settings import REGISTRY_PREFIX
 
 DRIFT_EVENT = "tunegate.drift.detected"
 DATA_EVENT = "tunegate.data.arrived"

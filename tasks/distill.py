@@ -23,7 +23,7 @@ from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.core.stamp import build_stamp, model_folder_sha256
-from tasks.serving.long_text import describe
+from tasks.runtime.long_text import describe
 from tasks.training.engine import save_tokenizer, tokens_logits
 from tasks.training.modeling import load_classifier, pick_device, precision, torch_logits
 from tasks.training.reading import chosen_long_text

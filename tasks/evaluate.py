@@ -10,12 +10,12 @@ import pandas as pd
 from tasks.core.config import PipelineConfig
 from tasks.core.io import staged_dir, write_json
 from tasks.core.metrics import classification_metrics, confusion_matrix, per_class_rates, softmax
-from tasks.judging.slices import bucket_labels, length_buckets, token_lengths
-from tasks.serving.long_text import describe
-from tasks.training.modeling import load_classifier, pick_device, torch_logits
-from tasks.training.reading import chosen_long_text
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.judging.slices import bucket_labels, length_buckets, token_lengths
+from tasks.runtime.long_text import describe
+from tasks.training.modeling import load_classifier, pick_device, torch_logits
+from tasks.training.reading import chosen_long_text
 
 
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> pd.DataFrame:

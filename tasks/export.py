@@ -12,10 +12,10 @@ import torch
 from tasks.core.config import ExportConfig, PipelineConfig
 from tasks.core.errors import TunegateError
 from tasks.core.io import read_json, staged_dir, write_json
+from tasks.runtime.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
+from tasks.runtime.long_text import normalise
 from tasks.training.modeling import load_classifier, torch_logits
-from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE, SERVING_FILE
-from tasks.serving.long_text import normalise
-from tasks.serving.onnx_model import (CPU, OnnxClassifier, inference_session, load_onnx, model_mb, providers_for,
+from tasks.runtime.onnx_model import (CPU, OnnxClassifier, inference_session, load_onnx, model_mb, providers_for,
                                       save_onnx)
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result

@@ -24,12 +24,12 @@ from tasks.judging.slices import length_buckets, slice_report, token_lengths
 from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, metric_intervals, paired_accuracy_se,
                                  paired_cost)
 from tasks.registry.champion import prod_release
-from tasks.serving.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
-from tasks.serving.latency import batch1_latencies_ms
-from tasks.serving.long_text import describe, normalise
-from tasks.serving.onnx_model import OnnxClassifier
-from tasks.serving.parity import write_certificate
-from tasks.serving.predict import load_served_model, predict_texts
+from tasks.runtime.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
+from tasks.runtime.latency import batch1_latencies_ms
+from tasks.runtime.long_text import describe, normalise
+from tasks.runtime.onnx_model import OnnxClassifier
+from tasks.runtime.parity import write_certificate
+from tasks.runtime.predict import load_served_model, predict_texts
 
 LENGTH_SLICE = "tokens"  # the slice column of length buckets
 

@@ -17,13 +17,13 @@ from tasks.compression.rowwise import quantize_rowwise
 from tasks.core.config import PipelineConfig, QuantizeConfig
 from tasks.core.io import read_json, staged_dir, write_json
 from tasks.core.metrics import classification_metrics, softmax
-from tasks.judging.stats import CHECK_PASS, paired_accuracy_se, paired_cost
-from tasks.serving.files import MODEL_FILE, SERVING_FILE
-from tasks.serving.latency import batch1_latencies_ms
-from tasks.serving.onnx_model import CPU, OnnxClassifier, copy_model, has_external_data, model_mb
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.judging.stats import CHECK_PASS, paired_accuracy_se, paired_cost
+from tasks.runtime.files import MODEL_FILE, SERVING_FILE
+from tasks.runtime.latency import batch1_latencies_ms
+from tasks.runtime.onnx_model import CPU, OnnxClassifier, copy_model, has_external_data, model_mb
 
 CALIBRATION_BATCH = 8  # texts per calibration batch
 STATIC_METHODS = {"static_minmax": "MinMax", "static_entropy": "Entropy", "static_percentile": "Percentile"}

@@ -176,9 +176,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"make_project", "registry_template"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-    # The slow end-to-end tests first, so that parallel workers (pytest-xdist) finish on the quick ones together,
-    # not on one last minute-long test. The sort is stable: each kind keeps its collection order.
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    # The minute-long tests first, then the other end-to-end ones, so that parallel workers (pytest-xdist) finish
+    # on quick tests together, not on one last long one. The sort is stable: each kind keeps its collection order.
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("e2e") is None))
 
 
 def build_project(root: Path, frame: pd.DataFrame, params: dict) -> Path:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import onnxruntime as ort
 import pytest
 
-from tasks.serving import onnx_model
+from tasks.runtime import onnx_model
 
 _REAL_SESSION = ort.InferenceSession
 

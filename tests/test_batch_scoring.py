@@ -14,9 +14,9 @@ from flows.batch_scoring import BatchInputError, expand_inputs, onnx_threads, pl
 from flows.cli import build_parser
 from tasks.core.config import parse_config
 from tasks.core.io import DataFormatError, read_table
-from tasks.serving import stream
-from tasks.serving.predict import PredictInputError, load_served_model, predict_texts
-from tasks.serving.stream import predict_file
+from tasks.runtime import stream
+from tasks.runtime.predict import PredictInputError, load_served_model, predict_texts
+from tasks.runtime.stream import predict_file
 from tests.conftest import tiny_params
 
 MAX_LENGTH = 32

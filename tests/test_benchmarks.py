@@ -228,7 +228,7 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
         assert all(0.0 <= figures[part] <= 1.0 for part in ("all", "test", "imdb"))
     own = result["workload_shipped_rule"]
     served_rule = json.loads((paths.int8_dir / "serving.json").read_text()).get("long_text")
-    from tasks.serving.long_text import describe, normalise
+    from tasks.runtime.long_text import describe, normalise
 
     assert own["rule"] == describe(normalise(served_rule)) and own["imdb_texts_per_s"] > 0
     assert 0.0 <= own["imdb_accuracy"] <= 1.0
@@ -315,7 +315,7 @@ def test_long_reviews_takes_only_rows_of_the_source_whose_normalised_text_is_in_
 def test_long_reviews_benchmark_scores_unseen_reviews_through_predict_and_prints_its_json(staged_pipeline,
                                                                                         tiny_project, tmp_path):
     from tasks.judging.compare import row_keys
-    from tasks.serving.long_text import describe, normalise
+    from tasks.runtime.long_text import describe, normalise
 
     cfg, paths = staged_pipeline
     project = finished_project(paths.root, tmp_path, extra_imdb=16)
@@ -461,6 +461,7 @@ def test_simulate_week_smoke_run_serves_a_tiny_week_and_prints_its_json(staged_p
     assert result["retrain"] == {"ran": False, "decision": None, "why_not": result["retrain"]["why_not"]}
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_orchestration_benchmark_smoke_run_on_a_finished_tiny_project_prints_its_json(make_project, staged_pipeline,
                                                                                       tmp_path):

@@ -156,6 +156,7 @@ def remote_tags(root: Path) -> set[str]:
     return {ref.removeprefix("refs/tags/") for ref in listed if ref.startswith("refs/tags/")}
 
 
+@pytest.mark.slow
 def test_ci_gates_a_pull_request_promotes_on_main_once_and_never_a_reject(registry_project, prefect_api, github_api,
                                                                           tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL

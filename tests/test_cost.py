@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tasks.judging.cost import CostCountError, WindowCost, cost_record, text_macs, window_cost
-from tasks.serving.long_text import Reading, Wrapper, read_ids
+from tasks.runtime.long_text import Reading, Wrapper, read_ids
 
 
 def toy_graph(path, sequence: str | int = "sequence") -> None:
@@ -102,7 +102,7 @@ def test_the_gate_records_the_shipped_models_cost_and_judges_its_p95(staged_pipe
     assert budget["outcome"] == ("pass" if budget["value"] <= budget["threshold"] else "fail")
     assert cost["window_macs"]["full_window_tokens"] == cfg.train.max_length
     assert cost["texts"] == decision["metrics"]["rows"]
-    from tasks.serving.predict import load_served_model
+    from tasks.runtime.predict import load_served_model
 
     reading = load_served_model(paths.int8_dir).read(list(pd.read_parquet(paths.split("test"))["text"]))
     counted = text_macs(reading, window_cost(paths.int8_dir / "model.onnx", cfg.train.max_length)) / 1e9

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from flows.cli import build_parser
+from tasks.runtime.settings import API_KEYS_ENV, ENV_PREFIX, ServeSettings, load_serve_settings
 from tasks.serving.app import LIVE_PATH, READY_PATH, create_app
-from tasks.serving.settings import API_KEYS_ENV, ENV_PREFIX, ServeSettings, load_serve_settings
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"

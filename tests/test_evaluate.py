@@ -72,7 +72,7 @@ def whole_token_lengths(model_dir, texts) -> np.ndarray:
 
 
 def test_evaluate_stage_reports_figures_per_whole_text_length_and_the_rule_it_read_by(staged_pipeline):
-    from tasks.serving.long_text import describe
+    from tasks.runtime.long_text import describe
     from tasks.training.reading import chosen_long_text
 
     cfg, paths = staged_pipeline

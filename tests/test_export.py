@@ -18,10 +18,10 @@ import torch
 from tasks.core.paths import ArtifactPaths
 from tasks.export import (ExportParityError, check_fp16_parity, check_parity, convert_fp16, export, export_onnx,
                           fp16_parity, fp16_parity_report, fp32_parity, optimise_onnx, parity, uses_external_data)
+from tasks.runtime import onnx_model
+from tasks.runtime.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE
+from tasks.runtime.onnx_model import OnnxClassifier, copy_model, inference_session
 from tasks.training.modeling import load_classifier, torch_logits
-from tasks.serving import onnx_model
-from tasks.serving.files import FP16_FILE, MODEL_FILE, OPTIMIZED_FILE
-from tasks.serving.onnx_model import OnnxClassifier, copy_model, inference_session
 
 
 def write_student(teacher_dir: Path, target: Path, layers: int = 1, flip: bool = False) -> Path:
@@ -137,7 +137,7 @@ def test_sessions_on_one_shared_thread_pool_give_the_same_logits(staged_pipeline
     script = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from tasks.serving.onnx_model import OnnxClassifier, share_one_thread_pool\n"
+        "from tasks.runtime.onnx_model import OnnxClassifier, share_one_thread_pool\n"
         "share_one_thread_pool(2)\n"
         "fp32, int8 = OnnxClassifier(Path(sys.argv[1])), OnnxClassifier(Path(sys.argv[2]))\n"
         "fp32.logits(sys.argv[4:], 2)\n"

@@ -221,7 +221,7 @@ def test_gate_stage_judges_the_shipped_model_and_names_the_failed_checks(staged_
     assert {"test accuracy", "test macro-F1"} <= failed
     # What is judged is the shipped INT8 model as the serving code runs it, not the PyTorch model.
     from tasks.gate import served_probabilities
-    from tasks.serving.predict import load_served_model
+    from tasks.runtime.predict import load_served_model
 
     test = pd.read_parquet(paths.split("test"))
     served = load_served_model(paths.int8_dir)
@@ -250,7 +250,7 @@ def test_gate_stage_judges_the_shipped_model_and_names_the_failed_checks(staged_
 def test_gate_stage_slices_whole_text_lengths_and_names_the_long_text_rule_it_read_by(staged_pipeline):
     from transformers import AutoTokenizer
 
-    from tasks.serving.long_text import describe, normalise
+    from tasks.runtime.long_text import describe, normalise
 
     cfg, paths = staged_pipeline
     decision = json.loads(paths.decision.read_text())
@@ -281,14 +281,14 @@ def test_gate_stage_writes_a_release_folder_that_serves_and_records_its_test_row
     record = json.loads((release / "release.json").read_text())
     assert record["sha256"] == file_sha256(release / "model.onnx") == file_sha256(paths.int8_dir / "model.onnx")
     assert record["decision"] == REJECT and record["test_rows"] == len(test)
-    from tasks.serving.predict import load_served_model
+    from tasks.runtime.predict import load_served_model
 
     assert load_served_model(release).logits(["a fine film"], 1).shape == (1, 2)
 
 
 def test_gate_stage_writes_a_parity_certificate_that_this_host_reproduces(staged_pipeline):
     from tasks.core.host import cpu_facts
-    from tasks.serving.parity import verify_folder
+    from tasks.runtime.parity import verify_folder
 
     cfg, paths = staged_pipeline
     release = paths.stage_dir("gate") / "release"
@@ -361,7 +361,7 @@ def test_gate_judges_a_shipped_student_against_the_teachers_pytorch_figures(stag
     # The quantized-drop check compares the shipped student with the teacher's PyTorch predictions on test.
     teacher = pd.read_parquet(copy.stage_dir("evaluate") / "predictions.parquet")["predicted"].to_numpy()
     from tasks.gate import served_probabilities
-    from tasks.serving.predict import load_served_model
+    from tasks.runtime.predict import load_served_model
 
     test = pd.read_parquet(copy.split("test"))
     student = served_probabilities(load_served_model(copy.int8_dir), list(test["text"]), 1).argmax(axis=1)

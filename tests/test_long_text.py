@@ -1,4 +1,4 @@
-"""How a text longer than the model's window is read (tasks.serving.long_text): windows and aggregation on
+"""How a text longer than the model's window is read (tasks.runtime.long_text): windows and aggregation on
 hand-made token sequences, and the same reading in every runtime: PyTorch (evaluate), onnxruntime (`tunegate
 predict`, quantize, the gate) and the service."""
 
@@ -12,11 +12,11 @@ from tokenizers import Tokenizer
 
 from tasks.core.base_model import resolve_base_model
 from tasks.core.batching import length_sorted_batches
-from tasks.serving.files import SERVING_FILE
-from tasks.serving.long_text import (HEAD, MAX_WINDOWS, LongTextRuleError, Wrapper, combine, describe, normalise,
+from tasks.runtime.files import SERVING_FILE
+from tasks.runtime.long_text import (HEAD, MAX_WINDOWS, LongTextRuleError, Wrapper, combine, describe, normalise,
                                      padded, read_ids, read_texts, tokens_read, window_starts, windows_of)
-from tasks.serving.onnx_model import OnnxClassifier
-from tasks.serving.predict import predict_texts
+from tasks.runtime.onnx_model import OnnxClassifier
+from tasks.runtime.predict import predict_texts
 from tasks.serving.scoring import load_served
 from tasks.training.modeling import torch_logits
 from tests.conftest import REPO, SERVED_LABELS, tiny_params

@@ -16,13 +16,13 @@ from tasks.core.metrics import softmax
 from tasks.judging.compare import row_keys
 from tasks.registry import tags
 from tasks.registry import rollback as rollback_module
+from tasks.runtime.files import PARITY_FILE, RELEASE_FILE
+from tasks.runtime.onnx_model import OnnxClassifier
 from tasks.serving.app import create_app
-from tasks.serving.files import PARITY_FILE, RELEASE_FILE
-from tasks.serving.onnx_model import OnnxClassifier
-from tasks.serving.parity import (NUMERIC_FACTS, WIDTH, CertificateError, NoCertificate, ParityError,
+from tasks.runtime.parity import (NUMERIC_FACTS, WIDTH, CertificateError, NoCertificate, ParityError,
                                   build_certificate, certificate_rows, compare, read_certificate, summary_lines,
                                   verify_folder, write_certificate)
-from tasks.serving.settings import API_KEYS_ENV
+from tasks.runtime.settings import API_KEYS_ENV
 from tests.conftest import REPO, SERVED_LABELS
 from tests.test_rollback_history import git
 from tests.test_serve_app import call, metric, serve_settings

@@ -29,6 +29,7 @@ def promoting_params(tiny_model_dir) -> dict:
     return params
 
 
+@pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(make_project, tiny_model_dir):
     root = make_project(params=promoting_params(tiny_model_dir))
     first = dvc(root, "repro")
@@ -62,6 +63,7 @@ def test_flow_runs_stages_records_them_in_dvc_and_skips_them_next_time(make_proj
     assert [o.key_figure for o in again] == [o.key_figure for o in outcomes]
 
 
+@pytest.mark.slow
 def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, tiny_model_dir):
     root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
     assert json.loads((root / "artifacts" / "gate" / "decision.json").read_text())["decision"] == "PROMOTE"

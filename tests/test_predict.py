@@ -7,7 +7,7 @@ import pandas as pd
 from ruamel.yaml import YAML
 
 from flows.cli import build_parser, main
-from tasks.serving.onnx_model import CPU, OnnxClassifier
+from tasks.runtime.onnx_model import CPU, OnnxClassifier
 from tests.conftest import REPO, tiny_params, tunegate_without_torch
 
 

@@ -12,8 +12,8 @@ import pytest
 import tasks.quantize as stage
 from tasks.core.config import QUANTIZATION_RUNGS, ConfigError, parse_config
 from tasks.core.paths import ArtifactPaths
-from tasks.serving.latency import batch1_latencies_ms
-from tasks.serving.onnx_model import CPU, OnnxClassifier
+from tasks.runtime.latency import batch1_latencies_ms
+from tasks.runtime.onnx_model import CPU, OnnxClassifier
 from tests.conftest import REPO, tiny_params
 
 

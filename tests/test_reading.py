@@ -8,7 +8,7 @@ import pytest
 
 from tasks.core.config import ConfigError, LongTextConfig, WindowRule, parse_config, read_params
 from tasks.core.paths import ArtifactPaths
-from tasks.serving.long_text import AGGREGATES, HEAD, MAX_WINDOWS, RULES, Wrapper, combine, normalise, read_ids
+from tasks.runtime.long_text import AGGREGATES, HEAD, MAX_WINDOWS, RULES, Wrapper, combine, normalise, read_ids
 from tasks.training.reading import (candidate_logits, choose, chosen_long_text, long_text_path, long_text_report,
                                     summary, window_groups, window_set, write_long_text)
 from tests.conftest import REPO

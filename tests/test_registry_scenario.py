@@ -6,6 +6,8 @@ import shutil
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from tasks.registry import tags
 from tests.conftest import BIN, retrain, run
 
@@ -23,6 +25,7 @@ def prod(root) -> str | None:
     return move.version if move else None
 
 
+@pytest.mark.slow
 def test_three_rounds_then_rollback_and_history(registry_project):
     root = registry_project
     # Round 1: no production model yet; the first-run policy promotes a model that passes its checks.

@@ -156,6 +156,7 @@ def relocatable(make_project, tiny_model_dir, name: str, reproduced: bool) -> Pa
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_forcing_any_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(make_project, tiny_model_dir):
     root = relocatable(make_project, tiny_model_dir, "project", reproduced=True)  # reproduced elsewhere, copied
     reference = (root / "dvc.lock").read_bytes()
@@ -170,6 +171,7 @@ def test_forcing_any_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_two_copies_in_different_folders_record_the_same_hashes_for_every_stage(make_project, tiny_model_dir):
     # One reproduced in the shared template folder (then copied here), one here: the base model inside each
     # project, so its absolute location differs too.

@@ -224,6 +224,7 @@ def holder_at(root: Path, at: str) -> str:
     return tunegate(root, "history", "--at", at).stdout.strip()
 
 
+@pytest.mark.slow
 def test_rollback_restores_prod_from_fetched_files_and_history_tells_who_held_it_when(registry_project, tmp_path,
                                                                                        monkeypatch):
     root = registry_project

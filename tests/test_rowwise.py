@@ -10,8 +10,8 @@ from tasks.compression.rowwise import WEIGHT_MAX, ZERO_POINT, quantize_rowwise, 
 from tasks.core.io import read_json, write_json
 from tasks.core.metrics import softmax
 from tasks.quantize import batch_invariance, build_rung
-from tasks.serving.files import SERVING_FILE
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.runtime.files import SERVING_FILE
+from tasks.runtime.onnx_model import OnnxClassifier
 
 WINDOWED = {"rule": "window", "stride": 7, "aggregate": "mean_prob"}
 INVARIANCE_ATOL = 1e-5  # float rounding of padded rows: measured 0 on the tiny model, on AVX-512 VNNI and AVX2
@@ -138,8 +138,8 @@ def test_the_service_answers_32_concurrent_clients_as_it_answers_one_text_at_a_t
 
     import httpx
 
+    from tasks.runtime.settings import API_KEYS_ENV
     from tasks.serving.app import create_app
-    from tasks.serving.settings import API_KEYS_ENV
     from tests.test_serve_app import metric, serve_settings, serving
 
     monkeypatch.delenv(API_KEYS_ENV, raising=False)

@@ -15,10 +15,10 @@ from schemathesis import GenerationMode
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                  status_code_conformance)
 
+from tasks.runtime.settings import API_KEYS_ENV
 from tasks.serving import scoring
 from tasks.serving.app import create_app
 from tasks.serving.scoring import TextScore
-from tasks.serving.settings import API_KEYS_ENV
 from tests.test_serve_app import StandInModel, StandInSource, run, serve_settings, serving
 
 EXAMPLES = 40  # per operation and mode: 7 x 40 = 280 cases at most (about 3 s)

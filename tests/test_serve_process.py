@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.serving.settings import API_KEYS_ENV
+from tasks.runtime.settings import API_KEYS_ENV
 from tests.conftest import _BLOCK_HEAVY, BIN, REPO
 from tests.test_serve_app import metric
 
@@ -99,7 +99,7 @@ def test_serve_process_answers_over_http_with_keys_and_stops_on_sigterm(served_f
 def test_serve_cli_has_one_flag_per_setting_that_wins_over_params(tmp_path, monkeypatch):
     from flows.cli import build_parser
     from tasks.core.config import ServeConfig
-    from tasks.serving.settings import load_serve_settings
+    from tasks.runtime.settings import load_serve_settings
 
     args = build_parser().parse_args(["serve", "--max-batch-size", "4", "--no-log-texts", "--threads", "2",
                                       "--cors-origins", "https://a.example", "https://b.example"])
@@ -126,7 +126,8 @@ def test_serve_with_the_old_scheduling_flags_points_to_tunegate_schedule(capsys)
 
 
 def test_thread_plan_splits_the_cores_and_warns_when_oversubscribed(tmp_path):
-    from tasks.serving.service import thread_plan, tokenizer_environment
+    from tasks.serving.scoring import thread_plan
+    from tasks.serving.service import tokenizer_environment
     from tests.test_serve_app import serve_settings
 
     assert thread_plan(serve_settings(tmp_path, workers=2), 8) == (4, None)

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks.serving.onnx_model import OnnxClassifier
-from tasks.serving.predict import predict_texts
+from tasks.runtime.onnx_model import OnnxClassifier
+from tasks.runtime.predict import predict_texts
 from tasks.serving.scoring import ModelClosed, ModelHolder, ServedFolderError, length_groups, load_served
 
 MAX_LENGTH = 16  # tokens: short, so a sentence already overflows the window

@@ -119,7 +119,7 @@ def quantize_rowwise(source: Path, target: Path, external: bool) -> dict[str, An
     import onnx
     from onnx import numpy_helper
 
-    from tasks.serving.onnx_model import save_onnx
+    from tasks.runtime.onnx_model import save_onnx
 
     model = onnx.load(str(source))
     graph = model.graph

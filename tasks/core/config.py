@@ -107,7 +107,7 @@ class LoraConfig(_Section):
     target_modules: list[str] | None
 
 
-# Long-text reading rules (the shapes tasks/serving/long_text.py reads; a test checks the two agree). Typed here,
+# Long-text reading rules (the shapes tasks/runtime/long_text.py reads; a test checks the two agree). Typed here,
 # not checked by importing that module: every stage reads this file, and a stage's deps are what it imports.
 class HeadRule(_Section):
     rule: Literal["head"]
@@ -306,7 +306,7 @@ class GateConfig(_Section):
 
 
 class ServeConfig(_Section):
-    """`tunegate serve`: the HTTP service (tasks/serving/settings.py adds TUNEGATE_* variables and flags on top)."""
+    """`tunegate serve`: the HTTP service (tasks/runtime/settings.py adds TUNEGATE_* variables and flags on top)."""
     model: str = Field(min_length=1,
                        description="a served folder (relative to the project), or registry:STAGE: the registry's "
                                    "version in STAGE, followed as it moves")

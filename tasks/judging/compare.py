@@ -15,7 +15,7 @@ from tasks.core.config import GateConfig
 from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256, read_json
 from tasks.judging.stats import mcnemar_exact, paired_difference, rows_to_resolve
-from tasks.serving.files import RELEASE_FILE, SERVING_FILE, TEST_ROWS_FILE
+from tasks.runtime.files import RELEASE_FILE, SERVING_FILE, TEST_ROWS_FILE
 
 PROMOTE, REJECT, INCONCLUSIVE = "PROMOTE", "REJECT", "INCONCLUSIVE"
 COMPARED = ("accuracy", "macro_f1")  # the candidate must be non-inferior on both

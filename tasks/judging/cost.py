@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.errors import TunegateError
-from tasks.serving.long_text import Reading
+from tasks.runtime.long_text import Reading
 
 # Products of two matrices, whatever their precision: MACs = elements of the output x the shared (inner) dimension.
 MATMUL_OPS = frozenset({"MatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedMatMul",

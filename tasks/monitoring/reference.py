@@ -21,7 +21,7 @@ from tasks.monitoring.drift import shares, unknown_rate, vocabulary_of
 from tasks.monitoring.performance import gate_figures_at
 from tasks.registry.fetch import fetch_release
 from tasks.registry.tags import PROD, RegistryError, find_version, in_stage
-from tasks.serving.files import RELEASE_FILE, SERVING_FILE
+from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
 from tasks.serving.scoring import cores
 
 TRAIN_PATH = "artifacts/prepare/train.parquet"  # the training split the version was trained on (a DVC out)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
 from tasks.registry.tags import RELEASE_PATH, RegistryError, Version
-from tasks.serving.files import RELEASE_FILE, SERVING_FILE
+from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
 
 
 def fetched_dir(paths: ArtifactPaths, version: str) -> Path:

@@ -22,7 +22,7 @@ from tasks.core.paths import ArtifactPaths
 from tasks.judging.compare import PROMOTE
 from tasks.registry import tags
 from tasks.registry.tags import ARTIFACT, PROD, RELEASE_PATH, Bump, RegistryError
-from tasks.serving.files import RELEASE_FILE, SERVING_FILE
+from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
 
 GATE_STAGE = "gate"  # the dvc.yaml stage whose outputs (decision.json, the release folder) a version ships
 # The registry's prod version is not a DVC dep of the gate, so a plain `dvc repro` does not rerun it when prod moves.

@@ -16,7 +16,7 @@ from tasks.registry.fetch import fetch_release
 from tasks.registry.history import ROLLED_BACK_FROM, rolled_back_from
 from tasks.registry.tags import (PROD, RegistryError, StageMove, allowed_stages, assign, find_version, stage_moves,
                                   tag_message)
-from tasks.serving.files import RELEASE_FILE
+from tasks.runtime.files import RELEASE_FILE
 
 # Fixed, task-neutral texts (any label set): the smoke test asks only that the model serves them sanely.
 SMOKE_TEXTS = (
@@ -46,7 +46,7 @@ class RollbackResult:
     moved: bool
     folder: Path | None  # the fetched release folder the smoke test ran on (None when nothing moved)
     smoke: str
-    parity: str  # the certificate check on this host (tasks.serving.parity), or why it did not run
+    parity: str  # the certificate check on this host (tasks.runtime.parity), or why it did not run
     pushed_to: str | None
 
 
@@ -81,7 +81,7 @@ def check_predictions(probs: np.ndarray, labels: list[str], expected_labels: lis
 
 def smoke_test(folder: Path) -> str:
     """Load a fetched release folder with the serving code and classify SMOKE_TEXTS; returns the summary."""
-    from tasks.serving.predict import load_served_model, predict_texts
+    from tasks.runtime.predict import load_served_model, predict_texts
 
     try:
         model = load_served_model(folder)
@@ -96,9 +96,9 @@ def parity_check(root: Path, folder: Path, subject: str) -> str:
     """Re-score a fetched release's parity certificate on this host under the project's serve.min_parity_agreement
     and serve.parity_action (what `tunegate serve` would do with it here): ParityError when refused, else the line
     the tag records. A release without a certificate (made before them) passes, saying so."""
-    from tasks.serving.parity import check_served, classifier_scorer, enforce
-    from tasks.serving.predict import load_served_model
-    from tasks.serving.settings import load_serve_settings
+    from tasks.runtime.parity import check_served, classifier_scorer, enforce
+    from tasks.runtime.predict import load_served_model
+    from tasks.runtime.settings import load_serve_settings
 
     settings = load_serve_settings(root / "params.yaml", {})
     model = load_served_model(folder)

@@ -24,15 +24,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Match
 
 from tasks.core.errors import TunegateError
+from tasks.runtime.parity import ParityOutcome, check_served, enforce
+from tasks.runtime.settings import API_KEYS_ENV, ServeSettings, api_keys
 from tasks.serving import scoring
 from tasks.serving.batcher import BatcherStopped, MicroBatcher, QueueFull
 from tasks.serving.metrics import ServiceMetrics
-from tasks.serving.parity import ParityOutcome, check_served, enforce
 from tasks.serving.predlog import PredictionLog
 from tasks.serving.reload import reload_if_changed
-from tasks.serving.service import cores, thread_plan
-from tasks.serving.scoring import ModelHolder, ServedModel, TextScore
-from tasks.serving.settings import API_KEYS_ENV, ServeSettings, api_keys
+from tasks.serving.scoring import ModelHolder, ServedModel, TextScore, cores, thread_plan
 from tasks.serving.source import ModelSource, source_for
 
 log = logging.getLogger("tasks.serving")

@@ -18,9 +18,10 @@ import numpy as np
 from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256
 from tasks.core.metrics import softmax
-from tasks.serving.files import RELEASE_FILE, SERVING_FILE
-from tasks.serving.long_text import tokens_read
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
+from tasks.runtime.long_text import tokens_read
+from tasks.runtime.onnx_model import OnnxClassifier
+from tasks.runtime.settings import ServeSettings
 from tasks.serving.source import version_of_sha256
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ModelInfo:
     version: str  # the registry version (v0.2.0), else "sha256:" + the model file's first 12 hex digits
     labels: list[str]
     max_length: int  # tokens the model reads per text (serving.json)
-    long_text: dict[str, Any]  # serving.json's rule for texts longer than max_length (tasks.serving.long_text)
+    long_text: dict[str, Any]  # serving.json's rule for texts longer than max_length (tasks.runtime.long_text)
     model_sha256: str  # of the model file (serving.json model_file)
     precision: str | None  # release.json's precision (e.g. dynamic_per_tensor) when the folder has one
     folder: str
@@ -96,7 +97,7 @@ def length_groups(widths: list[int], max_batch_size: int, windows: list[int] | N
 
 
 class ServedModel:
-    """An OnnxClassifier (tasks.serving.onnx_model) with its ModelInfo; `score` is called from one worker thread."""
+    """An OnnxClassifier (tasks.runtime.onnx_model) with its ModelInfo; `score` is called from one worker thread."""
 
     info: ModelInfo
 
@@ -153,6 +154,17 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def thread_plan(settings: ServeSettings, available: int) -> tuple[int, str | None]:
+    """onnxruntime threads per worker, and a warning when workers x threads oversubscribe the cores."""
+    threads = settings.threads or max(1, available // settings.workers)
+    total = threads * settings.workers
+    if total > available:
+        return threads, (f"{settings.workers} workers x {threads} threads = {total} onnxruntime threads on "
+                         f"{available} cores: they will slow each other down (lower serve.threads or "
+                         "serve.workers, or leave serve.threads null)")
+    return threads, None
 
 
 def release_precision(folder: Path) -> str | None:

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from tasks.core.errors import TunegateError
+from tasks.runtime.settings import ServeSettings
 from tasks.serving.metrics import MULTIPROC_ENV
-from tasks.serving.scoring import cores
-from tasks.serving.settings import ServeSettings
+from tasks.serving.scoring import cores, thread_plan
 
 log = logging.getLogger("tasks.serving")
 
@@ -26,17 +26,6 @@ APP_FACTORY = "tasks.serving.service:app_from_environment"
 
 class ServiceEnvironmentError(TunegateError):
     """A worker started without the settings its runner passes in the environment."""
-
-
-def thread_plan(settings: ServeSettings, available: int) -> tuple[int, str | None]:
-    """onnxruntime threads per worker, and a warning when workers x threads oversubscribe the cores."""
-    threads = settings.threads or max(1, available // settings.workers)
-    total = threads * settings.workers
-    if total > available:
-        return threads, (f"{settings.workers} workers x {threads} threads = {total} onnxruntime threads on "
-                         f"{available} cores: they will slow each other down (lower serve.threads or "
-                         "serve.workers, or leave serve.threads null)")
-    return threads, None
 
 
 def tokenizer_environment(threads: int) -> dict[str, str]:
@@ -74,7 +63,7 @@ def run_service(settings: ServeSettings, project: Path) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn drains requests in flight, then the lifespan stops the batcher)."""
     import uvicorn
 
-    from tasks.serving.settings import api_keys
+    from tasks.runtime.settings import api_keys
 
     api_keys(settings)  # a missing serve.api_keys_file fails here, in one line, not in every worker
     threads, oversubscribed = thread_plan(settings, cores())

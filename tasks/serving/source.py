@@ -9,8 +9,8 @@ from typing import Protocol
 
 from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256
-from tasks.serving.files import SERVING_FILE
-from tasks.serving.settings import REGISTRY_PREFIX
+from tasks.runtime.files import SERVING_FILE
+from tasks.runtime.settings import REGISTRY_PREFIX
 
 VERSION_HEX = 12  # hex digits of the model file's sha256 in a folder's version ("sha256:" + 12 hex)
 # What a serving-only install (requirements/serve.txt) lacks to follow the registry.

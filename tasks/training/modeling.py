@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tasks.core.errors import TunegateError
-from tasks.serving.long_text import Wrapper, logits_in_groups, padded, read_texts, text_batches, untruncated
+from tasks.runtime.long_text import Wrapper, logits_in_groups, padded, read_texts, text_batches, untruncated
 
 
 class UnsafeWeightsError(TunegateError):
@@ -94,7 +94,7 @@ def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[No
 @torch.inference_mode()
 def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int,
                  device: torch.device, *, long_text: dict[str, Any]) -> np.ndarray:
-    """[n, classes] float32 logits in input order, texts read by the `long_text` rule (tasks.serving.long_text)
+    """[n, classes] float32 logits in input order, texts read by the `long_text` rule (tasks.runtime.long_text)
     exactly as the served ONNX model reads them, in the same batches: a model call holds all the windows of up to
     batch_size texts."""
     model.eval()

@@ -16,7 +16,7 @@ from tasks.core.config import TrainConfig
 from tasks.core.io import read_json, write_json
 from tasks.core.paths import ArtifactPaths
 from tasks.judging.stats import paired_accuracy_se
-from tasks.serving.long_text import (HEAD, Reading, Wrapper, combine, content_ids, describe, normalise, padded,
+from tasks.runtime.long_text import (HEAD, Reading, Wrapper, combine, content_ids, describe, normalise, padded,
                                      read_ids, window_cap)
 from tasks.training.modeling import bf16_enabled
 from tasks.training.tokens import fast_backend

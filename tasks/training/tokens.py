@@ -17,7 +17,7 @@ import torch
 
 from tasks.core.errors import TunegateError
 from tasks.core.io import atomic_file
-from tasks.serving.long_text import Wrapper, content_ids, windows_of
+from tasks.runtime.long_text import Wrapper, content_ids, windows_of
 
 # Pad values per model input; any other input the tokenizer returns pads with 0.
 PAD_ZERO = ("attention_mask", "token_type_ids", "special_tokens_mask")

@@ -17,8 +17,8 @@ from tasks.core.errors import TunegateError
 from tasks.core.host import cpu_facts, same_numerics
 from tasks.core.io import file_sha256, read_json, write_json
 from tasks.core.metrics import softmax
-from tasks.serving.files import PARITY_FILE, SERVING_FILE
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.runtime.files import PARITY_FILE, SERVING_FILE
+from tasks.runtime.onnx_model import OnnxClassifier
 
 FORMAT = 1  # parity.json's layout version; a reader refuses another
 # The judging host's facts a certificate keeps: those that choose kernels (tasks.core.host). The CPU model name goes

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.runtime.onnx_model import OnnxClassifier
 
 
 def batch1_latencies_ms(model: OnnxClassifier, texts: list[str]) -> np.ndarray:

@@ -9,8 +9,8 @@ import pandas as pd
 from tasks.core.config import load_config
 from tasks.core.errors import TunegateError
 from tasks.core.metrics import softmax
-from tasks.serving.files import SERVING_FILE
-from tasks.serving.onnx_model import OnnxClassifier
+from tasks.runtime.files import SERVING_FILE
+from tasks.runtime.onnx_model import OnnxClassifier
 
 
 # `--text-column` outside a project (no params.yaml to take data.text_column from).

@@ -14,8 +14,8 @@ import numpy as np
 
 from tasks.core.errors import TunegateError
 from tasks.core.io import read_json
-from tasks.serving.files import SERVING_FILE
-from tasks.serving.long_text import (LongTextRuleError, Reading, Wrapper, content_ids, logits_in_groups, normalise,
+from tasks.runtime.files import SERVING_FILE
+from tasks.runtime.long_text import (LongTextRuleError, Reading, Wrapper, content_ids, logits_in_groups, normalise,
                                      padded, read_ids, text_batches)
 
 

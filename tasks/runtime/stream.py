@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from tasks.core.io import TABLE_SUFFIXES, DataFormatError, atomic_file
 # predict.py does not import this module: the gate runs predict_texts, and streaming files cannot change its output
-from tasks.serving.onnx_model import OnnxClassifier
-from tasks.serving.predict import PredictInputError, predict_texts
+from tasks.runtime.onnx_model import OnnxClassifier
+from tasks.runtime.predict import PredictInputError, predict_texts
 
 # One pyarrow CSV block (bytes): ~8k short reviews; memory stays a few blocks whatever the file's size. pyarrow
 # cannot read a row longer than a block (validate.max_text_chars is 20,000 characters: 1 MiB leaves room).
