@@ -68,10 +68,10 @@ run: data dvc-setup  ## set up, then run the whole pipeline (Prefect flow; DVC-c
 	$(BIN)/dvc push --quiet
 	@echo "decision: $$(cat artifacts/gate/decision.json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["decision"])')"
 
-# One pytest-xdist worker per core. `load` with chunks of one hands a worker the next test as it finishes one (by
-# default each starts with a quarter of its share queued, and a long queue cannot move): the minute-long tests,
-# ordered first by tests/conftest.py, spread over the workers, and no worker idles while another has a queue.
-PYTEST_PARALLEL := -n auto --dist load --maxschedchunk 1
+# One pytest-xdist worker per core. `loadscope` hands a worker the next test module as it runs out: a module's
+# tests stay together and in order (test_prefect_server's scenario builds on its earlier steps), and modules start
+# in collection order (--no-loadscope-reorder), which tests/conftest.py makes the minute-long tests' modules first.
+PYTEST_PARALLEL := -n auto --dist loadscope --no-loadscope-reorder
 
 test: setup  ## set up, then run the whole test suite (offline, tiny models, one worker per core); what CI runs
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25

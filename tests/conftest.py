@@ -176,8 +176,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"make_project", "registry_template"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
-    # The minute-long tests first, then the other end-to-end ones, so that parallel workers (pytest-xdist) finish
-    # on quick tests together, not on one last long one. The sort is stable: each kind keeps its collection order.
+    # The minute-long tests first, then the other end-to-end ones, so that parallel workers (pytest-xdist, which
+    # make test hands whole modules in this order) finish on quick tests together, not on one last long one. The
+    # sort is stable: each kind keeps its collection order, and a module's tests keep theirs.
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("e2e") is None))
 
 

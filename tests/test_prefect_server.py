@@ -24,7 +24,10 @@ from tasks.core.data import default_data_source
 from tests.conftest import BIN, LENIENT_GATE, REPO, build_project, run, tiny_params
 from tests.prefect_server import POOL, PrefectServer, prefect_server, wait_for, wait_healthy
 
-pytestmark = pytest.mark.e2e  # a Prefect server, a worker and flow runs in subprocesses
+# A Prefect server, a worker and flow runs in subprocesses. One scenario in steps: later tests use what earlier ones
+# left on the module's server and project (a version in prod), so they run in this order on one worker (make test
+# hands whole modules to its xdist workers).
+pytestmark = pytest.mark.e2e
 
 RUN_TIMEOUT_S = 300  # one tiny pipeline run in a fresh process on a busy 2-core host
 DRIFTED_TEXTS = 120  # long IMDB reviews: far from the Rotten Tomatoes sentences the model was trained on
