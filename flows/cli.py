@@ -54,8 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Vet a file against the data contract before it goes into data/; writes nothing unless asked."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from tasks.contracts.report import check_name, evidence, outcome_word, verdict, write_reports
-    from tasks.vet import vet_table
     from tasks.core.config import apply_overrides, parse_config, read_params
+    from tasks.vet import vet_table
 
     root = Path.cwd()
     # -S applies to this check only: params.yaml is read, never written.

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # Before anything imports prefect or GX: private Prefect home, no analytics, patient server start.
@@ -226,25 +226,33 @@ def make_project(tmp_path, tmp_path_factory, tiny_model_dir, reviews_frame):
 
 
 def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reproduced: bool,
-                     folders: dict[str, Path]) -> Path:
+                     folders: dict[str, Path], dvc_remote: str | None = None) -> Path:
     """The shared built project for this data, these params and these folders copied in (e.g. a base model at a
-    relative path; they are left untracked), named by their hash."""
+    relative path; they are left untracked), named by their hash. `dvc_remote`: the default remote's URL, set
+    before anything is committed."""
     import hashlib
     import json
 
-    key = hashlib.sha256(json.dumps([params, folders], sort_keys=True, default=str).encode()
+    key = hashlib.sha256(json.dumps([params, folders, dvc_remote], sort_keys=True, default=str).encode()
                          + frame.to_csv(index=False).encode()).hexdigest()[:16]
 
     def build(root: Path) -> None:
         build_project(root, frame, params)
+        if dvc_remote:
+            run([str(BIN / "dvc"), "remote", "add", "-d", "local", dvc_remote], root)
         for inside, source in folders.items():
             shutil.copytree(source, root / inside)
         if reproduced:
-            run([str(BIN / "dvc"), "repro"], root)
-            run(["git", "add", "-A", "--", ".", *(f":(exclude){inside}" for inside in folders)], root)
-            run(["git", "commit", "-q", "-m", "reproduced"], root)
+            reproduce_and_commit(root, "reproduced", untracked=folders)
 
     return shared_folder(tmp_path_factory, f"project-{key}{'-reproduced' if reproduced else ''}", build)
+
+
+def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = ()) -> None:
+    """`dvc repro`, then commit everything it and earlier steps changed, except the paths in `untracked`."""
+    run([str(BIN / "dvc"), "repro"], root)
+    run(["git", "add", "-A", "--", ".", *(f":(exclude){path}" for path in untracked)], root)
+    run(["git", "commit", "-q", "-m", message], root)
 
 
 @pytest.fixture(scope="session")
@@ -344,14 +352,8 @@ def registry_template(tmp_path_factory, tiny_model_dir) -> Path:
     params["quantize"]["models"] = ["teacher"]  # these scenarios are about the registry, not compression
     params["prepare"]["max_train_rows"] = 400
 
-    def build(root: Path) -> None:
-        build_project(root, keyword_reviews(1000), params)
-        run([str(BIN / "dvc"), "remote", "add", "-d", "local", "../dvc-remote"], root)
-        run([str(BIN / "dvc"), "repro"], root)
-        run(["git", "add", "-A"], root)
-        run(["git", "commit", "-q", "-m", "first model"], root)
-
-    return shared_folder(tmp_path_factory, "registry-project", build)
+    return project_template(tmp_path_factory, keyword_reviews(1000), params, reproduced=True, folders={},
+                            dvc_remote="../dvc-remote")
 
 
 @pytest.fixture
@@ -367,9 +369,7 @@ def retrain(root: Path, **prepare) -> None:
     from tasks.core.config import write_overrides
 
     write_overrides(root / "params.yaml", [f"prepare.{key}={value}" for key, value in prepare.items()])
-    run([str(BIN / "dvc"), "repro"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-q", "-m", f"model with {prepare}"], root)
+    reproduce_and_commit(root, f"model with {prepare}")
 
 
 SERVED_LABELS = ["negative", "positive"]
