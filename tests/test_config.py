@@ -2,11 +2,14 @@
 
 import re
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from tasks.core.config import ConfigError, apply_overrides, load_config, parse_config, read_params, write_overrides
+from tasks.core import config
+from tasks.core.config import (ConfigError, PipelineConfig, apply_overrides, load_config, parse_config, read_params,
+                               write_overrides)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,3 +197,30 @@ def test_config_reports_every_broken_cross_section_rule_at_once():
         parse_config(_with(read_params(REPO / "params.yaml"), settings))
     assert "quantize.max_accuracy_drop (0.02)" in str(refused.value)
     assert "gate.latency_rows (200) exceeds prepare.max_test_rows (150)" in str(refused.value)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds: itself, or those inside its unions, Annotated, list[...] and dict[..., ...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def test_every_config_field_has_a_description():
+    """Every params.yaml key says what it does in the code, where a params reference is generated from."""
+    seen: set[type[BaseModel]] = set()
+    undescribed: list[str] = []
+    todo: list[type[BaseModel]] = [PipelineConfig]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                undescribed.append(f"{model.__name__}.{field.alias or name}")
+            todo.extend(_models_in(field.annotation))
+    defined = {obj for obj in vars(config).values() if isinstance(obj, type) and issubclass(obj, BaseModel)
+               and obj.__module__ == config.__name__ and obj.model_fields}
+    assert not defined - seen, f"models of tasks/core/config.py the walk from PipelineConfig misses: {defined - seen}"
+    assert not undescribed, f"config fields without a description (give each Field(description=...)): {undescribed}"

