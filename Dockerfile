@@ -17,9 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 tunegate \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tunegate
 
-# Dependencies first: this layer is rebuilt only when serve.txt changes, not on every code change.
-COPY requirements/serve.txt /tmp/src/requirements/serve.txt
-RUN pip install -r /tmp/src/requirements/serve.txt
+# Dependencies first: this layer is rebuilt only when the serving lock changes, not on every code change. The
+# lock (requirements/lock/serve.txt, from requirements/serve.txt by `make lock`) pins every package with its
+# hashes, at the versions the tests ran: an image built next year installs the same wheels.
+COPY requirements/lock/serve.txt /tmp/src/requirements/lock/serve.txt
+RUN pip install --require-hashes --no-deps -r /tmp/src/requirements/lock/serve.txt
 
 # The package itself without its dependencies (pyproject.toml's are the whole pipeline's), built outside
 # the working folder so that no source tree shadows the installed one.

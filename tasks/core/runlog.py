@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.core.environment import environment_record
 from tasks.core.host import cpu_facts
 from tasks.core.io import write_json
 from tasks.core.paths import ArtifactPaths
@@ -35,7 +36,8 @@ def git_revision(root: Path) -> dict[str, Any]:
 
 
 def write_run_record(paths: ArtifactPaths, stage: str, measured: dict[str, Any]) -> Path:
-    """Write .tunegate/runs/<stage>.json: when, where (host, CPU, platform, project folder, git) and `measured`."""
+    """Write .tunegate/runs/<stage>.json: when, where (host, CPU, platform, project folder, git, the lock that
+    installed the environment) and `measured`."""
     record = {
         "stage": stage,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -45,6 +47,7 @@ def write_run_record(paths: ArtifactPaths, stage: str, measured: dict[str, Any])
         "python": sys.executable,
         "project": str(paths.root.resolve()),
         "git": git_revision(paths.root),
+        "environment": environment_record(),  # the lock that installed it and what differs from its pins
         **measured,
     }
     path = paths.run_record(stage)
