@@ -5,13 +5,7 @@ every decision (exit codes, what is promoted, what is posted) is made and tested
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,14 +14,12 @@ from rich.markup import escape
 
 from tasks.core.errors import TunegateError
 from tasks.core.paths import ArtifactPaths
+from tasks.registry.github import annotation, append_step_summary, post_comment
 
 # The gate's verdicts (tasks.judging.compare holds the same strings; importing it here would load numpy
 # and scipy before the pipeline needs them).
 PROMOTE, REJECT, INCONCLUSIVE = "PROMOTE", "REJECT", "INCONCLUSIVE"
 DEFAULT_REMOTE = "origin"
-GITHUB_API = "https://api.github.com"  # GitHub Actions sets GITHUB_API_URL (GitHub Enterprise: its own)
-COMMENT_LIMIT = 65_000  # GitHub refuses issue comments above 65,536 characters
-COMMENT_MARKER = "<!-- tunegate ci pr: gate report -->"  # finds our comments among the PR's
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -35,18 +27,6 @@ errors = Console(stderr=True, soft_wrap=True)
 
 class CiError(TunegateError):
     """A CI job cannot go on: the run changed tracked files, the input data is nowhere, promotion failed."""
-
-
-# --- GitHub Actions plumbing: pure functions of the environment -------------------------------------------
-
-
-def annotation(level: str, message: str, env: Mapping[str, str]) -> str | None:
-    """A workflow command (`::warning::...`) that GitHub shows on the run's page; None outside GitHub Actions."""
-    if env.get("GITHUB_ACTIONS") != "true":
-        return None
-    # Workflow-command escaping: a raw newline would end the command.
-    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    return f"::{level} title=tunegate::{escaped}"
 
 
 def say(level: str, message: str, env: Mapping[str, str] | None = None) -> None:
@@ -58,68 +38,12 @@ def say(level: str, message: str, env: Mapping[str, str] | None = None) -> None:
         print(line, flush=True)
 
 
-def pr_number(env: Mapping[str, str]) -> int | None:
-    """The pull request's number from the event payload GitHub writes to GITHUB_EVENT_PATH; None without one."""
-    event_path = env.get("GITHUB_EVENT_PATH")
-    if not event_path:
-        return None
-    try:
-        event = json.loads(Path(event_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    number = (event.get("pull_request") or {}).get("number") if isinstance(event, dict) else None
-    return number if isinstance(number, int) else None
-
-
-def append_step_summary(markdown: str, env: Mapping[str, str]) -> Path | None:
-    """Append to the job summary file (GITHUB_STEP_SUMMARY) when there is one; returns it.
-
-    Appended, not replaced: the file belongs to the runner and earlier steps may have written to it."""
-    target = env.get("GITHUB_STEP_SUMMARY")
-    if not target:
-        return None
-    with Path(target).open("a", encoding="utf-8") as handle:
-        handle.write(markdown.rstrip("\n") + "\n\n")
-    return Path(target)
-
-
-def comment_body(markdown: str) -> str:
-    """The PR comment: our marker, then the report, cut to what GitHub accepts."""
-    body = f"{COMMENT_MARKER}\n{markdown}"
-    if len(body) <= COMMENT_LIMIT:
-        return body
-    return body[:COMMENT_LIMIT - 200] + "\n\n… (cut: the whole report is in the job summary)\n"
-
-
 def post_pr_comment(markdown: str, env: Mapping[str, str], timeout_s: float = 20.0) -> str:
-    """Post the report on the pull request when GITHUB_TOKEN, GITHUB_REPOSITORY and the PR number are known.
-
-    Returns what happened in one line. Never raises for GitHub's sake: a comment that cannot be posted (a fork's
-    read-only token, an outage) must not fail the gate; the job summary carries the report anyway."""
-    token, repository, number = env.get("GITHUB_TOKEN"), env.get("GITHUB_REPOSITORY"), pr_number(env)
-    missing = [name for name, value in (("GITHUB_TOKEN", token), ("GITHUB_REPOSITORY", repository),
-                                        ("the pull request number (GITHUB_EVENT_PATH)", number)) if not value]
-    if missing:
-        return f"no PR comment: {', '.join(missing)} not set"
-    url = f"{env.get('GITHUB_API_URL') or GITHUB_API}".rstrip("/") + f"/repos/{repository}/issues/{number}/comments"
-    request = urllib.request.Request(
-        url, method="POST", data=json.dumps({"body": comment_body(markdown)}).encode("utf-8"),
-        headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
-                 "X-GitHub-Api-Version": "2022-11-28", "Content-Type": "application/json",
-                 "User-Agent": "tunegate-ci"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            posted = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        message = f"the PR comment was not posted: {url} answered {exc.code} {exc.reason}"
-        if exc.code in (403, 404):
-            message += " (a pull request from a fork gets a read-only token; the job summary has the report)"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        message = f"the PR comment was not posted: {url}: {exc}"
-    else:
-        return f"posted the gate report on pull request #{number}" + (
-            f": {posted['html_url']}" if isinstance(posted, dict) and posted.get("html_url") else "")
-    say("warning", message, env)
+    """Post the report on the pull request (tasks.registry.github); a comment GitHub refused is a warning in the log,
+    never a failure: the job summary carries the report anyway. Returns what happened in one line."""
+    message, refused = post_comment(markdown, env, timeout_s)
+    if refused:
+        say("warning", message, env)
     return message
 
 
@@ -127,66 +51,32 @@ def post_pr_comment(markdown: str, env: Mapping[str, str], timeout_s: float = 20
 
 
 def _dirty_files(root: Path) -> list[str]:
-    """Tracked files that differ from HEAD (promote's check, imported late: it loads numpy)."""
-    from tasks.registry.promote import dirty_files
+    """Tracked files that differ from HEAD."""
+    from tasks.core.vcs import dirty_files
 
     return dirty_files(root)
 
 
 def head_commit(root: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    from tasks.core.vcs import git_output
 
-
-def dvc_pull(root: Path) -> str | None:
-    """`dvc pull`: the data and every stage output dvc.lock records, from the DVC remote. None when it worked,
-    else why not (the last lines DVC printed): a warning, since the pipeline rebuilds what is missing."""
-    # The venv's own DVC (python -m dvc), whatever PATH holds.
-    done = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=root, capture_output=True, text=True)
-    if done.returncode == 0:
-        return None
-    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    return " / ".join(lines[-3:]) or f"dvc pull exited {done.returncode}"
-
-
-def tracked_data(root: Path, dvc_file: str = "data.dvc") -> list[str]:
-    """The paths `dvc_file` tracks ([] without one)."""
-    from dvc.utils.serialize import load_yaml
-
-    if not (root / dvc_file).is_file():
-        return []
-    return [out["path"] for out in (load_yaml(str(root / dvc_file)) or {}).get("outs", [])]
-
-
-def restore_default_data(root: Path, dvc_file: str = "data.dvc") -> bool:
-    """When the data data.dvc tracks is absent (not in the DVC remote, or no remote) and it is exactly the packaged
-    default data (`tunegate data default`), put that copy in place: True when it did. A project with data of its
-    own needs a DVC remote (there is no other copy of it); raises CiError when the default is not that data."""
-    from tasks.core.data import materialise_default_data
-    from tasks.core.dvc_data import data_differences
-
-    outs = tracked_data(root, dvc_file)
-    if len(outs) != 1 or (root / outs[0]).exists():
-        return False
-    folder = root / outs[0]
-    materialise_default_data(folder)
-    differences = data_differences(root, dvc_file)
-    if differences:
-        shutil.rmtree(folder)  # not the data data.dvc records: leave nothing that looks like it
-        raise CiError(f"{outs[0]}/ is not in the DVC remote (dvc pull could not fetch it) and is not the packaged "
-                      f"default data ({'; '.join(differences)}): the pipeline cannot run without it. Configure the "
-                      "DVC remote for CI (README, \"CI promotion\") and `dvc push` the data to it.")
-    return True
+    return (git_output(root, "rev-parse", "HEAD") or "unknown").strip()
 
 
 def prepare_workspace(root: Path, env: Mapping[str, str]) -> None:
     """dvc pull, warning when it cannot (the flow rebuilds stage outputs); the packaged data when that is what
     data.dvc records and the remote lacks it."""
+    from tasks.core.dvc_data import DataUnavailable, dvc_pull, restore_default_data
+
     why = dvc_pull(root)
     if why is not None:
         say("warning", f"dvc pull failed ({why}): the pipeline rebuilds the stage outputs it could not fetch "
                        "(retraining: slower, and the model's hashes must then match dvc.lock bit for bit)", env)
-    if restore_default_data(root):
+    try:
+        restored = restore_default_data(root)
+    except DataUnavailable as exc:
+        raise CiError(str(exc)) from exc
+    if restored:
         say("notice", "data/ restored from the packaged default data (`tunegate data default`): it is what "
                       "data.dvc records", env)
 
@@ -206,26 +96,11 @@ def gate_verdict(paths: ArtifactPaths) -> tuple[dict, str]:
     return read_json(paths.decision), report.read_text(encoding="utf-8") if report.is_file() else ""
 
 
-def already_registered(root: Path, decision: dict) -> str | None:
-    """Why there is nothing new to promote (the model the gate judged is a registered version's), or None.
+def _already_registered(root: Path, decision: dict) -> str | None:
+    """Why there is nothing new to promote, or None (imported late: the registry loads numpy)."""
+    from tasks.registry.promote import already_registered
 
-    A merge that leaves the model alone (docs, a refactor) reproduces the same bytes; after a promotion the gate
-    re-judges them against prod (itself), which changes dvc.lock's gate entry. That is no reason to fail, and
-    no reason to register the same bytes again, nor to undo a rollback by re-promoting what was rolled back."""
-    from tasks.registry.tags import PROD, in_stage
-
-    sha256 = (decision.get("candidate") or {}).get("sha256")
-    from tasks.registry.tags import version_of_model
-
-    registered = version_of_model(root, sha256) if sha256 else None
-    version = registered.version if registered else None
-    if version is None:
-        return None
-    prod = in_stage(root, PROD)
-    if prod is not None and prod.version == version:
-        return f"prod already holds this model ({version})"
-    return (f"this model is already registered as {version}, but prod holds {prod.version if prod else 'nothing'} "
-            f"(rolled back?): CI promotes new models only; `tunegate rollback --to {version}` moves prod to it")
+    return already_registered(root, decision)
 
 
 def pr_exit_code(decision: str, registered: bool = False) -> int:
@@ -261,7 +136,7 @@ def ci_pr(root: Path, debug: bool = False, env: Mapping[str, str] | None = None)
     decision, why = verdict["decision"], verdict.get("why", "")
     changed = _dirty_files(root)
     note = ""
-    if known := already_registered(root, verdict):
+    if known := _already_registered(root, verdict):
         console.print(f"{known}: merging this promotes nothing", markup=False, highlight=False)
         note = f"\n> {known}: merging this promotes nothing.\n"
     elif changed:
@@ -303,7 +178,7 @@ def ci_main(root: Path, remote: str = DEFAULT_REMOTE, debug: bool = False,
     verdict, report = gate_verdict(paths)
     decision, why = verdict["decision"], verdict.get("why", "")
     # Before the dvc.lock check: re-judging a registered model against prod rewrites the gate's entry.
-    if known := already_registered(root, verdict):
+    if known := _already_registered(root, verdict):
         say("notice", f"{known}: nothing promoted (gate: {decision})", env)
         append_step_summary(headline("main", root, "nothing new to promote") + f"\n{known}.\n\n" + report, env)
         return 0

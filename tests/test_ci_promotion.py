@@ -14,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from flows.ci import (COMMENT_MARKER, CiError, annotation, append_step_summary, post_pr_comment, pr_exit_code,
-                      pr_number, restore_default_data)
+from flows.ci import post_pr_comment, pr_exit_code
+from tasks.core.dvc_data import DataUnavailable, restore_default_data
+from tasks.registry.github import COMMENT_MARKER, annotation, append_step_summary, pr_number
 from tests.conftest import BIN, REPO, run
 
 WORKFLOW = REPO / ".github" / "workflows" / "promote.yml"
@@ -136,7 +137,7 @@ def test_missing_data_is_restored_only_when_it_is_the_packaged_default(tmp_path)
     (root / "data" / "own.csv").write_text("text,label\nmine,1\n")
     run([str(BIN / "dvc"), "add", "-q", "data"], root)
     shutil.rmtree(root / "data")  # a fresh clone without a DVC remote: data.dvc, no data
-    with pytest.raises(CiError, match="not the packaged default data"):
+    with pytest.raises(DataUnavailable, match="not the packaged default data"):
         restore_default_data(root)
     assert not (root / "data").exists()  # nothing left that could pass for the user's data
 

@@ -14,6 +14,7 @@ import yaml
 
 from flows import deployments as dep
 from flows import retrain as rt
+from tasks.monitoring import data_version as dv
 from tasks.core.config import load_config, parse_config
 from tests.conftest import BIN, REPO, keyword_reviews, run, tiny_params
 
@@ -152,32 +153,32 @@ def test_automations_spec_parses_and_notifies_on_failed_runs_and_on_drift():
 
 
 def test_branch_name_is_prefix_and_utc_time():
-    assert rt.branch_name("retrain/", NOW) == "retrain/20260102T030405Z"
+    assert dv.branch_name("retrain/", NOW) == "retrain/20260102T030405Z"
 
 
 def test_version_file_never_reuses_the_data_file_and_drops_an_earlier_stamp(tmp_path):
     original = tmp_path / "data" / "reviews.csv"
-    assert rt.version_file(original, False, NOW).name == "reviews.20260102T030405Z.csv"
-    again = rt.version_file(rt.version_file(original, False, datetime(2025, 1, 1, tzinfo=timezone.utc)), False, NOW)
+    assert dv.version_file(original, False, NOW).name == "reviews.20260102T030405Z.csv"
+    again = dv.version_file(dv.version_file(original, False, datetime(2025, 1, 1, tzinfo=timezone.utc)), False, NOW)
     assert again.name == "reviews.20260102T030405Z.csv"
-    assert rt.version_file(tmp_path / "data", True, NOW) == tmp_path / "data" / "arrived.20260102T030405Z.csv"
+    assert dv.version_file(tmp_path / "data", True, NOW) == tmp_path / "data" / "arrived.20260102T030405Z.csv"
 
 
 def test_fill_columns_marks_the_source_of_arrived_rows():
     cfg = parse_config(tiny_params(NO_MODEL))
     new = pd.DataFrame({"text": ["fine film"], "label": [1]})
-    shaped = rt.fill_columns(new, ["text", "label", "source", "year"], cfg.data)
-    assert shaped.to_dict("records") == [{"text": "fine film", "label": 1, "source": rt.ARRIVED_SOURCE, "year": None}]
+    shaped = dv.fill_columns(new, ["text", "label", "source", "year"], cfg.data)
+    assert shaped.to_dict("records") == [{"text": "fine film", "label": 1, "source": dv.ARRIVED_SOURCE, "year": None}]
 
 
 def test_unused_rows_warning_when_prepare_sources_leaves_arrived_rows_out():
     cfg = parse_config(tiny_params(NO_MODEL))
-    assert cfg.prepare.sources and rt.ARRIVED_SOURCE not in cfg.prepare.sources
-    assert "not trained on" in rt.unused_rows_warning(cfg, 10)
+    assert cfg.prepare.sources and dv.ARRIVED_SOURCE not in cfg.prepare.sources
+    assert "not trained on" in dv.unused_rows_warning(cfg, 10)
     raw = tiny_params(NO_MODEL)
-    raw["prepare"]["sources"] = [*cfg.prepare.sources, rt.ARRIVED_SOURCE]
-    assert rt.unused_rows_warning(parse_config(raw), 10) is None
-    assert rt.unused_rows_warning(cfg, 0) is None
+    raw["prepare"]["sources"] = [*cfg.prepare.sources, dv.ARRIVED_SOURCE]
+    assert dv.unused_rows_warning(parse_config(raw), 10) is None
+    assert dv.unused_rows_warning(cfg, 0) is None
 
 
 @pytest.mark.parametrize(("decision", "already", "promotes"), [
@@ -191,7 +192,6 @@ def test_promotion_verdict_promotes_only_a_new_model_the_gate_promotes(decision,
 
 @pytest.mark.parametrize("verdict", ["PROMOTE", "REJECT"])
 def test_promote_step_calls_the_registry_only_on_promote(verdict, monkeypatch, tmp_path):
-    import flows.ci
     import tasks.registry.promote
 
     decision = tmp_path / "artifacts" / "gate" / "decision.json"
@@ -203,7 +203,7 @@ def test_promote_step_calls_the_registry_only_on_promote(verdict, monkeypatch, t
         version, stage, tags = "v0.2.0", "prod", ["tunegate@v0.2.0", "tunegate#prod#2"]
 
     monkeypatch.setattr(tasks.registry.promote, "promote", lambda root, **kw: calls.append((root, kw)) or Done())
-    monkeypatch.setattr(flows.ci, "already_registered", lambda root, decision: None)
+    monkeypatch.setattr(tasks.registry.promote, "already_registered", lambda root, decision: None)
     result = rt.promote_step(tmp_path, parse_config(tiny_params(NO_MODEL)))
     assert result["decision"] == verdict
     if verdict == "PROMOTE":
@@ -237,13 +237,13 @@ def test_add_data_version_commits_new_rows_on_a_branch_and_fills_the_ledger(make
     cfg = load_config(root / "params.yaml")
     new, arrivals = new_labelled(root, cfg)
 
-    version = rt.add_data_version(root, cfg, new, arrivals, NOW)
+    version = dv.add_data_version(root, cfg, new, arrivals, NOW)
 
     assert version.branch == "retrain/20260102T030405Z" == run(["git", "branch", "--show-current"], root).stdout.strip()
     assert (root / "data" / "movie_reviews.csv").read_bytes() == original  # never rewritten
     assert load_config(root / "params.yaml").data.path == version.file == "data/movie_reviews.20260102T030405Z.csv"
     table = pd.read_csv(root / version.file)
-    assert len(table) == 72 and (table["source"] == rt.ARRIVED_SOURCE).sum() == 12
+    assert len(table) == 72 and (table["source"] == dv.ARRIVED_SOURCE).sum() == 12
     assert data_differences(root) == []  # data.dvc records the new version
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], root).stdout == ""
     assert "data.dvc" in run(["git", "show", "--name-only", "HEAD"], root).stdout

@@ -165,7 +165,7 @@ def test_tunegate_stage_records_its_cpu_when_dvc_repro_runs_it_and_not_alone(tmp
 def test_a_retraining_commits_the_cpu_record_with_dvc_lock(tmp_path):
     from datetime import UTC, datetime
 
-    from flows.retrain import commit_model
+    from tasks.monitoring.data_version import commit_model
 
     paths = git_project(tmp_path / "project")
     (paths.root / "params.yaml").write_text("seed: 1\n")

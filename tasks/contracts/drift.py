@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,6 +18,7 @@ from tasks.contracts.text import is_missing, is_text
 from tasks.core.errors import TunegateError
 from tasks.core.data import read_dataset
 from tasks.core.io import DataFormatError
+from tasks.core.vcs import CommandFailed, dvc_file_outs, git, git_succeeds, show_at, yaml_mapping
 
 SUITE = "drift"
 SHARE_FLOOR = 1e-4  # stands in for a zero share, so PSI stays finite when a class appears or vanishes
@@ -45,42 +45,19 @@ class Reference:
 def last_data_commit(root: Path) -> str:
     """SHA of the last commit that changed data.dvc (the data version the current model was built on)."""
     try:
-        done = subprocess.run(["git", "log", "-1", "--format=%H", "--", "data.dvc"], cwd=root,
-                              capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        why = (exc.stderr or "").strip().splitlines()[-1:] if isinstance(exc, subprocess.CalledProcessError) else [str(exc)]
-        raise DriftReferenceUnavailable(f"no git history here ({'; '.join(why) or 'git failed'}): the reference "
-                                        "last_data_commit needs one; set validate.drift_reference to a table "
-                                        "path or none") from exc
-    if not done.stdout.strip():
+        sha = git(root, "log", "-1", "--format=%H", "--", "data.dvc")
+    except CommandFailed as exc:
+        why = exc.output.splitlines()[-1] if exc.output else "git failed"
+        raise DriftReferenceUnavailable(f"no git history here ({why}): the reference last_data_commit needs one; "
+                                        "set validate.drift_reference to a table path or none") from exc
+    if not sha:
         raise DriftReferenceUnavailable("no commit has changed data.dvc yet")
-    return done.stdout.strip()
-
-
-def _git_show(root: Path, rev: str, path: str) -> str | None:
-    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
-    return done.stdout if done.returncode == 0 else None
-
-
-def _in_git(root: Path, rev: str, path: str) -> bool:
-    """True when git holds `path` (a file or folder) at revision `rev`."""
-    return subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=root, capture_output=True).returncode == 0
-
-
-def _yaml_mapping(text: str | None) -> dict[str, Any]:
-    from ruamel.yaml import YAML, YAMLError
-
-    try:
-        loaded = YAML(typ="safe", pure=True).load(text) if text else None
-    except YAMLError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+    return sha
 
 
 def dvc_outs(dvc_file_text: str | None) -> list[str]:
     """The paths a .dvc file tracks."""
-    outs = _yaml_mapping(dvc_file_text).get("outs") or []
-    return [str(out["path"]) for out in outs if isinstance(out, dict) and "path" in out]
+    return [str(out["path"]) for out in dvc_file_outs(dvc_file_text)]
 
 
 def under_outs(data_path: str, outs: list[str]) -> bool:
@@ -91,7 +68,7 @@ def under_outs(data_path: str, outs: list[str]) -> bool:
 
 def workspace_matches(root: Path, rev: str, data_path: str) -> bool:
     """True when data.dvc is as committed at `rev`, tracks data_path, and the files on disk are what it records."""
-    committed = _git_show(root, rev, "data.dvc")
+    committed = show_at(root, rev, "data.dvc")
     tracked = root / "data.dvc"
     if committed is None or not tracked.is_file() or committed != tracked.read_text() \
             or not (root / ".dvc").is_dir() or not under_outs(data_path, dvc_outs(committed)):
@@ -103,7 +80,7 @@ def workspace_matches(root: Path, rev: str, data_path: str) -> bool:
 
 def labels_at(root: Path, rev: str) -> tuple[list[Any] | None, list[str] | None]:
     """data.labels and data.label_names in params.yaml at git revision `rev` (None where unreadable)."""
-    data = _yaml_mapping(_git_show(root, rev, "params.yaml")).get("data")
+    data = yaml_mapping(show_at(root, rev, "params.yaml")).get("data")
     if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
         return None, None
     names = data.get("label_names")
@@ -115,7 +92,8 @@ def read_data_at(root: Path, data: DataConfig, rev: str) -> pd.DataFrame:
     from dvc.api import DVCFileSystem
 
     data_path = data.path
-    if not under_outs(data_path, dvc_outs(_git_show(root, rev, "data.dvc"))) and not _in_git(root, rev, data_path):
+    if (not under_outs(data_path, dvc_outs(show_at(root, rev, "data.dvc")))
+            and not git_succeeds(root, "cat-file", "-e", f"{rev}:./{data_path}")):
         raise _absent_at(data_path, rev)
     fs = None
     try:

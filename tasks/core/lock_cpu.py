@@ -16,7 +16,6 @@ names must write the same stamp; and with CUDA the CPU decides nothing. The run 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tasks.core.errors import TunegateError
 from tasks.core.host import cpu_facts, same_numerics
 from tasks.core.io import write_json
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import git_output
 
 FORMAT = 1
 # What the record keeps of cpu_facts(): the numeric facts that decide the bytes, and the model name people read.
@@ -59,13 +59,10 @@ def committed_lock_cpus(paths: ArtifactPaths) -> dict[str, dict[str, Any]]:
     project is not a git repository or HEAD has none."""
     # "./": relative to the project folder, which may sit below the repository's top level.
     name = f"./{paths.lock_cpu.relative_to(paths.root).as_posix()}"
-    try:
-        done = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=paths.root, capture_output=True, text=True)
-    except OSError:  # no git on this host
+    committed = git_output(paths.root, "show", f"HEAD:{name}")  # None: no git here, or HEAD has none
+    if committed is None:
         return lock_cpus_on_disk(paths)
-    if done.returncode != 0:
-        return lock_cpus_on_disk(paths)
-    return parse_lock_cpus(done.stdout, f"HEAD:{name}")
+    return parse_lock_cpus(committed, f"HEAD:{name}")
 
 
 def stage_order(stage: str) -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,20 +18,15 @@ from tasks.core.environment import environment_record
 from tasks.core.host import cpu_facts
 from tasks.core.io import write_json
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import git_output
 
 
 def git_revision(root: Path) -> dict[str, Any]:
     """Commit SHA and whether the work tree had uncommitted changes (None outside git)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        return done.stdout.strip()
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+    sha = git_output(root, "rev-parse", "HEAD")
+    status = git_output(root, "status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha.strip() if sha is not None else None,
+            "dirty": bool(status.strip()) if status is not None else None}
 
 
 def write_run_record(paths: ArtifactPaths, stage: str, measured: dict[str, Any]) -> Path:

@@ -3,7 +3,6 @@ by the prod release one text at a time (as live requests are), cached per versio
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from tasks.core.config import DataConfig, PipelineConfig
 from tasks.core.errors import TunegateError
 from tasks.core.io import atomic_file, file_sha256, read_json, write_json
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import show_at, yaml_mapping
 from tasks.monitoring.drift import shares, unknown_rate, vocabulary_of
 from tasks.monitoring.performance import gate_figures_at
 from tasks.registry.fetch import fetch_release
@@ -143,14 +143,10 @@ def load_cached(key: dict[str, Any], json_path: Path, npz_path: Path) -> Referen
 def data_config_at(root: Path, commit: str, current: DataConfig) -> DataConfig:
     """params.yaml's data section at `commit` (its columns and labels named the training split then); the current
     one when that commit's is missing or invalid."""
-    from ruamel.yaml import YAML, YAMLError
-
-    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], cwd=root, capture_output=True, text=True)
+    raw = yaml_mapping(show_at(root, commit, "params.yaml")).get("data")
     try:
-        raw = YAML(typ="safe", pure=True).load(shown.stdout) if shown.returncode == 0 else None
-        raw = raw.get("data") if isinstance(raw, dict) else None
         return DataConfig.model_validate(raw) if isinstance(raw, dict) else current
-    except (YAMLError, ValidationError):
+    except ValidationError:
         return current
 
 

@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from tasks.core.dvc_cache import DvcStageCache
 from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import CommandFailed, dirty_files, dvc_file_outs, git, git_succeeds
 from tasks.judging.compare import PROMOTE
 from tasks.registry import tags
 from tasks.registry.tags import ARTIFACT, PROD, RELEASE_PATH, Bump, RegistryError
@@ -177,31 +177,12 @@ def rerun_command(stage: str, bump: Bump, force: bool, reason: str | None, remot
 
 # --- git and DVC -------------------------------------------------------------------------------------------------
 
-def git(root: Path, *args: str) -> str:
-    """A git command's stdout (stripped); RegistryError with git's message when it fails."""
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RegistryError(f"`git {' '.join(args)}` failed in {root}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout.strip()
-
-
-def dirty_files(root: Path) -> list[str]:
-    """Tracked files that differ from HEAD (staged or not); untracked files do not count."""
-    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                          text=True)
-    if done.returncode != 0:  # not through git(): its stripping would cut the first line's status column
-        raise RegistryError(f"cannot compare the working tree of {root} with its commit: {done.stderr.strip()}")
-    return [line[3:] for line in done.stdout.splitlines() if line.strip()]
-
-
 def data_md5(root: Path) -> str:
     """The hash data.dvc records for the input data (several outs: `path=md5`, comma-separated)."""
-    from dvc.utils.serialize import load_yaml
-
     dvc_file = root / "data.dvc"
     if not dvc_file.is_file():
         return "(no data.dvc)"
-    outs = (load_yaml(str(dvc_file)) or {}).get("outs", [])
+    outs = dvc_file_outs(dvc_file.read_text())
     if len(outs) == 1:
         return str(outs[0].get("md5"))
     return ", ".join(f"{out.get('path')}={out.get('md5')}" for out in outs) or "(no outs in data.dvc)"
@@ -300,7 +281,7 @@ def check_committed(root: Path) -> str:
         raise PromotionRefused(f"the working tree has uncommitted changes to tracked files: {', '.join(dirty)}. "
                                "A version names a commit: commit them (or restore them), then promote")
     commit = git(root, "rev-parse", "HEAD")
-    if subprocess.run(["git", "cat-file", "-e", "HEAD:dvc.lock"], cwd=root, capture_output=True).returncode != 0:
+    if not git_succeeds(root, "cat-file", "-e", "HEAD:./dvc.lock"):
         raise PromotionRefused("HEAD has no dvc.lock: commit the dvc.lock of the run the gate judged, then promote")
     return commit
 
@@ -366,10 +347,28 @@ def promote(root: Path, bump: Bump = "minor", stage: str = PROD, force: bool = F
 
 def push_tags(root: Path, remote: str, names: list[str], rerun: str, dvc_remote: str) -> None:
     """`git push REMOTE` the tags; a refusal says the tags and bytes are safe and how to finish."""
-    done = subprocess.run(["git", "push", remote, *(f"refs/tags/{name}" for name in names)], cwd=root,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        why = done.stderr.strip().rstrip(".")
+    try:
+        git(root, "push", remote, *(f"refs/tags/{name}" for name in names))
+    except CommandFailed as exc:
+        why = exc.output.rstrip(".")
         raise RegistryError(f"`git push {remote}` of {', '.join(names)} failed: {why}. The tags exist "
                             f"locally and the model's bytes are in the DVC remote {dvc_remote!r}: rerun `{rerun}` "
-                            "to finish")
+                            "to finish") from exc
+
+
+def already_registered(root: Path, decision: dict[str, Any]) -> str | None:
+    """Why there is nothing new to promote (the model the gate judged is a registered version's), or None.
+
+    A merge that leaves the model alone (docs, a refactor) reproduces the same bytes; after a promotion the gate
+    re-judges them against prod (itself), which changes dvc.lock's gate entry. That is no reason to fail, and
+    no reason to register the same bytes again, nor to undo a rollback by re-promoting what was rolled back."""
+    sha256 = (decision.get("candidate") or {}).get("sha256")
+    registered = tags.version_of_model(root, sha256) if sha256 else None
+    if registered is None:
+        return None
+    version = registered.version
+    prod = tags.in_stage(root, PROD)
+    if prod is not None and prod.version == version:
+        return f"prod already holds this model ({version})"
+    return (f"this model is already registered as {version}, but prod holds {prod.version if prod else 'nothing'} "
+            f"(rolled back?): CI promotes new models only; `tunegate rollback --to {version}` moves prod to it")

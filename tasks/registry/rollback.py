@@ -4,7 +4,6 @@ production that cannot serve, or that answers here otherwise than it was judged.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import CommandFailed, git
 from tasks.registry.fetch import fetch_release
 from tasks.registry.history import ROLLED_BACK_FROM, rolled_back_from
 from tasks.registry.tags import (PROD, RegistryError, StageMove, allowed_stages, assign, find_version, stage_moves,
@@ -110,10 +110,12 @@ def parity_check(root: Path, folder: Path, subject: str) -> str:
 
 def push_tag(root: Path, remote: str, tag: str) -> None:
     """`git push REMOTE TAG`; a refusal says the move is made locally and how to finish."""
-    done = subprocess.run(["git", "push", remote, f"refs/tags/{tag}"], cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RegistryError(f"git push {remote} {tag} failed: {done.stderr.strip() or done.stdout.strip()}\n"
-                            f"The tag exists here (the stage moved locally): push it with `git push {remote} {tag}`")
+    try:
+        git(root, "push", remote, f"refs/tags/{tag}")
+    except CommandFailed as exc:
+        raise RegistryError(f"git push {remote} {tag} failed: {exc.output}\n"
+                            f"The tag exists here (the stage moved locally): push it with `git push {remote} {tag}`"
+                            ) from exc
 
 
 def target_version(moves: list[StageMove], stage: str, to: str | None) -> str:
