@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.core.config import PipelineConfig
 
-WORK_POOL = "tunegate"  # the process work pool of prefect.yaml (README: "Scheduling and the closed loop")
+WORK_POOL = "tunegate"  # the process work pool of prefect.yaml (docs/monitoring.md, "Scheduling and the closed loop")
 NIGHTLY, MONITOR, RETRAIN_ON_EVENT = "nightly", "monitor", "retrain-on-event"
 ENTRYPOINTS = {NIGHTLY: "flows/retrain.py:retrain", MONITOR: "flows/monitoring.py:monitor",
                RETRAIN_ON_EVENT: "flows/retrain.py:retrain"}

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from flows import cli
+from flows.cli import registry as registry_commands  # verify, history, models print here
 from tasks.core.host import cpu_facts
 from tasks.core.io import file_sha256
 from tasks.core.metrics import softmax
@@ -164,9 +165,9 @@ def test_verify_refuses_a_certificate_made_for_another_model(certified, served_f
 
 
 def run_cli(monkeypatch, *args: str) -> tuple[int, list[str]]:
-    monkeypatch.setattr(cli, "console", Console(width=WIDTH, record=True))
+    monkeypatch.setattr(registry_commands, "console", Console(width=WIDTH, record=True))
     code = cli.main(list(args))
-    return code, cli.console.export_text().splitlines()
+    return code, registry_commands.console.export_text().splitlines()
 
 
 def test_verify_command_exits_0_on_a_pass_1_on_a_failure_and_on_a_folder_without_certificate(

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from flows import cli
+from flows.cli import registry as registry_commands  # verify, history, models print here
 from tasks.core.io import file_sha256
 from tasks.registry import tags
 from tasks.registry.history import (describe_holder, events, iso, model_rows, parse_instant,
@@ -186,10 +187,10 @@ def test_history_and_models_tables_and_a_bad_time(tag_repo, capsys, monkeypatch)
     tags.assign(tag_repo, "v0.1.0", tags.PROD, tags.tag_message("prod <- v0.1.0", {"reason": "first promotion"}))
     commit_and_register(tag_repo, "v0.2.0", gate="REJECT")
     tags.assign(tag_repo, "v0.2.0", "staging", tags.tag_message("staging <- v0.2.0", {}))
-    monkeypatch.setattr(cli, "console", Console(width=200, record=True))
+    monkeypatch.setattr(registry_commands, "console", Console(width=200, record=True))
 
     assert cli.main(["models", "--project", str(tag_repo)]) == 0
-    lines = cli.console.export_text().splitlines()
+    lines = registry_commands.console.export_text().splitlines()
     first = next(line for line in lines if "v0.1.0" in line)
     second = next(line for line in lines if "v0.2.0" in line)
     assert git(tag_repo, "rev-parse", "--short=8", "tunegate@v0.1.0^{}") in first
@@ -197,7 +198,7 @@ def test_history_and_models_tables_and_a_bad_time(tag_repo, capsys, monkeypatch)
     assert "REJECT" in second and second.rstrip(" │").endswith("staging")
 
     assert cli.main(["history", "--project", str(tag_repo)]) == 0
-    table = cli.console.export_text()
+    table = registry_commands.console.export_text()
     assert [word for line in table.splitlines() for word in ("registered", "prod <- v0.1.0", "staging <- v0.2.0")
             if word in line] == ["registered", "prod <- v0.1.0", "registered", "staging <- v0.2.0"]
     assert "first promotion" in table

@@ -13,9 +13,13 @@ from tests.conftest import REPO
 from tests.test_imports import LOCAL_PACKAGES, distribution_key
 
 SERVE_REQUIREMENTS = REPO / "requirements" / "serve.txt"
-# What `tunegate serve` loads: the CLI (its parser builds the serve command) and the service's modules.
-SERVE_ENTRY_MODULES = ["flows.cli", "tasks.runtime.settings"] + [f"tasks.serving.{name}" for name in (
-    "scoring", "batcher", "source", "predlog", "reload", "metrics", "app", "service")]
+# What `tunegate serve` loads: the CLI package with every command group (its parser builds them all, the serve
+# command among them) and the service's modules.
+SERVE_ENTRY_MODULES = [
+    "flows.cli", *(f"flows.cli.{group}" for group in (
+        "pipeline", "scoring", "serving", "promotion", "registry", "monitoring")),
+    "tasks.runtime.settings", *(f"tasks.serving.{name}" for name in (
+        "scoring", "batcher", "source", "predlog", "reload", "metrics", "app", "service"))]
 # The pipeline's packages the container does not install (import names).
 FORBIDDEN = ("torch", "transformers", "prefect", "dvc", "gto", "great_expectations", "pandas",
              "pyarrow", "scipy", "matplotlib", "onnx", "peft", "accelerate", "dvclive", "scmrepo", "dask")

@@ -46,7 +46,7 @@ def choose_device(requested: str) -> tuple[torch.device, str]:
         if requested == "cuda":
             raise CudaUnavailableError(
                 f"train.device is 'cuda' but {reason}. Install the CUDA build of torch that matches the driver "
-                "(`nvidia-smi` shows the newest CUDA the driver supports; see README, GPU profile), or set "
+                "(`nvidia-smi` shows the newest CUDA the driver supports; see docs/gpu.md), or set "
                 "train.device: auto (or cpu)")
         return torch.device("cpu"), f"auto -> cpu: {reason}"
     device = torch.device("cuda")
