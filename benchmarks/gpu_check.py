@@ -30,7 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # The fix named when a GPU host got a torch that cannot use its GPU (PyPI's 2.13.0 is a CUDA 13 build).
-TORCH_FIX = ("make setup TORCH_INSTALL='torch==2.13.0+cu126 --index-url https://download.pytorch.org/whl/cu126' "
+TORCH_FIX = ("make setup LOCKED=no "
+             "TORCH_INSTALL='torch==2.13.0+cu126 --index-url https://download.pytorch.org/whl/cu126' "
              "(a CUDA 12.6 build for drivers older than CUDA 13's), or update the NVIDIA driver")
 
 

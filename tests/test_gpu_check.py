@@ -13,12 +13,18 @@ from benchmarks.gpu_check import TORCH_FIX, guarded, setup_line, setup_problem
 from tests.conftest import REPO
 
 
-def setup_commands(tmp_path, has_gpu: str) -> list[str]:
+def setup_commands(tmp_path, has_gpu: str, *settings: str) -> list[str]:
     """The commands `make setup` would run (make -n) for a fresh venv, with GPU detection overridden."""
     done = subprocess.run(["make", "-n", "setup", f"HAS_GPU={has_gpu}", f"VENV={tmp_path / 'venv'}",
-                           f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           f"PYTHON={sys.executable}", *settings], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
+
+
+def lock_install(commands: list[str]) -> str:
+    """The one pip install of the packages (the lock, hash-checked, no resolving)."""
+    (line,) = [c for c in commands if " install " in c and "--require-hashes" in c]
+    return line
 
 
 def torch_install(commands: list[str]) -> str:
@@ -26,30 +32,42 @@ def torch_install(commands: list[str]) -> str:
     return line
 
 
-def test_setup_on_a_gpu_host_installs_pypi_torch_with_no_pip_config_and_the_gpu_extra(tmp_path):
+def test_setup_on_a_gpu_host_installs_the_gpu_lock_with_no_pip_config(tmp_path):
     commands = setup_commands(tmp_path, "yes")
-    install = torch_install(commands)
+    install = lock_install(commands)
+    # The GPU lock pins PyPI's torch==2.13.0 (the CUDA build); a local torch-2.13.0+cpu in find-links would
+    # match that pin and fail its hash, so pip sees no config file and no find-links.
     assert install.startswith("env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null ")
-    assert "torch==2.13.0 " in install and "--index-url" not in install, "PyPI's torch: the CUDA build"
-    assert any("-e '.[gpu,dev]'" in c for c in commands)
+    assert "-r requirements/lock/gpu.txt" in install and "--no-deps" in install and "--index-url" not in install
+    assert any(c.endswith("pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | "
+                          "{ grep -v \"^WARNING: Location 'file:\" || true; }") for c in commands)
     assert any(c.endswith("gpu_check.py --setup-report --expect-gpu") for c in commands), "fails loudly"
 
 
-def test_setup_on_a_cpu_host_installs_cpu_torch_and_the_cpu_extra(tmp_path):
+def test_setup_on_a_cpu_host_installs_the_cpu_lock(tmp_path):
     commands = setup_commands(tmp_path, "")
-    install = torch_install(commands)
-    assert "PIP_CONFIG_FILE" not in install and "torch==2.13.0" in install
-    assert any("-e '.[cpu,dev]'" in c for c in commands)
+    install = lock_install(commands)
+    assert "PIP_CONFIG_FILE" not in install and "-r requirements/lock/cpu.txt" in install
     assert any(c.endswith("gpu_check.py --setup-report") for c in commands)
 
 
-def test_gpu_setup_torch_install_sees_no_find_links_or_extra_index_from_env_or_config_files(tmp_path):
+@pytest.mark.parametrize("has_gpu, extra", [("yes", "gpu"), ("", "cpu")])
+def test_setup_unlocked_resolves_the_ranges_with_torch_first(tmp_path, has_gpu, extra):
+    """LOCKED=no (another Python or platform, another CUDA build of torch): pyproject's ranges, as before locks."""
+    commands = setup_commands(tmp_path, has_gpu, "LOCKED=no")
+    assert not [c for c in commands if "--require-hashes" in c]
+    assert "torch==2.13.0" in torch_install(commands)
+    assert ("PIP_CONFIG_FILE=/dev/null" in torch_install(commands)) == (extra == "gpu")
+    assert any(f"-e '.[{extra},dev]'" in c for c in commands)
+
+
+def test_gpu_setup_install_sees_no_find_links_or_extra_index_from_env_or_config_files(tmp_path):
     # The very environment the GPU branch prefixes to pip, against find-links set both ways pip reads them.
     config = tmp_path / "pip.conf"
     config.write_text("[global]\nfind-links = /opt/wheels\nextra-index-url = file:///opt/pypi/simple\n")
     env = {**os.environ, "PIP_FIND_LINKS": "/opt/wheels", "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple",
            "PIP_CONFIG_FILE": str(config)}
-    prefix = torch_install(setup_commands(tmp_path, "yes")).split(" /")[0]  # `env -u ... PIP_CONFIG_FILE=/dev/null`
+    prefix = lock_install(setup_commands(tmp_path, "yes")).split(" /")[0]  # `env -u ... PIP_CONFIG_FILE=/dev/null`
     pip_config = f"{shlex.quote(sys.executable)} -m pip config list"
     before = subprocess.run(["bash", "-c", pip_config], env=env, capture_output=True, text=True, timeout=60)
     after = subprocess.run(["bash", "-c", f"{prefix} {pip_config}"], env=env, capture_output=True, text=True,

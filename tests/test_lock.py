@@ -81,16 +81,6 @@ def test_the_other_locks_take_the_cpu_locks_versions_of_the_packages_they_share(
             if name in cpu and name != "torch" and cpu[name] != version} == {}
 
 
-def test_setup_installs_the_lock_of_its_profile_with_hashes_and_no_resolving():
-    dry_run = subprocess.run(["make", "-n", "--always-make", "setup", "HAS_GPU="], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout
-    assert "--require-hashes --no-deps" in dry_run and "-r requirements/lock/cpu.txt" in dry_run
-    assert "pip install --quiet --disable-pip-version-check --no-deps -e ." in dry_run
-    gpu = subprocess.run(["make", "-n", "--always-make", "setup", "HAS_GPU=yes"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
-    assert "-r requirements/lock/gpu.txt" in gpu
-
-
 def test_the_comparison_names_what_differs_from_the_lock():
     pins = {"numpy": "2.3.0", "torch": "2.13.0+cpu"}
     assert compare_with_lock(pins, {"numpy": "2.3.0", "torch": "2.13.0+cpu", "tunegate": "0.1", "pip": "26"}) == {
