@@ -16,6 +16,7 @@ from tasks.core.metrics import reliability_bins
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
+from tasks.judging.card import CARD_FILE, TUNE_KEY, CardInputs, render_card
 from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, champion_folder, compare_predictions,
                                    find_champion, row_keys, shared_rows)
 from tasks.judging.cost import cost_record, window_cost
@@ -24,7 +25,8 @@ from tasks.judging.slices import length_buckets, slice_report, token_lengths
 from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, metric_intervals, paired_accuracy_se,
                                  paired_cost)
 from tasks.registry.champion import prod_release
-from tasks.runtime.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, TEST_ROWS_FILE
+from tasks.registry.tags import ARTIFACT
+from tasks.runtime.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, SERVING_FILE, TEST_ROWS_FILE
 from tasks.runtime.latency import batch1_latencies_ms
 from tasks.runtime.long_text import describe, normalise
 from tasks.runtime.onnx_model import OnnxClassifier
@@ -32,6 +34,8 @@ from tasks.runtime.parity import write_certificate
 from tasks.runtime.predict import load_served_model, predict_texts
 
 LENGTH_SLICE = "tokens"  # the slice column of length buckets
+# The gate's params a model card states: how its intervals were computed and how slices were judged.
+CARD_PARAMS = {"confidence", "bootstrap_samples", "min_slice_rows", "min_slice_accuracy", "max_slice_gap"}
 
 
 def served_probabilities(model: OnnxClassifier, texts: list[str], batch_size: int) -> np.ndarray:
@@ -204,9 +208,25 @@ def write_release(out: Path, shipped: Path, keys: list[str], release: dict[str, 
     write_json(folder / RELEASE_FILE, release)
 
 
+def card_inputs(gate_dir: Path, paths: ArtifactPaths, cfg: GateConfig) -> CardInputs:
+    """What the release's model card is built from, tracked outputs only: decision.json and the release folder in
+    gate_dir (the gate's output, staged or in place: the card says what those files say), train's and distill's
+    records, the gate's params."""
+    folder = gate_dir / "release"
+    stamp = read_json(paths.train_stamp)
+    return CardInputs(name=ARTIFACT, decision=read_json(gate_dir / "decision.json"),
+                      release=read_json(folder / RELEASE_FILE), serving=read_json(folder / SERVING_FILE),
+                      config=read_json(folder / "config.json"), stamp=stamp,
+                      long_text=read_json(paths.long_text_report),
+                      # A student put beside the run by hand, not by distill, comes without distill.json.
+                      distill=read_json(paths.distill_report) if paths.distill_report.is_file() else {},
+                      judging=cfg.model_dump(include=CARD_PARAMS), tune=stamp.get(TUNE_KEY))
+
+
 @stage_task("gate")
 def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Write decision.json, report.md, reliability.csv and the release folder; never moves the production pointer."""
+    """Write decision.json, report.md, reliability.csv and the release folder (with its model card); never moves the
+    production pointer."""
     g = cfg.gate
     champion = resolve_champion(cfg, paths)
     test = pd.read_parquet(paths.split("test"))
@@ -262,6 +282,7 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                                                   "labels": cfg.data.label_names, "test_rows": len(keys)})
         parity = write_certificate(out / "release", model, texts, keys, lengths, g.parity_rows,
                                    g.parity_max_prob_delta)
+        write_text(out / "release" / CARD_FILE, render_card(card_inputs(out, paths, g)))
         result = write_result(out, StageResult(stage="gate", key_figure=key_figure(decision),
                                                decision=decision["decision"]))
     # The certificate's judging host with its CPU model name (parity.json keeps only the numeric facts).

@@ -376,6 +376,8 @@ def test_gate_judges_a_shipped_student_against_the_teachers_pytorch_figures(stag
     assert checks["student accuracy drop vs the teacher's PyTorch"]["threshold"] == cfg.distill.max_accuracy_drop
     assert checks["agreement with the teacher's PyTorch (share)"]["threshold"] == cfg.distill.min_agreement
     assert "quantized accuracy drop" not in checks
+    assert "compares two models (the student accuracy drop vs the teacher's PyTorch:" in report
+    assert "quantized accuracy drop" not in report
 
 
 def test_gate_stage_keeps_latency_figures_out_of_tracked_outputs(staged_pipeline):
@@ -393,6 +395,10 @@ def test_gate_stage_keeps_latency_figures_out_of_tracked_outputs(staged_pipeline
     assert record["cost_gmacs_per_text_p95"] == decision["compute_cost"]["gmacs_per_text"]["p95"]
 
 
+# The gate's tracked text outputs a timing could leak into: the decision, its report and the release's model card.
+TRACKED_TEXT = ("decision.json", "report.md", "release/README.md")
+
+
 def _spin(started, stop) -> None:
     """A CPU hog: one busy core until `stop` is set."""
     started.release()
@@ -401,8 +407,8 @@ def _spin(started, stop) -> None:
 
 
 def test_gate_writes_the_same_decision_on_a_loaded_host_as_on_a_quiet_one(staged_pipeline, tmp_path):
-    """Every core busy beside it, the gate still writes byte-identical decision.json and report.md: no input
-    of the decision is a timing."""
+    """Every core busy beside it, the gate still writes byte-identical decision.json, report.md and model card: no
+    input of the decision is a timing."""
     import multiprocessing
     import os
 
@@ -412,7 +418,7 @@ def test_gate_writes_the_same_decision_on_a_loaded_host_as_on_a_quiet_one(staged
     copy = ArtifactPaths(project)
     gate_dir = copy.stage_dir("gate")
     load_stage("gate").fn(cfg, copy)
-    quiet = [(gate_dir / name).read_bytes() for name in ("decision.json", "report.md")]
+    quiet = [(gate_dir / name).read_bytes() for name in TRACKED_TEXT]
     context = multiprocessing.get_context("fork")  # the hogs only spin: nothing of this process is used there
     started, stop = context.Semaphore(0), context.Event()
     hogs = [context.Process(target=_spin, args=(started, stop), daemon=True) for _ in range(os.cpu_count() or 1)]
@@ -428,7 +434,7 @@ def test_gate_writes_the_same_decision_on_a_loaded_host_as_on_a_quiet_one(staged
             hog.join(timeout=10)
             if hog.is_alive():
                 hog.terminate()
-    loaded = [(gate_dir / name).read_bytes() for name in ("decision.json", "report.md")]
+    loaded = [(gate_dir / name).read_bytes() for name in TRACKED_TEXT]
     assert loaded == quiet
     record = json.loads(copy.run_record("gate").read_text())
     assert record["latency_ms_b1"]["p95"] > 0, "the timings were taken, and kept in the run record"

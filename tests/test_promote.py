@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tasks.registry import tags
-from tasks.registry.promote import (PromotionRefused, RegistryBusy, artifact_mismatches, decision_refusal,
-                                    dirty_files, promotion_fields, registry_lock, rerun_command, stale_comparison,
-                                    stale_stages)
+from tasks.registry.promote import (PromotionRefused, RegistryBusy, artifact_mismatches, card_field,
+                                    decision_refusal, dirty_files, promotion_fields, registry_lock, rerun_command,
+                                    stale_comparison, stale_stages)
 from tests.conftest import BIN, run
 
 SHA = "a" * 64
@@ -86,20 +86,28 @@ def test_stale_comparison_lets_a_rerun_finish_once_prod_holds_this_commits_versi
 
 def test_promotion_fields_round_trip_through_a_tag_message():
     fields = promotion_fields(decision("REJECT"), "d" * 64, SHA, "1234.dir", "legal\ntakedown", forced=True,
-                              stage="prod")
+                              stage="prod", card=f"README.md (sha256 {'c' * 64})")
     read = tags.message_fields(tags.tag_message("register tunegate v0.1.0", fields))
     assert read["title"] == "register tunegate v0.1.0"
     assert {k: read[k] for k in ("gate", "reason", "forced", "decision sha256", "model sha256", "data md5",
-                                 "train run", "champion")} == {
+                                 "train run", "champion", "card")} == {
         "gate": "REJECT", "reason": "legal takedown", "forced": "yes", "decision sha256": "d" * 64,
-        "model sha256": SHA, "data md5": "1234.dir", "train run": "run1", "champion": "none (first run)"}
+        "model sha256": SHA, "data md5": "1234.dir", "train run": "run1", "champion": "none (first run)",
+        "card": f"README.md (sha256 {'c' * 64})"}
 
 
 def test_promotion_fields_of_a_gate_promote_say_so():
     fields = promotion_fields(decision(champion={"version": "v0.1.0"}), "d" * 64, SHA, "1234.dir", None,
-                              forced=False, stage="prod")
+                              forced=False, stage="prod", card=card_field(Path("no-such-release")))
     assert (fields["gate"], fields["reason"], fields["forced"], fields["champion"]) == (
         "PROMOTE", "gate PROMOTE", "no", "v0.1.0")
+    assert fields["card"] == "none (the release has no README.md)"  # a release made before the gate wrote cards
+
+
+def test_card_field_names_the_releases_card_by_its_sha256(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlibrary_name: onnx\n---\n# a card\n")
+    sha256 = hashlib.sha256((tmp_path / "README.md").read_bytes()).hexdigest()
+    assert card_field(tmp_path) == f"README.md (sha256 {sha256})"
 
 
 def test_stale_stages_names_each_change_dvc_reports():

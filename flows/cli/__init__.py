@@ -1,7 +1,7 @@
 """The `tunegate` command line: the top-level parser, the parent parsers commands share, and main (errors and exit
 codes). Each command group's module holds its handlers beside the function that registers their parsers:
 pipeline (run, stage, data default, validate), scoring (predict, batch-score), serving (schedule, serve),
-promotion (ci pr/main, promote, rollback), registry (verify, history, models), monitoring (monitor run/history).
+promotion (ci pr/main, promote, rollback), registry (verify, history, models, card), monitoring (monitor run/history).
 
 `tunegate serve` builds this whole parser on the serving install: no module here imports a pipeline package
 (Prefect, torch, transformers, pandas, ...) at module level; handlers import what they need when they run."""

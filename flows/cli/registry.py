@@ -1,9 +1,11 @@
 """The commands that read what the registry and its releases hold: `verify` (a release's parity certificate on this
-host), `history` (every registration and stage move) and `models` (one row per version)."""
+host), `history` (every registration and stage move), `models` (one row per version) and `card` (a release's model
+card)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import timezone
 from pathlib import Path
 
@@ -102,8 +104,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from tasks.core.paths import ArtifactPaths
+    from tasks.registry.fetch import release_card
+
+    # As written: Markdown with YAML front matter, for a file or a pager (rich would wrap and restyle it).
+    sys.stdout.write(release_card(ArtifactPaths(Path(args.project).resolve()), args.version))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction, repository: argparse.ArgumentParser) -> None:
-    """verify, history, models; `repository` is the --project parent (a git repository)."""
+    """verify, history, models, card; `repository` is the --project parent (a git repository)."""
     verify = sub.add_parser("verify", help="re-score a release's parity certificate on this host; exit 1 unless it "
                                            "answers as the judging host did",
                             description="The gate writes a parity certificate (parity.json) into its release: test "
@@ -143,3 +154,15 @@ def add_commands(sub: argparse._SubParsersAction, repository: argparse.ArgumentP
                             description="One row per registered version: commit, when and by whom it was "
                                         "registered, the gate's verdict, and the stages at that version now.")
     models.set_defaults(func=cmd_models)
+
+    card = sub.add_parser("card", parents=[repository], help="print the model card (README.md) of a version's release",
+                          description="Print the model card the gate writes into its release (README.md: Hugging "
+                                      "Face metadata with the test metrics and their intervals, the data version and "
+                                      "the base model; then the model, its recipe, the reading rule, compression "
+                                      "costs, slices, the verdict and its limits). VERSION: a registered version's "
+                                      "release, fetched through DVC at its commit as rollback fetches it; without "
+                                      "it, artifacts/gate/release. Exits 1 for an unknown version (naming the "
+                                      "registered ones) or a release without a card.")
+    card.add_argument("version", nargs="?", default=None, metavar="VERSION",
+                      help="a registered version, e.g. v0.1.0 (default: the gate's release, artifacts/gate/release)")
+    card.set_defaults(func=cmd_card)

@@ -74,6 +74,11 @@ class ArtifactPaths:
         return self.stage_dir("train") / "stamp.json"
 
     @property
+    def long_text_report(self) -> Path:
+        """train's choice of the long-text reading rule and every candidate's dev figures."""
+        return self.stage_dir("train") / "long_text.json"
+
+    @property
     def train_live(self) -> Path:
         """dvclive output: per-step loss and learning rate, per-epoch dev metrics (DVC metrics + plots)."""
         return self.stage_dir("train") / "live"
@@ -93,6 +98,11 @@ class ArtifactPaths:
     def student_dir(self) -> Path:
         """The distilled student (an HF save_pretrained folder); absent when distill.enabled is false."""
         return self.stage_dir("distill") / "student"
+
+    @property
+    def distill_report(self) -> Path:
+        """distill's record: recipe, layers kept, sizes, dev figures ({"enabled": false} alone without a student)."""
+        return self.stage_dir("distill") / "distill.json"
 
     # export
     @property

@@ -8,7 +8,8 @@ from tasks.core.config import GateConfig
 from tasks.judging.stats import CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS
 
 
-def _span(figure: dict[str, float] | None, signed: bool = False) -> str:
+def format_span(figure: dict[str, float] | None, signed: bool = False) -> str:
+    """value [low, high] to 4 decimals (n/a for a figure that is undefined, e.g. ROC-AUC of one class)."""
     if figure is None:
         return "n/a"
     form = "+.4f" if signed else ".4f"
@@ -17,10 +18,10 @@ def _span(figure: dict[str, float] | None, signed: bool = False) -> str:
 
 def key_figure(decision: dict[str, Any]) -> str:
     """One line for the run summary: the verdict, the shipped accuracy and, when there is one, the comparison."""
-    line = f"{decision['decision']}: shipped acc {_span(decision['metrics']['accuracy'])}"
+    line = f"{decision['decision']}: shipped acc {format_span(decision['metrics']['accuracy'])}"
     comparison = decision.get("comparison")
     if comparison and comparison["rows"]:
-        line += f", vs champion {_span(comparison['differences']['accuracy'], signed=True)}"
+        line += f", vs champion {format_span(comparison['differences']['accuracy'], signed=True)}"
     failed = [c["check"] for c in decision["checks"] if c["outcome"] == CHECK_FAIL]
     unsettled = [c["check"] for c in decision["checks"] if c["outcome"] == CHECK_INCONCLUSIVE]
     return (line + (f" (failed: {', '.join(failed)})" if failed else "")
@@ -36,16 +37,20 @@ def _check_result(check: dict[str, Any]) -> str:
             f"INCONCLUSIVE: about {needed} rows would settle it ({check['rows']} judged)")
 
 
-def _checks(decision: dict[str, Any]) -> list[str]:
+def checks_table(decision: dict[str, Any]) -> list[str]:
+    """Every check of the decision as a Markdown table, and how an interval check is read."""
     lines = ["| check | value | interval | rule | threshold | result |", "|---|---|---|---|---|---|"]
     for c in decision["checks"]:
         span = f"[{c['interval'][0]:.4f}, {c['interval'][1]:.4f}]" if "interval" in c else ""
         lines.append(f"| {c['check']} | {c['value']:.4f} | {span} | {c['rule']} | {c['threshold']:.4f} | "
                      f"{_check_result(c)} |")
-    return lines + ["", "A check with an interval that compares two models (the quantized accuracy drop: the "
-                        "teacher's PyTorch model - the shipped model, on the same rows) passes when the interval's "
-                        "upper end is within the threshold, fails when its lower end is beyond it, and is "
-                        "inconclusive otherwise (the decision is then INCONCLUSIVE unless something fails)."]
+    # Named as the decision names it: the student's drop when the student ships, the quantized drop otherwise.
+    drops = [c["check"] for c in decision["checks"] if "interval" in c and "drop" in c["check"]]
+    compared = f"the {drops[0]}" if drops else "an accuracy drop"
+    return lines + ["", f"A check with an interval that compares two models ({compared}: the teacher's PyTorch model "
+                        "- the shipped model, on the same rows) passes when the interval's upper end is within the "
+                        "threshold, fails when its lower end is beyond it, and is inconclusive otherwise (the "
+                        "decision is then INCONCLUSIVE unless something fails)."]
 
 
 def _compute_cost(cost: dict[str, Any]) -> list[str]:
@@ -64,13 +69,14 @@ def _compute_cost(cost: dict[str, Any]) -> list[str]:
 
 def _metrics(metrics: dict[str, Any], confidence: float) -> list[str]:
     lines = [f"| metric | value [{confidence:.0%} interval] |", "|---|---|",
-             f"| accuracy | {_span(metrics['accuracy'])} |", f"| macro-F1 | {_span(metrics['macro_f1'])} |"]
+             f"| accuracy | {format_span(metrics['accuracy'])} |",
+             f"| macro-F1 | {format_span(metrics['macro_f1'])} |"]
     if metrics.get("roc_auc") is not None:
-        lines.append(f"| ROC-AUC | {_span(metrics['roc_auc'])} |")
-    lines.append(f"| expected calibration error | {_span(metrics['ece'])} |")
+        lines.append(f"| ROC-AUC | {format_span(metrics['roc_auc'])} |")
+    lines.append(f"| expected calibration error | {format_span(metrics['ece'])} |")
     for name, figures in metrics["per_class"].items():
         for measure in ("precision", "recall", "f1"):
-            lines.append(f"| {name} {measure} (support {figures['support']}) | {_span(figures[measure])} |")
+            lines.append(f"| {name} {measure} (support {figures['support']}) | {format_span(figures[measure])} |")
     return lines
 
 
@@ -88,7 +94,7 @@ def _comparison(comparison: dict[str, Any] | None, decision: dict[str, Any]) -> 
     mcnemar = comparison["mcnemar"]
     lines += ["| candidate - champion | difference [interval] | SE |", "|---|---|---|"]
     for name, figure in comparison["differences"].items():
-        lines.append(f"| {name} | {_span(figure, signed=True)} | {figure['se']:.4f} |")
+        lines.append(f"| {name} | {format_span(figure, signed=True)} | {figure['se']:.4f} |")
     needed = comparison["rows_needed"]
     resolution = "" if comparison["outcome"] != "INCONCLUSIVE" else (
         "; a margin of 0 can never be resolved" if needed is None else
@@ -100,18 +106,19 @@ def _comparison(comparison: dict[str, Any] | None, decision: dict[str, Any]) -> 
     return lines
 
 
-def _slices(slices: list[dict[str, Any]], cfg: GateConfig) -> list[str]:
-    lines = [f"Judged when a slice has at least {cfg.min_slice_rows} rows: accuracy >= {cfg.min_slice_accuracy:g} "
-             f"and at most {cfg.max_slice_gap:g} below overall.", "",
+def slices_table(slices: list[dict[str, Any]], min_rows: int, min_accuracy: float, max_gap: float) -> list[str]:
+    """The slice rule (gate.min_slice_rows, min_slice_accuracy, max_slice_gap) and every slice's figures."""
+    lines = [f"Judged when a slice has at least {min_rows} rows: accuracy >= {min_accuracy:g} "
+             f"and at most {max_gap:g} below overall.", "",
              "| slice | rows | accuracy [interval] | gap to overall | result |", "|---|---|---|---|---|"]
     for s in slices:
         result = ("too small" if not s["judged"] else "pass" if s["passed"] else "FAIL: " + "; ".join(s["failed"]))
-        lines.append(f"| {s['column']} = {s['value']} | {s['rows']} | {_span(s['accuracy'])} | {s['gap']:+.4f} | "
-                     f"{result} |")
+        lines.append(f"| {s['column']} = {s['value']} | {s['rows']} | {format_span(s['accuracy'])} | "
+                     f"{s['gap']:+.4f} | {result} |")
     return lines
 
 
-def _reading(reading: dict[str, Any]) -> str:
+def reading_sentence(reading: dict[str, Any]) -> str:
     """The long_text rule the shipped model read the test texts by, and how many needed it."""
     longer = reading["longer_rows"]
     return (f"Token lengths are of whole texts, special tokens included. The model reads {reading['window_tokens']} "
@@ -179,7 +186,7 @@ def _quantize_candidates(quantize: dict[str, Any]) -> list[str]:
     return lines + ([""] + skipped if skipped else [])
 
 
-def _shipped(candidate: dict[str, Any], pytorch: dict[str, Any], quantization: dict[str, Any]) -> str:
+def shipped_cost(candidate: dict[str, Any], pytorch: dict[str, Any], quantization: dict[str, Any]) -> str:
     """The PyTorch teacher's figures and what shipping the candidate costs against them."""
     cost = "distillation and quantization cost" if candidate["model"] == "student" else "quantization cost"
     drop = quantization["drop"]
@@ -201,15 +208,16 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         f"Why: {decision['why']}.", "",
         f"The shipped model (`{candidate['file']}`: the {candidate['model']}, {candidate['precision']}) was run by "
         f"the serving code on {decision['metrics']['rows']} test rows: accuracy "
-        f"{_span(decision['metrics']['accuracy'])}, macro-F1 {_span(decision['metrics']['macro_f1'])} "
+        f"{format_span(decision['metrics']['accuracy'])}, macro-F1 {format_span(decision['metrics']['macro_f1'])} "
         f"({cfg.confidence:.0%} bootstrap intervals, {cfg.bootstrap_samples} resamples). "
-        f"{_shipped(candidate, pytorch, quantization)}", "",
+        f"{shipped_cost(candidate, pytorch, quantization)}", "",
         _batching(decision["reference"]["batching"]), "",
-        "## Checks", "", *_checks(decision), "",
+        "## Checks", "", *checks_table(decision), "",
         "## Compute cost", "", *_compute_cost(decision["compute_cost"]), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
-        "## Slices", "", _reading(decision["long_text"]), "", *_slices(decision["slices"], cfg), "",
+        "## Slices", "", reading_sentence(decision["long_text"]), "",
+        *slices_table(decision["slices"], cfg.min_slice_rows, cfg.min_slice_accuracy, cfg.max_slice_gap), "",
         "## Quantize candidates (dev)", "", *_quantize_candidates(decision["quantize"]), "",
         "## Candidate", "",
         f"Model sha256 {candidate['sha256'][:12]}…, training run {candidate['train_run']} (its stamp: "

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
-from tasks.registry.tags import RELEASE_PATH, RegistryError, Version
+from tasks.judging.card import CARD_FILE
+from tasks.registry.tags import RELEASE_PATH, RegistryError, Version, find_version
 from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
 
 
@@ -47,3 +48,21 @@ def fetch_release(paths: ArtifactPaths, version: Version) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return target
+
+
+def release_card(paths: ArtifactPaths, version: str | None) -> str:
+    """The model card of a registered version's release (fetched as above), or of artifacts/gate/release when
+    `version` is None. RegistryError for an unknown version (naming the registered ones) or a release without one."""
+    if version is None:
+        folder, where = paths.root / RELEASE_PATH, RELEASE_PATH
+        if not folder.is_dir():
+            raise RegistryError(f"no release at {RELEASE_PATH}: run the pipeline (`tunegate run` or `dvc repro`), "
+                                "or name a registered version")
+        rerun = "rerun the gate (`dvc repro gate`)"
+    else:
+        folder, where = fetch_release(paths, find_version(paths.root, version)), f"{version}'s release"
+        rerun = "it was released before the gate wrote model cards"
+    card = folder / CARD_FILE
+    if not card.is_file():
+        raise RegistryError(f"{where} holds no model card ({CARD_FILE}): {rerun}")
+    return card.read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ from tasks.core.errors import TunegateError
 from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
 from tasks.core.vcs import CommandFailed, dirty_files, dvc_file_outs, git, git_succeeds
+from tasks.judging.card import CARD_FILE
 from tasks.judging.compare import PROMOTE
 from tasks.registry import tags
 from tasks.registry.tags import ARTIFACT, PROD, RELEASE_PATH, Bump, RegistryError
@@ -118,8 +119,9 @@ def stale_comparison(decision: dict[str, Any], prod_version: str | None, this_ve
 
 
 def promotion_fields(decision: dict[str, Any], decision_sha256: str, model_sha256: str, data_md5: str,
-                     reason: str | None, forced: bool, stage: str) -> dict[str, str]:
-    """The `key: value` lines of both tags' messages: why this version exists and what it is."""
+                     reason: str | None, forced: bool, stage: str, card: str) -> dict[str, str]:
+    """The `key: value` lines of both tags' messages: why this version exists and what it is (`card`: card_field's
+    line)."""
     champion = judged_champion(decision)
     compared = "none (first run)" if champion is None else (champion.get("version") or champion.get("path"))
     return {
@@ -131,9 +133,17 @@ def promotion_fields(decision: dict[str, Any], decision_sha256: str, model_sha25
         "champion": str(compared),
         "decision sha256": decision_sha256,
         tags.MODEL_FIELD: model_sha256,
+        "card": card,
         "data md5": data_md5,
         "train run": str((decision.get("candidate") or {}).get("train_run")),
     }
+
+
+def card_field(release_dir: Path) -> str:
+    """The tags' card line: which model card came with the version, by its sha256 (a release made before the gate
+    wrote cards has none)."""
+    card = release_dir / CARD_FILE
+    return f"{CARD_FILE} (sha256 {file_sha256(card)})" if card.is_file() else f"none (the release has no {CARD_FILE})"
 
 
 def _one_line(text: str | None) -> str:
@@ -324,7 +334,7 @@ def promote(root: Path, bump: Bump = "minor", stage: str = PROD, force: bool = F
             notes.append(f"forced past a stale comparison: {stale}")
         dvc.push(GATE_STAGE, remote)  # bytes before names: a tag must never point at bytes the remote lacks
         fields = promotion_fields(decision, hashlib.sha256(raw).hexdigest(), model_sha256, data_md5(root), reason,
-                                  forced, stage)
+                                  forced, stage, card_field(root / RELEASE_PATH))
         if existing:
             version, registration_tag = existing.version, existing.tag  # a rerun finishing a promotion cut short
         else:
