@@ -51,7 +51,7 @@ LOCK_PLATFORM := import sys, platform; ok = sys.version_info[:2] == (3, 11) and 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
-.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-labels bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ bench-distill: setup  ## distillation recipes on the finished run: each student'
 
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py
+
+bench-labels: setup  ## label issues: precision/recall of prepare's queue on 2/5/10% labels flipped in the train split (seconds; ARGS=--train fine-tunes on each, expensive)
+	$(BIN)/python benchmarks/label_noise.py $(ARGS)
 
 bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
 	$(BIN)/python benchmarks/train_vs_trainer.py

@@ -9,13 +9,15 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import DataConfig, PipelineConfig, PrepareConfig
-from tasks.contracts.report import DataValidationError, write_failure_report, write_reports
+from tasks.contracts.label_issues import (QUEUE_COLUMNS, detect, issue_table, noise_check, skip_reason,
+                                          skipped_noise_check)
+from tasks.contracts.report import DataValidationError, make_report, write_failure_report, write_reports
 from tasks.core.data import SPLIT_ALIASES, load_dataset
 from tasks.core.errors import TunegateError
 from tasks.core.io import staged_dir, write_json
 from tasks.core.base_model import resolve_base_model
 from tasks.core.paths import ArtifactPaths
-from tasks.contracts.splits import SPLITS, TextKeys, key_pairs, split_contract
+from tasks.contracts.splits import SPLITS, SUITE, TextKeys, key_pairs, split_contract
 from tasks.contracts.text import is_text
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.contracts.guard import require_validated
@@ -300,24 +302,54 @@ def make_splits(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame,
     return frame, TextKeys(codes=frame["code"].to_numpy(), texts=keys.texts), pairs, dropped
 
 
-def checked_splits(canonical: pd.DataFrame, cfg: PipelineConfig, root: Path) -> tuple[pd.DataFrame, dict, dict]:
-    """make_splits, then the split and token-length contract on them: (rows with `split`, report, dropped)."""
+def label_noise(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[dict | None, pd.DataFrame]:
+    """The estimated-label-noise check on the train rows alone (dev and test are never read to choose anything) and
+    its queue (QUEUE_COLUMNS, most suspect first); no check and an empty queue when prepare.label_issues is off."""
+    settings = cfg.prepare.label_issues
+    empty = pd.DataFrame(columns=list(QUEUE_COLUMNS))
+    if not settings.enabled:
+        return None, empty
+    train = frame[frame["split"] == "train"]
+    texts, labels = train["text"].tolist(), train["label"].to_numpy()
+    reason = skip_reason(labels, len(cfg.data.labels), settings.folds)
+    if reason:
+        return skipped_noise_check(SUITE, reason), empty
+    issues = detect(texts, labels, len(cfg.data.labels), settings.folds, cfg.seed)
+    queue = pd.DataFrame(issue_table(texts, labels, issues, cfg.data.label_names), columns=list(QUEUE_COLUMNS))
+    return noise_check(SUITE, issues, settings.max_noisy_share, settings.severity), queue
+
+
+def with_check(report: dict, check: dict | None) -> dict:
+    """`report` with one more check, its verdict and counts recomputed (its other keys kept)."""
+    if check is None:
+        return report
+    return {**report, **make_report(report["suite"], report["rows"], report["columns"], [*report["checks"], check],
+                                    report["profile"])}
+
+
+def checked_splits(canonical: pd.DataFrame, cfg: PipelineConfig,
+                   root: Path) -> tuple[pd.DataFrame, dict, dict, pd.DataFrame]:
+    """make_splits, then the split and token-length contract on them and the label-noise check on the train rows:
+    (rows with `split`, report, dropped, label-issue queue of the train rows)."""
     frame, keys, pairs, dropped = make_splits(canonical, cfg)
     tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, root)
-    return frame, split_contract(frame, keys, pairs, cfg, root, tokenizer_dir), dropped
+    report = split_contract(frame, keys, pairs, cfg, root, tokenizer_dir)
+    check, queue = label_noise(frame, cfg)
+    return frame, with_check(report, check), dropped, queue
 
 
 @stage_task("prepare")
 def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
-    """Split the validated data, check the split contract, then write train/dev/test Parquet (text, label and
-    the gate.slice_columns), stats and the report.
+    """Split the validated data, check the split contract (label noise of the train split included), then write
+    train/dev/test Parquet (text, label and the gate.slice_columns), stats, the report and the train split's
+    label-issue queue (label_issues.csv).
 
     A failed contract writes nothing under artifacts/prepare (its report goes to artifacts/_failed/prepare).
     """
     require_validated(paths, paths.root / cfg.data.path)
     carried = cfg.gate.slice_columns  # the gate slices the test split by these
     canonical = to_canonical(load_dataset(paths.root, cfg.data), cfg.data, cfg.prepare.sources, carried)
-    frame, report, dropped = checked_splits(canonical, cfg, paths.root)
+    frame, report, dropped, queue = checked_splits(canonical, cfg, paths.root)
     if not report["success"]:
         folder = write_failure_report(paths, "prepare", report)
         raise DataValidationError(report, where=folder / "report.md")
@@ -330,5 +362,6 @@ def prepare(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         for name, split in splits.items():
             split.to_parquet(out / f"{name}.parquet", index=False)
         write_json(out / "stats.json", stats)
+        queue.to_csv(out / "label_issues.csv", index=False)
         write_reports(out, report, stem="contract")
         return write_result(out, StageResult(stage="prepare", key_figure=key, contract_warnings=report["warnings"]))

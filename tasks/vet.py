@@ -43,5 +43,5 @@ def vet_table(source: Path, root: Path, cfg: PipelineConfig) -> dict[str, Any]:
     except PrepareError as exc:  # e.g. prepare.sources names a source this file lacks
         failed = plain_check("splits", SPLIT_CHECK, "error", False, name=SPLIT_NAME, error=str(exc))
         return merge_reports(raw, make_report("splits", raw["rows"], raw["columns"], [failed]))
-    _, splits_report, _ = checked_splits(canonical, cfg, root)
+    _, splits_report, _, _ = checked_splits(canonical, cfg, root)
     return merge_reports(raw, splits_report)

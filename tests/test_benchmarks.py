@@ -561,3 +561,39 @@ def test_distill_recipes_quick_sweep_judges_each_student_by_distills_bounds(stag
         assert recipe["passes"] is (recipe["outcome"] == "pass" and recipe["agreement"] >= bounds["min_agreement"])
     assert result["recipes"][1]["alpha"] == 0.5 and result["recipes"][1]["temperature"] == 2.0
     assert result["rows"]["transfer"] > 0 and result["rows"]["judged_dev"] > 0 and result["teacher_logits_seconds"] >= 0
+
+
+@pytest.mark.e2e
+def test_label_noise_benchmark_smoke_run_scores_the_queue_per_rate_and_prints_its_json(tiny_project, tmp_path):
+    from tests.test_label_issues import two_vocabularies
+
+    texts, labels, _ = two_vocabularies(300, 0.0)
+    (tiny_project / "artifacts" / "prepare").mkdir(parents=True)
+    pd.DataFrame({"text": texts, "label": labels}).to_parquet(tiny_project / "artifacts" / "prepare" / "train.parquet")
+    result = run_benchmark("label_noise.py", "--rates", "0.05", "0.1", "--project", str(tiny_project), cwd=tmp_path)
+    assert [row["rate"] for row in result["rates"]] == [0.05, 0.1]
+    assert [row["flipped"] for row in result["rates"]] == [15, 30]
+    assert all(row["precision_at_k"] > 0.8 and row["recall_at_k"] >= 0.75 for row in result["rates"]), result
+    assert result["train_rows"] == 300 and set(result["targets"]) == {"min_precision_lift"}
+
+
+def test_label_noise_benchmark_stops_with_a_clear_message_without_a_train_split(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_noise.py"), "--project", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "train.parquet is missing" in done.stderr
+
+
+def test_label_noise_flips_the_drawn_share_to_other_classes_and_its_table_fits_80_columns():
+    from benchmarks.label_noise import flip_labels, table_lines, top_k_scores
+
+    labels = np.arange(1000) % 3
+    noisy, flipped = flip_labels(labels, 3, 0.05, seed=0)
+    assert len(flipped) == 50 and (noisy[flipped] != labels[flipped]).all()
+    assert (np.delete(noisy, flipped) == np.delete(labels, flipped)).all()
+    assert top_k_scores(np.array([flipped[0], 999, flipped[1]]), flipped[:2]) == {
+        "k": 2, "found": 1, "precision_at_k": 0.5, "recall_at_k": 0.5}
+    row = {"rate": 0.1, "flipped": 100000, "flagged": 100000, "estimated_share": 0.1234, "precision_at_k": 0.4321,
+           "recall_at_k": 0.4321, "seconds": 1234.56,
+           "test_accuracy": {"top_k_dropped": {"value": 0.8123, "low": 0.8001, "high": 0.8245}}}
+    lines = table_lines({"train_rows": 100000, "folds": 5, "seed": 42, "rates": [row]})
+    assert len(lines) == 4 and max(map(len, lines)) <= 80

@@ -92,6 +92,17 @@ class ValidateConfig(_Section):
         return self
 
 
+class LabelIssuesConfig(_Section):
+    enabled: bool = Field(description="look for label issues in the train split (cross-fitted TF-IDF + logistic "
+                                      "regression, confident learning) and write them to label_issues.csv")
+    folds: int = Field(ge=2, le=20, description="cross-fitting folds: each row is scored by a model fit on the "
+                                                "other folds (stratified, seeded)")
+    max_noisy_share: float = Field(ge=0, le=1, description="most the estimated share of wrongly labelled train "
+                                                           "rows (flagged rows / rows) may be")
+    severity: Literal["error", "warning"] = Field(description="error stops prepare when the estimated share is "
+                                                              "above max_noisy_share; warning reports it")
+
+
 class PrepareConfig(_Section):
     sources: list[str] = Field(description="data.source_column values whose rows are kept ([]: every source)")
     # Their sum is checked below: the rule that bites.
@@ -129,6 +140,8 @@ class PrepareConfig(_Section):
                                        description="share of the splits' rows that training may truncate: longer "
                                                    "than train.max_length tokens (train.base_model's tokenizer) "
                                                    "while train.long_text.train_windows is off (on: none)")
+    label_issues: LabelIssuesConfig = Field(description="label issues found in the train split before training "
+                                                        "(a check of the split contract)")
 
     @model_validator(mode="after")
     def _bands_divide_permutations(self) -> PrepareConfig:

@@ -1,0 +1,177 @@
+"""Label issues: how well prepare's queue (tasks/contracts/label_issues.py) finds labels flipped on purpose.
+
+On the default run's train split (artifacts/prepare/train.parquet), for each rate (2%, 5%, 10%) a seeded draw of
+that share of the rows gets another class's label; the detector runs on the flipped split with prepare's settings
+(prepare.label_issues.folds, seed), and the queue's top k rows (k = rows flipped) are scored against the flipped
+rows: precision = flipped rows in the top k / k, recall = flipped rows found in the top k / rows flipped. The
+split's own wrong labels count against precision, so the figures are a floor. A random queue's precision is the
+rate itself; the target asks for several times that.
+
+With --train (expensive: two fine-tunings per rate), the real model is fine-tuned with the train stage's fit path
+(tasks.train.fit, train.* params) on the flipped split and on it with the top k dropped, each scored on the test
+split (heads of train.max_length tokens) with a bootstrap interval.
+
+Prints a table, then one JSON line: {"rates": [{"rate", "flipped", "precision_at_k", "recall_at_k", ...}], ...}
+
+    python benchmarks/label_noise.py [--rates 0.02 0.05 0.1] [--project .] [--train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._targets import target_lines, with_targets  # noqa: E402
+from tasks.contracts.label_issues import detect  # noqa: E402
+from tasks.core.config import PipelineConfig, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RATES = (0.02, 0.05, 0.10)
+# A random queue's precision is the flip rate; the queue must beat it several times over at every rate.
+MIN_LIFT = 5.0
+TARGETS = (("min_precision_lift", ">=", MIN_LIFT, "precision at k / flip rate, worst rate"),)
+BOOTSTRAP_SAMPLES, CONFIDENCE = 2000, 0.95
+
+
+def flip_labels(labels: np.ndarray, n_classes: int, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of `labels` with round(rate x rows) rows (a seeded draw) moved to another class (uniformly among the
+    others); the flipped rows, sorted."""
+    rng = np.random.default_rng(seed)
+    flipped = np.sort(rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False))
+    noisy = np.asarray(labels, dtype=np.int64).copy()
+    noisy[flipped] = (noisy[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    return noisy, flipped
+
+
+def top_k_scores(queue: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
+    """Precision and recall of the queue's first k rows (k = rows flipped) against the flipped rows. The two are
+    equal unless the queue holds fewer than k rows (precision is then over the rows it holds)."""
+    k = len(flipped)
+    top = queue[:k]
+    found = int(np.isin(top, flipped).sum())
+    return {"k": k, "found": found, "precision_at_k": round(found / len(top), 4) if len(top) else 0.0,
+            "recall_at_k": round(found / k, 4) if k else 0.0}
+
+
+def read_train(project: Path) -> pd.DataFrame:
+    """The default run's train split, or a clear stop when prepare has not run."""
+    path = project / "artifacts" / "prepare" / "train.parquet"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run the pipeline's prepare stage first (`dvc repro prepare` or "
+                         "`make run`)")
+    return pd.read_parquet(path)
+
+
+def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One rate: flip, detect, score the top k. Returns the figures, the flipped labels and the queue."""
+    n_classes = len(cfg.data.labels)
+    noisy, flipped = flip_labels(train["label"].to_numpy(), n_classes, rate, cfg.seed)
+    started = time.perf_counter()
+    issues = detect(train["text"].tolist(), noisy, n_classes, cfg.prepare.label_issues.folds, cfg.seed)
+    seconds = time.perf_counter() - started
+    figures = {"rate": rate, "flipped": len(flipped), "flagged": len(issues.rows),
+               "estimated_share": round(issues.noisy_share, 4), **top_k_scores(issues.rows, flipped),
+               "seconds": round(seconds, 2)}
+    return figures, noisy, issues.rows
+
+
+def fine_tuned_accuracy(train: pd.DataFrame, dev: pd.DataFrame, test: pd.DataFrame, cfg: PipelineConfig,
+                        project: Path, work: Path) -> dict[str, float]:
+    """Test accuracy, with its bootstrap interval, of the real model fine-tuned on `train` by the train stage's
+    fit path (train.* params; best epoch chosen on dev)."""
+    import torch
+
+    from tasks.core.base_model import resolve_base_model
+    from tasks.judging.stats import accuracy_interval
+    from tasks.train import build_model, fit
+    from tasks.training.modeling import torch_logits
+
+    base, _ = resolve_base_model(cfg.train.base_model, project)
+    model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
+    device = torch.device("cpu")
+    outcome = fit(model, tokenizer, train, dev, cfg.train, cfg.data.label_names, cfg.seed, device,
+                  checkpoint_dir=work / "checkpoints", token_cache=work / "tokens")
+    model.load_state_dict(outcome.best_state)
+    logits = torch_logits(model, tokenizer, test["text"].tolist(), cfg.train.max_length, cfg.train.eval_batch_size,
+                          device, long_text={"rule": "head"})
+    correct = logits.argmax(axis=1) == test["label"].to_numpy()
+    return {k: round(v, 4) for k, v in accuracy_interval(correct, BOOTSTRAP_SAMPLES, CONFIDENCE, cfg.seed).items()}
+
+
+def train_figures(train: pd.DataFrame, noisy: np.ndarray, queue: np.ndarray, k: int, cfg: PipelineConfig,
+                  project: Path) -> dict[str, dict[str, float]]:
+    """Test accuracy fine-tuned on the flipped split, and on it with the queue's top k dropped."""
+    split = project / "artifacts" / "prepare"
+    dev, test = pd.read_parquet(split / "dev.parquet"), pd.read_parquet(split / "test.parquet")
+    flipped_split = train.assign(label=noisy)
+    cleaned = flipped_split.drop(index=flipped_split.index[queue[:k]]).reset_index(drop=True)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="tunegate-labels-") as tmp:
+        for name, rows in (("noisy", flipped_split), ("top_k_dropped", cleaned)):
+            work = Path(tmp) / name
+            work.mkdir()
+            figures[name] = fine_tuned_accuracy(rows, dev, test, cfg, project, work)
+    return figures
+
+
+def table_lines(summary: dict) -> list[str]:
+    """The figures as an 80-column table."""
+    lines = [f"label issues on {summary['train_rows']} train rows, {summary['folds']} folds, seed {summary['seed']}",
+             f"{'rate':>6} {'flipped':>8} {'flagged':>8} {'est.share':>10} {'prec@k':>8} {'recall@k':>9} "
+             f"{'lift':>6} {'seconds':>8}"]
+    for row in summary["rates"]:
+        lines.append(f"{row['rate']:>6.0%} {row['flipped']:>8} {row['flagged']:>8} {row['estimated_share']:>10.4f} "
+                     f"{row['precision_at_k']:>8.3f} {row['recall_at_k']:>9.3f} "
+                     f"{row['precision_at_k'] / row['rate']:>6.1f} {row['seconds']:>8.2f}")
+    for row in summary["rates"]:
+        if "test_accuracy" in row:
+            for name, acc in row["test_accuracy"].items():
+                lines.append(f"{row['rate']:>6.0%} test accuracy {name:<14} {acc['value']:.4f} "
+                             f"[{acc['low']:.4f}, {acc['high']:.4f}]")
+    return lines
+
+
+def run(project: Path, rates: list[float], train_models: bool) -> dict:
+    train = read_train(project)
+    cfg = load_config(project / "params.yaml")
+    rows = []
+    for rate in rates:
+        figures, noisy, queue = measure_rate(train, cfg, rate)
+        if train_models:
+            figures["test_accuracy"] = train_figures(train, noisy, queue, figures["k"], cfg, project)
+        rows.append(figures)
+    lifts = [row["precision_at_k"] / row["rate"] for row in rows if row["rate"] > 0]
+    summary = {"measured": "precision and recall of the label-issue queue's top k (k = labels flipped at random) "
+                           "on the train split" + (", and test accuracy fine-tuned on the flipped split vs with "
+                                                   "the top k dropped" if train_models else ""),
+               "train_rows": len(train), "folds": cfg.prepare.label_issues.folds, "seed": cfg.seed, "rates": rows,
+               "min_precision_lift": round(min(lifts), 2) if lifts else None}
+    return with_targets(summary, TARGETS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES), help="shares of labels flipped")
+    parser.add_argument("--project", default=str(REPO),
+                        help="project whose params.yaml and artifacts/prepare/ to use (default: this repo)")
+    parser.add_argument("--train", action="store_true",
+                        help="also fine-tune the real model per rate on the flipped split and with the top k "
+                             "dropped (expensive)")
+    args = parser.parse_args()
+    summary = run(Path(args.project).resolve(), args.rates, args.train)
+    print("\n".join(table_lines(summary)))
+    print("\n".join(target_lines(summary["targets"])))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
