@@ -15,6 +15,7 @@ DVC_REMOTE ?= $(HOME)/.cache/tunegate/dvc-remote
 # `make setup HAS_GPU=yes` (or `HAS_GPU=`) overrides the detection; `make -n` shows the commands chosen.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 LOCAL_WHEELS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+LOCAL_CPU_TORCH := $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS)))
 ifeq ($(HAS_GPU),yes)
   ORT_EXTRA := gpu
   # PyPI's Linux wheel of torch is the CUDA build (2.13.0: CUDA 13). pip drops empty settings, so
@@ -26,13 +27,13 @@ ifeq ($(HAS_GPU),yes)
   TORCH_INSTALL ?= torch==$(TORCH_VERSION)
 else
   ORT_EXTRA := cpu
-  ifeq ($(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),)
+  ifeq ($(LOCAL_CPU_TORCH),)
     TORCH_INDEX := --extra-index-url https://download.pytorch.org/whl/cpu
   endif
   TORCH_INSTALL ?= torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url https://download.pytorch.org/whl/cpu)
 endif
 # Where `make lock` finds torch's CPU build: the local wheel, else PyTorch's CPU index.
-TORCH_CPU_INDEX := $(if $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(LOCAL_WHEELS))),,\
+TORCH_CPU_INDEX := $(if $(LOCAL_CPU_TORCH),,\
   --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 PIP_QUIET := --quiet --disable-pip-version-check
 # pip's configured index mirrors that do not exist print one warning per package: hide only those.

@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from tasks.core.errors import TunegateError
 from tasks.core.paths import ArtifactPaths
+from tasks.core.vcs import dirty_files, git_output
 from tasks.registry.github import annotation, append_step_summary, post_comment
 
 # The gate's verdicts (tasks.judging.compare holds the same strings; importing it here would load numpy
@@ -50,16 +51,7 @@ def post_pr_comment(markdown: str, env: Mapping[str, str], timeout_s: float = 20
 # --- the project: git, DVC, the pipeline ------------------------------------------------------------------
 
 
-def _dirty_files(root: Path) -> list[str]:
-    """Tracked files that differ from HEAD."""
-    from tasks.core.vcs import dirty_files
-
-    return dirty_files(root)
-
-
 def head_commit(root: Path) -> str:
-    from tasks.core.vcs import git_output
-
     return (git_output(root, "rev-parse", "HEAD") or "unknown").strip()
 
 
@@ -134,7 +126,7 @@ def ci_pr(root: Path, debug: bool = False, env: Mapping[str, str] | None = None)
         return code
     verdict, report = gate_verdict(paths)
     decision, why = verdict["decision"], verdict.get("why", "")
-    changed = _dirty_files(root)
+    changed = dirty_files(root)
     note = ""
     if known := _already_registered(root, verdict):
         console.print(f"{known}: merging this promotes nothing", markup=False, highlight=False)
@@ -167,7 +159,7 @@ def ci_main(root: Path, remote: str = DEFAULT_REMOTE, debug: bool = False,
     env = os.environ if env is None else env
     paths = ArtifactPaths(root)
     # Checked first: a dirty checkout would cost a whole pipeline run before promote refused it.
-    if dirty := _dirty_files(root):
+    if dirty := dirty_files(root):
         raise CiError(f"tracked files differ from the checked-out commit ({', '.join(dirty)}): `tunegate ci main` "
                       "promotes what a commit records; commit or restore them first")
     prepare_workspace(root, env)
@@ -182,7 +174,7 @@ def ci_main(root: Path, remote: str = DEFAULT_REMOTE, debug: bool = False,
         say("notice", f"{known}: nothing promoted (gate: {decision})", env)
         append_step_summary(headline("main", root, "nothing new to promote") + f"\n{known}.\n\n" + report, env)
         return 0
-    if changed := _dirty_files(root):
+    if changed := dirty_files(root):
         advice = stale_lock_advice(changed)
         append_step_summary(headline("main", root, f"{decision}, not promoted") + f"\n{advice}.\n\n" + report, env)
         raise CiError(f"{advice}. Nothing promoted.")

@@ -18,7 +18,7 @@ from tasks.contracts.text import is_missing, is_text
 from tasks.core.errors import TunegateError
 from tasks.core.data import read_dataset
 from tasks.core.io import DataFormatError
-from tasks.core.vcs import CommandFailed, dvc_file_outs, git, git_succeeds, show_at, yaml_mapping
+from tasks.core.vcs import CommandFailed, dvc_out_paths, git, git_succeeds, show_at, yaml_mapping
 
 SUITE = "drift"
 SHARE_FLOOR = 1e-4  # stands in for a zero share, so PSI stays finite when a class appears or vanishes
@@ -55,11 +55,6 @@ def last_data_commit(root: Path) -> str:
     return sha
 
 
-def dvc_outs(dvc_file_text: str | None) -> list[str]:
-    """The paths a .dvc file tracks."""
-    return [str(out["path"]) for out in dvc_file_outs(dvc_file_text)]
-
-
 def under_outs(data_path: str, outs: list[str]) -> bool:
     """True when data_path is one of `outs` or inside one of them."""
     path = PurePosixPath(data_path)
@@ -71,7 +66,7 @@ def workspace_matches(root: Path, rev: str, data_path: str) -> bool:
     committed = show_at(root, rev, "data.dvc")
     tracked = root / "data.dvc"
     if committed is None or not tracked.is_file() or committed != tracked.read_text() \
-            or not (root / ".dvc").is_dir() or not under_outs(data_path, dvc_outs(committed)):
+            or not (root / ".dvc").is_dir() or not under_outs(data_path, dvc_out_paths(committed)):
         return False
     from tasks.core.dvc_data import tracked_data_unchanged
 
@@ -92,7 +87,7 @@ def read_data_at(root: Path, data: DataConfig, rev: str) -> pd.DataFrame:
     from dvc.api import DVCFileSystem
 
     data_path = data.path
-    if (not under_outs(data_path, dvc_outs(show_at(root, rev, "data.dvc")))
+    if (not under_outs(data_path, dvc_out_paths(show_at(root, rev, "data.dvc")))
             and not git_succeeds(root, "cat-file", "-e", f"{rev}:./{data_path}")):
         raise _absent_at(data_path, rev)
     fs = None

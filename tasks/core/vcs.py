@@ -93,7 +93,12 @@ def dvc_file_outs(text: str | None) -> list[dict[str, Any]]:
     return [out for out in outs if isinstance(out, dict) and "path" in out]
 
 
+def dvc_out_paths(text: str | None) -> list[str]:
+    """The paths a .dvc file's text tracks."""
+    return [str(out["path"]) for out in dvc_file_outs(text)]
+
+
 def tracked_paths(root: Path, dvc_file: str = "data.dvc") -> list[str]:
     """The paths `dvc_file` tracks, relative to `root` ([] without the file)."""
     path = root / dvc_file
-    return [str(out["path"]) for out in dvc_file_outs(path.read_text() if path.is_file() else None)]
+    return dvc_out_paths(path.read_text() if path.is_file() else None)
