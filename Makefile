@@ -52,7 +52,7 @@ LOCK_PLATFORM := import sys, platform; ok = sys.version_info[:2] == (3, 11) and 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
-.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-labels bench-train bench-serve bench-batch bench-week bench-orchestration gpu-check clean
+.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-labels bench-estimate bench-train bench-serve bench-batch bench-week bench-orchestration bench-reweight bench-shadow gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -132,6 +132,9 @@ bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic
 bench-labels: setup  ## label issues: precision/recall of prepare's queue on 2/5/10% labels flipped in the train split (seconds; ARGS=--train fine-tunes on each, expensive)
 	$(BIN)/python benchmarks/label_noise.py $(ARGS)
 
+bench-estimate: setup  ## accuracy estimated without labels vs realised, per window: unseen RT test/dev rows, IMDB, flipped labels (~2 min; ARGS=--windows 500)
+	$(BIN)/python benchmarks/estimate_accuracy.py $(ARGS)
+
 bench-train: setup  ## fine-tuning benchmark: our train loop vs the HF Trainer (run_glue recipe / at its best); ~15 min on 2 cores
 	$(BIN)/python benchmarks/train_vs_trainer.py
 
@@ -144,8 +147,17 @@ bench-batch: setup  ## tunegate predict --input on a 1M-row CSV: peak RSS (targe
 bench-week: setup  ## a simulated week of traffic through tunegate serve, monitored hourly: drift delay, false alarms (ARGS=--retrain)
 	$(BIN)/python benchmarks/simulate_week.py $(ARGS)
 
+bench-shadow: setup  ## shadow replay: prod's log of 300 unseen IMDB + 300 RT test rows replayed with the teacher FP32; disagreement, estimated vs realized accuracy, latency (ARGS=--shifted-rows 100)
+	$(BIN)/python benchmarks/shadow_replay.py $(ARGS)
+
 bench-orchestration: setup  ## no-op flow run vs no-op `dvc repro` on the finished run: per-stage overhead (target < 1 s)
 	$(BIN)/python benchmarks/orchestration.py $(ARGS)
+
+bench-reweight: setup  ## accuracy on current traffic: test rows reweighted toward live streams with known labels, vs their real accuracy (ARGS=--imdb-rows 200)
+	$(BIN)/python benchmarks/live_accuracy.py $(ARGS)
+
+bench-label-budget: setup  ## labels to settle an INCONCLUSIVE comparison: label queue vs uniform sampling, 200 seeds, error rate (ARGS=--synthetic-only)
+	$(BIN)/python benchmarks/label_budget.py $(ARGS)
 
 gpu-check: setup  ## on a GPU host: what only a GPU settles (~5 min), one JSON line (CPU: add ARGS=--cpu-dry-run)
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)

@@ -7,7 +7,12 @@ summary, `target_lines` gives the printed "target KEY OP BOUND: VALUE -> PASS/FA
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from tasks.core.io import write_json
 
 CHECKS = {">=": lambda v, b: v >= b, "<=": lambda v, b: v <= b, "==": lambda v, b: v == b}
 
@@ -39,3 +44,11 @@ def target_lines(checks: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"  target {key} {check['target']}{note}: {check['value']} -> "
                      f"{'PASS' if check['pass'] else 'FAIL'}")
     return lines
+
+
+def publish(result: dict, print_table: Callable[[dict], None], out: Path) -> dict:
+    """A benchmark's ending: its table printed, its JSON kept at `out`, and its one JSON line printed last."""
+    print_table(result)
+    write_json(out, result)
+    print(json.dumps(result))
+    return result

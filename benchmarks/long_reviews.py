@@ -34,10 +34,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._folders import folder_reading_by  # noqa: E402
-from benchmarks._targets import target_lines, with_targets  # noqa: E402
+from benchmarks._targets import publish, target_lines, with_targets  # noqa: E402
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
 from tasks.core.data import load_dataset  # noqa: E402
-from tasks.core.io import read_json, write_json  # noqa: E402
+from tasks.core.io import read_json  # noqa: E402
 from tasks.core.paths import ArtifactPaths  # noqa: E402
 from tasks.distill import TRANSFER_ROWS_FILE  # noqa: E402
 from tasks.judging.compare import row_keys  # noqa: E402
@@ -220,10 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(result)
-    write_json(Path(args.out), result)
-    print(json.dumps(result))
-    return result
+    return publish(result, print_table, Path(args.out))
 
 
 if __name__ == "__main__":

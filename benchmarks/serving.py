@@ -18,6 +18,9 @@ slow spell on a shared host hits all alike); then an open-loop overload of `tune
 rate; then long reviews: 8 clients each sending one test-split text the model reads as several windows, back to back
 (closed loop, --long-seconds; 8 clients, then one alone, which admission must never refuse); then the
 share of its batched answers that match one-text-per-call scoring (as the gate judged the model).
+With --shadow FOLDER, a fifth server (tunegate_batched_shadow: tunegate_batched with serve.shadow = FOLDER and
+serve.shadow_share = --shadow-share) reruns the overload phase at the same offered rate right after the plain one: its
+prod figures side by side with the plain run's, and what its shadow scored and dropped (read from its /metrics).
 Prints tables, then one JSON line (also written to --out):
   {"max_rps_at_p99_100ms": {contender: ...}, "speedup_vs_hf_pipeline": ...,
    "speedup_vs_hf_pipeline_equal_reading": ..., "speedup_basis": ..., "overload_served_share": ...,
@@ -30,7 +33,7 @@ speedup_vs_hf_pipeline_equal_reading the same with tunegate_batched_heads as num
 overload and long-review phases; every contender runs the interleaved closed-loop levels.
 
     python benchmarks/serving.py [--project .] [--seconds 20] [--levels 1,4,16,64] [--long-seconds 30] [--threads N]
-                                 [--smoke]
+                                 [--shadow FOLDER [--shadow-share 1.0]] [--smoke]
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ HF_SERVER = HERE / "hf_server.py"
 
 BATCHED, UNBATCHED, HF = "tunegate_batched", "tunegate_unbatched", "hf_pipeline"
 BATCHED_HEADS = "tunegate_batched_heads"  # tunegate_batched reading heads only, as hf_pipeline does (equal reading)
+SHADOWED = "tunegate_batched_shadow"  # tunegate_batched mirroring to --shadow: runs the overload phase only
 P99_BOUND_MS = 100.0  # max_rps_at_p99_100ms: the best throughput whose p99 stays within this
 OVERLOAD_FACTOR = 2.0  # the overload run offers this many times tunegate serve's sustainable rate
 LONG_REVIEW_CLIENTS = 8  # clients sending long reviews back to back
@@ -78,6 +82,10 @@ TARGETS = (("speedup_vs_hf_pipeline", ">=", 8.0, "shipped reading"),
            ("overload_served_share", ">=", 0.9),
            ("overload_p99_ms", "<=", 250.0), ("overload_timeouts", "==", 0), ("overload_5xx", "==", 0),
            ("long_review_alone_refusals", "==", 0), ("long_review_timeouts", "==", 0), ("long_review_5xx", "==", 0))
+# With --shadow: mirroring must change no prod figure of the overload run beyond noise, so the same bounds apply.
+SHADOW_TARGETS = (("overload_shadow_served_share", ">=", 0.9, "mirroring on"),
+                  ("overload_shadow_p99_ms", "<=", 250.0, "mirroring on"),
+                  ("overload_shadow_timeouts", "==", 0, "mirroring on"), ("overload_shadow_5xx", "==", 0, "mirroring on"))
 # One client sending long reviews back to back never has work ahead of it: admission must never refuse it. With
 # LONG_REVIEW_CLIENTS clients, up to 7 reviews (~9 windows each) are ahead: refusals there are admission doing its job
 # (work ahead over serve.max_queue_wait_ms), reported beside the p99 of the requests served.
@@ -191,6 +199,25 @@ def long_review_figures(raw: dict, windows: list[int], tokens: list[int]) -> dic
             "tokens_per_review_mean": round(float(np.mean([tokens[i] for i in sent])), 1) if sent else None}
 
 
+def shadow_counts(exposition: str) -> dict:
+    """The shadow's counters from a server's /metrics text: texts mirrored, scored, dropped (by reason), failed,
+    disagreeing with prod, still queued."""
+    samples: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    count = lambda name: int(samples.get(name, 0.0))  # noqa: E731
+    dropped = {name.split('reason="')[1].rstrip('"}'): int(value) for name, value in samples.items()
+               if name.startswith("tunegate_shadow_dropped_total{")}
+    return {"mirrored": count("tunegate_shadow_mirrored_total"), "scored": count("tunegate_shadow_scored_total"),
+            "dropped": sum(dropped.values()), "dropped_by_reason": dropped,
+            "failed": count("tunegate_shadow_failed_total"),
+            "disagreements": count("tunegate_shadow_disagreements_total"),
+            "load_failures": count("tunegate_shadow_load_failures_total"),
+            "queued": count("tunegate_shadow_queue_texts")}
+
+
 def label_agreement(answers: list[tuple[int, str]], reference: list[str]) -> tuple[float | None, int, int]:
     """(share of answers whose label equals the one-text-per-call label of the same text, answers, distinct texts)."""
     labelled = [(i, body_label(body)) for i, body in answers]
@@ -210,6 +237,15 @@ def raw_request(method: str, path: str, port: int, body: dict | None = None) -> 
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload.encode('utf-8'))}\r\n"
     return head + "\r\n" + payload
+
+
+def get_text(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode("utf-8")
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -285,6 +321,9 @@ def start_servers(args, max_length: int, scratch: Path) -> dict[str, Server]:
         HF: [sys.executable, str(HF_SERVER), "--model", str(args.hf_model), "--max-length", str(max_length),
              "--threads", str(args.threads)],
     }
+    if args.shadow:
+        commands[SHADOWED] = [args.tunegate, *common, *shipped, "--shadow", str(args.shadow), "--shadow-share",
+                              str(args.shadow_share)]
     servers = {}
     env = server_env(scratch)
     for name, command in commands.items():
@@ -368,6 +407,8 @@ def print_tables(summary: dict, console) -> None:
                       f"{over['served_rps']} req/s = {over['served_share']} of sustainable, p99 of served "
                       f"{over['p99_ms']} ms, refused (429) {over['refusals_429']}, 5xx {over['errors_5xx']}, "
                       f"client timeouts {over['timeouts']}, connection errors {over['connection_errors']}")
+    if summary.get("overload_shadow"):
+        print_shadow_table(summary, console)
     ceiling = summary["loadgen"]
     console.print(f"Load generator ceiling: {ceiling['ceiling_rps']} req/s on GET /v2/health/live at concurrency "
                   f"{ceiling['concurrency']} ({ceiling['cpu_us_per_request']} us CPU per request); the best contender "
@@ -390,6 +431,28 @@ def print_tables(summary: dict, console) -> None:
         console.print(line, highlight=False)
 
 
+def print_shadow_table(summary: dict, console) -> None:
+    """The overload run without and with mirroring, side by side."""
+    from rich import box
+    from rich.table import Table
+
+    shadow = summary["overload_shadow"]
+    table = Table(title=f"Overload at {summary['overload']['offered_rps']} req/s, without and with mirroring "
+                        f"(shadow {shadow['folder']}, share {shadow['share']:g})", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), collapse_padding=True, pad_edge=False)
+    for column in ("run", "served", "p99 ms", "timeouts", "5xx", "429", "shadow scored", "dropped"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, over, counts in (("plain", summary["overload"], None), ("mirroring", shadow, shadow["shadow"])):
+        table.add_row(name, str(over["served_share"]), str(over["p99_ms"]), str(over["timeouts"]),
+                      str(over["errors_5xx"]), str(over["refusals_429"]), str(counts["scored"]) if counts else "-",
+                      str(counts["dropped"]) if counts else "-")
+    console.print(table)
+    counts = shadow["shadow"]
+    console.print(f"Shadow: {counts['mirrored']} texts mirrored, {counts['scored']} scored ({counts['disagreements']} "
+                  f"disagreeing with prod), dropped {counts['dropped_by_reason']}, failed {counts['failed']}, "
+                  f"{counts['queued']} still queued when the run ended.")
+
+
 # ---- the run ------------------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -410,6 +473,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-s", type=float, default=5.0, help="a client gives up on a request after this")
     parser.add_argument("--tunegate", default=str(Path(sys.executable).parent / "tunegate"),
                         help="the tunegate executable (default: this environment's)")
+    parser.add_argument("--shadow", help="a served folder: rerun the overload phase with tunegate serve mirroring "
+                        "to it (serve.shadow), beside the plain run")
+    parser.add_argument("--shadow-share", type=float, default=1.0, help="serve.shadow_share of that run (default 1: "
+                        "every served text mirrored, the most the shadow can be asked to do)")
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test: 1 s levels, concurrency 1,4")
     parser.add_argument("--out", default="benchmarks/results/serving.json", help="where to keep the JSON")
     args = parser.parse_args(argv)
@@ -419,10 +486,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     paths = ArtifactPaths(args.project)
     args.model = Path(args.model).resolve() if args.model else paths.int8_dir
     args.hf_model = Path(args.hf_model).resolve() if args.hf_model else paths.model_dir
+    args.shadow = Path(args.shadow).resolve() if args.shadow else None
     args.texts = Path(args.texts).resolve() if args.texts else paths.split("test")
     args.levels = [int(level) for level in args.levels.split(",")]
     args.overload_seconds = args.overload_seconds or args.seconds
     return args
+
+
+def shadowed_overload(args, server: Server, requests: list[str], basis: float, offered: float, progress) -> dict:
+    """The overload run again on the server mirroring to --shadow (same offered rate, same texts), with what its
+    shadow did, read from its /metrics as the run ends."""
+    progress.log(f"overload with mirroring: {SHADOWED} at {offered:.1f} req/s (shadow {args.shadow}, share "
+                 f"{args.shadow_share:g})")
+    # The plain run's spec (keep_bodies too: the generator's own cost stays the same).
+    raw = run_load({"host": "127.0.0.1", "port": server.port, "requests": requests, "mode": "open", "concurrency": 1,
+                    "rate": offered, "warmup_s": args.warmup, "seconds": args.overload_seconds,
+                    "timeout_s": args.timeout_s, "keep_bodies": True, "seed": 0, "max_connections": 1024})
+    counts = shadow_counts(get_text(server.port, "/metrics"))
+    return {**overload_figures(raw, basis, offered), "shadow": counts, "folder": str(args.shadow),
+            "share": args.shadow_share}
+
+
+def shadow_summary(shadowed: dict | None) -> dict:
+    """The top-level keys of the mirroring run (none without --shadow)."""
+    if shadowed is None:
+        return {}
+    return {"overload_shadow_served_share": shadowed["served_share"], "overload_shadow_p99_ms": shadowed["p99_ms"],
+            "overload_shadow_timeouts": shadowed["timeouts"], "overload_shadow_5xx": shadowed["errors_5xx"],
+            "overload_shadow_refusals": shadowed["refusals_429"], "overload_shadow_scored": shadowed["shadow"]["scored"],
+            "overload_shadow_dropped": shadowed["shadow"]["dropped"], "overload_shadow": shadowed}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -452,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)  # let the last runtime's spinning threads go idle before the next contender starts
             return result
 
-        names = list(servers)
+        names = [name for name in servers if name != SHADOWED]  # the shadowed server runs the overload only
         levels: dict[str, list[dict]] = {name: [] for name in names}
         batched_answers: list[tuple[int, str]] = []
         for turn, concurrency in enumerate(args.levels):
@@ -474,13 +566,16 @@ def main(argv: list[str] | None = None) -> None:
         best = {name: max((f["rps"] for f in levels[name]), default=0.0) for name in names}
         sustainable = {name: max_rps_within(levels[name]) for name in names}
         basis = sustainable[BATCHED] or best[BATCHED]  # no level within the bound: its best rate at any latency
-        overload = None
+        overload = overload_shadow = None
         if basis > 0:
             offered = OVERLOAD_FACTOR * basis
             progress.log(f"overload: {BATCHED} at {offered:.1f} req/s (open loop)")
             raw = load(BATCHED, mode="open", rate=offered, seconds=args.overload_seconds)
             overload = overload_figures(raw, basis, offered)
             batched_answers += [(i, body) for i, body, s in zip(raw["index"], raw["bodies"], raw["status"]) if s == 200]
+            if args.shadow:
+                overload_shadow = shadowed_overload(args, servers[SHADOWED], requests[SHADOWED], basis, offered,
+                                                    progress)
         long_review = None
         if long_reviews:
             progress.log(f"long reviews: {LONG_REVIEW_CLIENTS} clients back to back, {len(long_reviews)} texts read as "
@@ -513,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         "overload_timeouts": overload and overload["timeouts"],
         "overload_5xx": overload and overload["errors_5xx"],
         "overload_refusals": overload and overload["refusals_429"],
+        **shadow_summary(overload_shadow),
         "long_review_refusals": long_review and long_review["refusals_429"],
         "long_review_alone_refusals": long_review and long_review["alone"]["refusals_429"],
         "long_review_p99_ms": long_review and long_review["p99_ms"],
@@ -535,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds_per_level": args.seconds, "overload_seconds": args.overload_seconds, "levels": args.levels,
         "smoke": args.smoke,
     }
-    with_targets(summary, TARGETS)
+    with_targets(summary, TARGETS + (SHADOW_TARGETS if args.shadow else ()))
     print_tables(summary, Console(width=80))
     write_json(Path(args.out), summary)
     print(json.dumps(summary))

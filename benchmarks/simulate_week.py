@@ -160,7 +160,7 @@ class Client:
 
 def window_records(log_dir: Path, since: float, until: float, expected: int) -> list[dict]:
     """The window's records as the monitor reads them; waits for the writer (flushes every LOG_FLUSH_S)."""
-    from tasks.serving.predlog import read_prediction_log
+    from tasks.runtime.prediction_log import read_prediction_log
 
     deadline = time.monotonic() + LOG_WAIT_S
     while True:
@@ -187,13 +187,43 @@ class Week:
     shifted_texts: list[str] = field(default_factory=list)  # distinct shifted texts served (for --retrain)
     serve_seconds: float = 0.0
     judge_seconds: float = 0.0
+    gate_figures: dict | None = None  # the release's test figures: the label-free estimate's baseline and level
+    truth: dict[str, str] = field(default_factory=dict)  # text -> true label name (every stream text has one)
+    estimates: list[dict] = field(default_factory=list)  # per window: the label-free estimate and the realised accuracy
 
 
-def judge(records: list[dict], reference, cfg: PipelineConfig, start: float, end: float):
+def judge(records: list[dict], reference, cfg: PipelineConfig, start: float, end: float,
+          gate_figures: dict | None = None):
     from tasks.monitoring.judge import judge_window
 
-    return judge_window(records, reference, cfg.monitor, labelled=None, gate_figures=None, seed=cfg.seed,
+    return judge_window(records, reference, cfg.monitor, labelled=None, gate_figures=gate_figures, seed=cfg.seed,
                         start=start, end=end)
+
+
+def release_decision(args) -> Path:
+    """The gate's decision.json beside the release folder (artifacts/gate/decision.json for the default)."""
+    return (args.project / args.release).parent / "decision.json"
+
+
+def estimate_record(judgement, records: list[dict], truth: dict[str, str]) -> dict:
+    """The window's label-free accuracy estimate beside the accuracy its texts' true labels give."""
+    realised = float(np.mean([r["label"] == truth[r["text"]] for r in records]))
+    found = judgement.estimate
+    if found is None:
+        return {"estimate": None, "realised": realised}
+    return {"estimate": found["value"], "low": found["low"], "high": found["high"], "realised": realised,
+            "covered": bool(found["low"] <= realised <= found["high"])}
+
+
+def estimate_summary(estimates: list[dict], first: int, last: int) -> dict | None:
+    """Mean error (estimate - realised), mean absolute error and interval coverage over windows [first, last)."""
+    picked = [e for e in estimates[first:last] if e["estimate"] is not None]
+    if not picked:
+        return None
+    errors = np.array([e["estimate"] - e["realised"] for e in picked])
+    return {"windows": len(picked), "mean_error": round(float(errors.mean()), 4),
+            "mean_abs_error": round(float(np.abs(errors).mean()), 4),
+            "coverage": round(float(np.mean([e["covered"] for e in picked])), 4)}
 
 
 def is_alarm(judgement) -> bool:
@@ -214,8 +244,9 @@ def replay_week(client: Client, stream: list[str], shift_at: int, week: Week, re
         week.serve_seconds += time.perf_counter() - started
         started = time.perf_counter()
         records = window_records(log_dir, since, until, len(texts))
-        judgement = judge(records, reference, cfg, since, until)
+        judgement = judge(records, reference, cfg, since, until, week.gate_figures)
         week.judge_seconds += time.perf_counter() - started
+        week.estimates.append(estimate_record(judgement, records, week.truth))
         week.judgements.append(judgement.to_dict())
         week.alarmed.append(is_alarm(judgement))
         first = index * n
@@ -325,6 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    from tasks.monitoring.performance import read_gate_figures
     from tasks.monitoring.reference import reference_from_folder
 
     cfg = load_config(args.project / "params.yaml")
@@ -350,7 +382,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     reference = reference_from_folder(args.project / args.release, args.project / args.train, cfg)
     reference_seconds = time.perf_counter() - started
-    week = Week(n, per_day, shift_at)
+    names = dict(zip(cfg.data.labels, cfg.data.label_names))
+    week = Week(n, per_day, shift_at, gate_figures=read_gate_figures(release_decision(args), cfg.gate),
+                truth={str(t): names[v] for t, v in zip(data[cfg.data.text_column], data[cfg.data.label_column])
+                       if v in names})
     with tempfile.TemporaryDirectory(prefix="tunegate-week-") as tmp:
         scratch = Path(tmp)
         log_dir = scratch / "predictions"
@@ -396,6 +431,10 @@ def main(argv: list[str] | None = None) -> dict:
             a for i, a in enumerate(week.alarmed) if (i + 1) * n > shift_at),
         "shifted_windows": windows - shift_at // n, "shuffled_windows": args.shuffled_windows,
         "shuffled_alarms_by_check": share_by_check,
+        # The label-free accuracy estimate (monitor check estimated_accuracy_drop) against each window's realised
+        # accuracy: before the shift (windows wholly in-domain) and after it (windows wholly shifted).
+        "estimate_unshifted": estimate_summary(week.estimates, 0, shift_at // n),
+        "estimate_shifted": estimate_summary(week.estimates, -(-shift_at // n), windows),
         "first_alarm_checks": first_alarm["alarms"] if first_alarm else [],
         "pools": {"in_domain": len(pool), "shifted": len(other)},
         "seconds": {"reference": round(reference_seconds, 1), "serve_start": round(serve_start_seconds, 1),

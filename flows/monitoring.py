@@ -21,8 +21,8 @@ from tasks.core.paths import ArtifactPaths
 from tasks.monitoring.arrivals import Arrival, new_labelled
 from tasks.monitoring.history import append_history, finite, history_path, history_row
 from tasks.monitoring.report import iso, write_report
+from tasks.runtime.prediction_log import read_prediction_log
 from tasks.runtime.settings import REGISTRY_PREFIX
-from tasks.serving.predlog import read_prediction_log
 
 DRIFT_EVENT = "tunegate.drift.detected"
 DATA_EVENT = "tunegate.data.arrived"
@@ -121,7 +121,8 @@ def resource(cfg: PipelineConfig) -> dict[str, str]:
 
 def drift_payload(judgement: dict[str, Any], minutes: float, report: Path) -> dict[str, Any] | None:
     """tunegate.drift.detected's payload: the alarm-severity checks that failed with their figures, every figure,
-    the window and the version; None when no alarm (or the window was not judged)."""
+    the accuracy estimated without labels, the window and the version; None when no alarm (or the window was not
+    judged)."""
     if not judgement["judged"] or not judgement["alarms"]:
         return None
     failed = [{"name": c["name"], "value": finite(c["value"]), "threshold": c["threshold"],
@@ -130,6 +131,7 @@ def drift_payload(judgement: dict[str, Any], minutes: float, report: Path) -> di
     return {"version": judgement["version"], "failed": failed, "alarms": list(judgement["alarms"]),
             "warnings": list(judgement["warnings"]),
             "figures": {c["name"]: finite(c["value"]) for c in judgement["checks"]},
+            "estimate": judgement.get("estimate"),
             "window": {"start": iso(judgement["start"]), "end": iso(judgement["end"]), "minutes": minutes,
                        "texts": judgement["texts"]},
             "report": str(report)}
@@ -176,6 +178,7 @@ def monitor(project: str = ".", window_minutes: float | None = None, end: float 
     judgement["served_versions"] = dict(Counter(str(r.get("model_version")) for r in records))  # left-out ones too
     files = [a.to_dict() for a in arrivals]
     md_path, html_path, markdown = write_report(root, judgement, files)
+    # The Markdown carries every check and the window's accuracy estimated without labels (report.estimate_line).
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"monitor, {root.name}")
     new_rows = sum(a.used_rows for a in arrivals)
     append_history(history_path(root, cfg.monitor.history), history_row(judgement, new_rows))

@@ -9,7 +9,8 @@ import pandas as pd
 
 from tasks.core.config import PipelineConfig
 from tasks.core.io import staged_dir, write_json
-from tasks.core.metrics import classification_metrics, confusion_matrix, per_class_rates, softmax
+from tasks.core.metrics import (calibration_record, classification_metrics, confusion_matrix,
+                                expected_calibration_error, per_class_rates, softmax)
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import StageResult, stage_task, write_result
 from tasks.judging.slices import bucket_labels, length_buckets, token_lengths
@@ -61,6 +62,18 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path) 
     plt.close(fig)
 
 
+def temperature_on_test(model, tokenizer, paths: ArtifactPaths, cfg: PipelineConfig, rule: dict, device: str,
+                        test_logits: np.ndarray, y_true: np.ndarray) -> dict:
+    """Temperature scaling of the trained model, fitted on dev (read by the same rule), and the test ECE it gives:
+    the PyTorch side of what quantize fits for the shipped folder."""
+    dev = pd.read_parquet(paths.split("dev"))
+    dev_logits = torch_logits(model, tokenizer, list(dev["text"]), cfg.train.max_length, cfg.evaluate.batch_size,
+                              device, long_text=rule)
+    fit = calibration_record(dev_logits, dev["label"].to_numpy(), "dev")
+    return {**fit, "test_ece_before": expected_calibration_error(softmax(test_logits), y_true),
+            "test_ece_after": expected_calibration_error(softmax(test_logits / fit["temperature"]), y_true)}
+
+
 @stage_task("evaluate")
 def evaluate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Score the trained model on the test split; write metrics, predictions and the confusion matrix."""
@@ -80,6 +93,7 @@ def evaluate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     metrics["by_length"] = by_length(y_true, probs.argmax(axis=1), lengths, cfg.gate.length_buckets,
                                      len(cfg.data.label_names))
     metrics["long_text"] = describe(rule)
+    metrics["calibration"] = temperature_on_test(model, tokenizer, paths, cfg, rule, device, logits, y_true)
     predictions = test.assign(predicted=probs.argmax(axis=1), confidence=probs.max(axis=1))
     key = f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     with staged_dir(paths.stage_dir("evaluate")) as out:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from tasks.core.config import GateConfig, PipelineConfig
 from tasks.core.io import file_sha256, read_json, staged_dir, write_json, write_text
-from tasks.core.metrics import reliability_bins
+from tasks.core.metrics import reliability_bins, softmax
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
@@ -20,7 +20,10 @@ from tasks.judging.card import CARD_FILE, TUNE_KEY, CardInputs, render_card
 from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, champion_folder, compare_predictions,
                                    find_champion, row_keys, shared_rows)
 from tasks.judging.cost import cost_record, window_cost
+from tasks.judging.estimate import expected_accuracy
 from tasks.judging.report import key_figure, render_report
+from tasks.judging.reweight import accuracy_on_live_traffic, read_live_texts
+from tasks.judging.shadow import ShadowError, shadow_replay
 from tasks.judging.slices import length_buckets, slice_report, token_lengths
 from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, metric_intervals, paired_accuracy_se,
                                  paired_cost)
@@ -32,6 +35,7 @@ from tasks.runtime.long_text import describe, normalise
 from tasks.runtime.onnx_model import OnnxClassifier
 from tasks.runtime.parity import write_certificate
 from tasks.runtime.predict import load_served_model, predict_texts
+from tasks.runtime.prediction_log import read_prediction_log
 
 LENGTH_SLICE = "tokens"  # the slice column of length buckets
 # The gate's params a model card states: how its intervals were computed and how slices were judged.
@@ -147,6 +151,55 @@ def decide(checks: list[dict[str, Any]], comparison: dict[str, Any] | None, cfg:
                                         "promote_if_checks_pass"}
 
 
+def calibration_figures(model: OnnxClassifier, probs: np.ndarray, y_true: np.ndarray, metrics: dict[str, Any],
+                        cfg: PipelineConfig) -> dict[str, Any]:
+    """The served probabilities' calibration on test: the folder's temperature (fitted on dev by quantize), the ECE
+    of its probabilities (after) and of the model's own softmax (before), each with its bootstrap interval."""
+    g = cfg.gate
+    # softmax(log p * T) undoes the division by T (softmax ignores the per-row shift log p carries).
+    raw = softmax(np.log(np.maximum(probs, np.finfo(np.float64).tiny)) * model.temperature)
+    before = metric_intervals(y_true, raw, cfg.data.label_names, g.bootstrap_samples, g.confidence, cfg.seed,
+                              g.calibration_bins)["ece"]
+    fitted = model.serving.get("calibration")
+    return {"temperature": model.temperature, "fitted_on": fitted["fitted_on"] if fitted else None,
+            "ece_before": before, "ece_after": metrics["ece"]}
+
+
+def live_traffic_figures(texts: list[str], y_true: np.ndarray, predicted: np.ndarray, cfg: PipelineConfig,
+                         root: Path) -> dict[str, Any] | None:
+    """gate.live_traffic: the shipped model's test figures reweighted toward the prediction log's texts (reported,
+    never decided on); None when gate.live_traffic.log_dir is null."""
+    live = cfg.gate.live_traffic
+    if live.log_dir is None:
+        return None
+    logged, missing = read_live_texts(root / live.log_dir, live.max_texts)
+    found = accuracy_on_live_traffic(texts, y_true, predicted, logged, len(cfg.data.label_names),
+                                     folds=live.folds, max_texts=live.max_texts, max_weight=live.max_weight,
+                                     min_effective_rows=live.min_effective_rows,
+                                     min_supported_share=live.min_supported_share,
+                                     samples=cfg.gate.bootstrap_samples, confidence=cfg.gate.confidence, seed=cfg.seed)
+    found.pop("per_row")  # a weight per test row: too much for decision.json
+    return {**found, "log_dir": live.log_dir, **({"why": missing} if missing else {})}
+
+
+def shadow_figures(model: OnnxClassifier, champion: Champion | None, cfg: PipelineConfig,
+                   root: Path) -> dict[str, Any] | None:
+    """The texts the champion answered in the prediction log (gate.live_traffic.log_dir) replayed with the
+    candidate: disagreement per slice, both label-free accuracy estimates and their paired difference (reported,
+    never decided on). None without a log or a champion; {"skipped": why} when there is nothing to replay."""
+    log_dir = cfg.gate.live_traffic.log_dir
+    if log_dir is None or champion is None:
+        return None
+    try:
+        # A champion from the registry logs under its version; a champion folder's answers are the window's one
+        # version (several: ShadowError names them).
+        return shadow_replay(read_prediction_log(root / log_dir), model, prod_version=champion.version,
+                             length_edges=cfg.gate.length_buckets, confidence=cfg.gate.confidence,
+                             latency_rows=cfg.gate.latency_rows)
+    except ShadowError as exc:
+        return {"skipped": str(exc)}
+
+
 def compare_with_champion(champion: Champion, test: pd.DataFrame, keys: list[str], candidate_pred: np.ndarray,
                           cfg: PipelineConfig) -> dict[str, Any]:
     """The champion's predictions on the test rows both gates judged, compared in pairs with the candidate's."""
@@ -244,6 +297,10 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 "accuracy_at_predict_batch_size": float((batched == y_true).mean())}
     metrics = metric_intervals(y_true, probs, cfg.data.label_names, g.bootstrap_samples, g.confidence, cfg.seed,
                                g.calibration_bins)
+    # The accuracy its calibrated probabilities expect on test: what the monitor's label-free estimate of a live
+    # window is compared with (the same estimator on both sides).
+    metrics["expected_accuracy"] = expected_accuracy(probs.max(axis=1), g.confidence)
+    calibration = calibration_figures(model, probs, y_true, metrics, cfg)
     pytorch = pd.read_parquet(paths.stage_dir("evaluate") / "predictions.parquet")
     if list(pytorch["text"]) != texts:
         raise RuntimeError("artifacts/evaluate/predictions.parquet does not hold the test split's rows in order: "
@@ -261,6 +318,9 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     checks = absolute_checks(metrics, quantization, cost, batching, slices, g)
     keys = row_keys(texts)
     comparison = compare_with_champion(champion, test, keys, predicted, cfg) if champion else None
+    shadow = shadow_figures(model, champion, cfg, paths.root)
+    # Timed, so it varies run to run: to the run record, not to decision.json.
+    shadow_latency = shadow.pop("latency_ms_b1", None) if shadow else None
     shipped = paths.int8_dir / MODEL_FILE
     candidate = {"model": quantized["chosen_model"], "file": str(shipped.relative_to(paths.root)),
                  "precision": quantized["chosen"], "sha256": file_sha256(shipped),
@@ -270,6 +330,9 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     decision = {**decide(checks, comparison, g), "checks": checks, "metrics": metrics,
                 "reference": {"pytorch": {k: read_json(paths.metrics)[k] for k in ("accuracy", "macro_f1")},
                               "quantization": quantization, "batching": batching},
+                "calibration": calibration,
+                "live_traffic": live_traffic_figures(texts, y_true, predicted, cfg, paths.root),
+                "shadow": shadow,
                 "compute_cost": cost, "slices": slices, "long_text": reading_record(model, lengths),
                 "comparison": comparison,
                 "first_run": g.first_run if champion is None else None, "candidate": candidate,
@@ -290,5 +353,6 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                                      "latency_ms_b1": {
         "rows": len(latencies), "p50": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95))},
         # What decided instead (decision.json's cost check), beside the clock's figures.
-        "cost_gmacs_per_text_p95": cost["gmacs_per_text"]["p95"], "cost_budget": g.max_gmacs_per_text_p95})
+        "cost_gmacs_per_text_p95": cost["gmacs_per_text"]["p95"], "cost_budget": g.max_gmacs_per_text_p95,
+        "shadow_latency_ms_b1": shadow_latency})
     return result

@@ -16,7 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from tasks.compression.rowwise import quantize_rowwise
 from tasks.core.config import PipelineConfig, QuantizeConfig
 from tasks.core.io import read_json, staged_dir, write_json
-from tasks.core.metrics import classification_metrics, softmax
+from tasks.core.metrics import calibration_record, classification_metrics, softmax
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
@@ -333,6 +333,18 @@ def export_skip_reason(paths: ArtifactPaths, model: str) -> str:
     return reason or f"no exported {model} in {paths.stage_dir('export').relative_to(paths.root)}"
 
 
+def calibrate_folder(folder: Path, dev: pd.DataFrame, batch_size: int) -> dict[str, Any]:
+    """Fit temperature scaling to a served folder's logits on every dev row (as the service reads them), and write it
+    into its serving.json `calibration`, which OnnxClassifier applies from then on; returns the record."""
+    serving = read_json(folder / SERVING_FILE)
+    serving.pop("calibration", None)  # fitted on the model's own logits, never on a previous fit's
+    write_json(folder / SERVING_FILE, serving)
+    logits = OnnxClassifier(folder, target=SERVING_TARGET).logits(list(dev["text"]), batch_size)
+    record = calibration_record(logits, dev["label"].to_numpy(), "dev")
+    write_json(folder / SERVING_FILE, {**serving, "calibration": record})
+    return record
+
+
 @stage_task("quantize")
 def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
     """Ship the first candidate (each model of quantize.models in order, smallest first, climbing the ladder)
@@ -355,6 +367,9 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
         copy_model(work / chosen_model / chosen_file, int8_dir / MODEL_FILE)
         serving = read_json(int8_dir / SERVING_FILE)
         write_json(int8_dir / SERVING_FILE, {**serving, "model_file": MODEL_FILE, "providers": [CPU]})
+        # (Not the static rungs' calibration above: this one maps the chosen model's logits to probabilities.)
+        temperature_fit = (calibrate_folder(int8_dir, dev, cfg.quantize.batch_size)
+                           if cfg.quantize.probabilities == "temperature" else None)
         chosen = tried[-1]
         rungs, timings = split_timings(tried)
         report = {
@@ -374,6 +389,7 @@ def quantize(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                            "student": limits["student"].record()},
             "models": models,
             "rungs": rungs,  # every candidate tried, in order: model, rung, dev figures, drop outcome, size, passed
+            "probabilities": temperature_fit,  # the shipped folder's temperature (serving.json), None: as_trained
         }
         write_json(out / "quantization.json", report)
         key = (f"{chosen_model} {chosen['rung']}: dev acc {chosen['accuracy']:.4f}, "

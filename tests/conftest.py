@@ -377,12 +377,15 @@ def retrain(root: Path, **prepare) -> None:
 SERVED_LABELS = ["negative", "positive"]
 
 
-def export_served_folder(folder: Path, model_dir: Path, max_length: int = 16) -> Path:
-    """The tiny random BERT with a fresh random classifier head, exported as an FP32 served folder."""
+def export_served_folder(folder: Path, model_dir: Path, max_length: int = 16, head_seed: int = 1) -> Path:
+    """The tiny random BERT with a fresh random classifier head (drawn with `head_seed`: the same head whatever
+    ran before in the session), exported as an FP32 served folder."""
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tasks.export import export_onnx
 
+    torch.manual_seed(head_seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, num_labels=2, id2label=dict(enumerate(SERVED_LABELS)),
         label2id={k: i for i, k in enumerate(SERVED_LABELS)})
@@ -395,8 +398,9 @@ def export_served_folder(folder: Path, model_dir: Path, max_length: int = 16) ->
 def served_folders(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
     """Two FP32 served folders of the tiny BERT (max_length 16) whose heads differ: two versions that answer
     differently."""
-    return (export_served_folder(tmp_path_factory.mktemp("served-a"), tiny_model_dir),
-            export_served_folder(tmp_path_factory.mktemp("served-b"), tiny_model_dir))
+    # Heads of seeds 1 and 4: every text labelled otherwise, probabilities 0.01 apart (tests need over 1e-3).
+    return (export_served_folder(tmp_path_factory.mktemp("served-a"), tiny_model_dir, head_seed=1),
+            export_served_folder(tmp_path_factory.mktemp("served-b"), tiny_model_dir, head_seed=4))
 
 
 def build_released_project(root: Path, served_folder: Path, train_parquet: Path, params: dict) -> Path:

@@ -14,7 +14,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from benchmarks.inference import encoder_gemms, int8_floor_ms, time_interleaved
-from benchmarks.serving import first_label, long_review_figures, max_rps_within, overload_figures, speedup
+from benchmarks.serving import (first_label, long_review_figures, max_rps_within, overload_figures,
+                                shadow_counts, speedup)
 from benchmarks.orchestration import per_stage_overhead
 from benchmarks.simulate_week import cycle, first_alarm_delay, in_domain_pool, unshifted_alarms
 from tasks.core.config import STAGES, parse_config
@@ -394,6 +395,23 @@ def test_serving_long_review_figures_count_refusals_and_the_cost_of_the_reviews_
     assert figures["windows_per_review_mean"] == 6.0 and figures["tokens_per_review_mean"] == 384.0
 
 
+def test_serving_reads_the_shadows_counts_from_metrics():
+    from tasks.serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    metrics.on_shadow_mirrored(10)
+    for agree in (True, True, False):
+        metrics.on_shadow_scored(agree)
+    metrics.on_shadow_dropped("queue_full", 5)
+    metrics.on_shadow_dropped("stopping", 1)
+    metrics.on_shadow_failed(1)
+    metrics.on_shadow_queue(2)
+    counts = shadow_counts(metrics.exposition()[0].decode())
+    assert counts == {"mirrored": 10, "scored": 3, "dropped": 6,
+                      "dropped_by_reason": {"queue_full": 5, "unavailable": 0, "stopping": 1}, "failed": 1,
+                      "disagreements": 1, "load_failures": 0, "queued": 2}
+
+
 def test_serving_reads_the_label_from_either_contenders_answer():
     tunegate = {"model_version": "v1", "predictions": [{"label": "positive", "probabilities": {}}]}
     assert first_label(tunegate) == "positive"
@@ -435,6 +453,25 @@ def test_serving_benchmark_smoke_run_serves_every_contender_and_prints_its_json(
 
 
 @pytest.mark.e2e
+def test_serving_benchmark_smoke_run_with_shadow_reruns_the_overload_mirroring(staged_pipeline, tiny_project,
+                                                                                tmp_path):
+    _, paths = staged_pipeline
+    result = run_benchmark("serving.py", "--smoke", "--project", str(tiny_project), "--model", str(paths.int8_dir),
+                           "--hf-model", str(paths.model_dir), "--texts", str(paths.split("test")), "--threads", "1",
+                           "--shadow", str(paths.onnx_dir), "--out", str(tmp_path / "serving.json"), cwd=tmp_path)
+    assert "tunegate_batched_shadow" not in result["contenders"], "the shadowed server runs the overload only"
+    shadowed = result["overload_shadow"]
+    assert shadowed["arrivals"] > 0 and shadowed["offered_rps"] == result["overload"]["offered_rps"]
+    counts = shadowed["shadow"]
+    assert counts["mirrored"] > 0 and counts["failed"] == 0 and counts["load_failures"] == 0
+    assert counts["scored"] + counts["dropped"] + counts["queued"] <= counts["mirrored"]
+    assert result["overload_shadow_scored"] == counts["scored"]
+    for key in ("overload_shadow_served_share", "overload_shadow_p99_ms", "overload_shadow_timeouts",
+                "overload_shadow_5xx"):
+        assert key in result["targets"] and result["targets"][key]["value"] == result[key]
+
+
+@pytest.mark.e2e
 def test_simulate_week_smoke_run_serves_a_tiny_week_and_prints_its_json(staged_pipeline, tiny_model_dir, tmp_path):
     _, paths = staged_pipeline
     params = tiny_params(tiny_model_dir)
@@ -459,6 +496,9 @@ def test_simulate_week_smoke_run_serves_a_tiny_week_and_prints_its_json(staged_p
     assert result["detection_delay_texts"] is not None and result["detection_delay_texts"] <= 30
     assert 0.0 <= result["false_alarm_share_shuffled"] <= 1.0
     assert result["retrain"] == {"ran": False, "decision": None, "why_not": result["retrain"]["why_not"]}
+    # The label-free estimate of every wholly in-domain window, against the accuracy its true labels give.
+    assert result["estimate_unshifted"]["windows"] == 2 and 0.0 <= result["estimate_unshifted"]["coverage"] <= 1.0
+    assert result["estimate_shifted"]["windows"] == 1
 
 
 @pytest.mark.slow
@@ -597,3 +637,134 @@ def test_label_noise_flips_the_drawn_share_to_other_classes_and_its_table_fits_8
            "test_accuracy": {"top_k_dropped": {"value": 0.8123, "low": 0.8001, "high": 0.8245}}}
     lines = table_lines({"train_rows": 100000, "folds": 5, "seed": 42, "rates": [row]})
     assert len(lines) == 4 and max(map(len, lines)) <= 80
+
+
+@pytest.mark.e2e
+def test_live_accuracy_benchmark_smoke_run_reweights_each_stream_and_prints_its_json(staged_pipeline, tiny_project,
+                                                                                    tmp_path):
+    cfg, paths = staged_pipeline
+    project = finished_project(paths.root, tmp_path, extra_imdb=12)
+    out = tmp_path / "live_accuracy.json"
+    result = run_benchmark("live_accuracy.py", "--project", str(project), "--params", str(tiny_project / "params.yaml"),
+                           "--imdb-rows", "12", "--out", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    streams = result["streams"]
+    assert set(streams) == {"dev", "dev_short", "dev_one_class", "dev_words", "imdb_unseen"}
+    assert streams["dev"]["rows"] == len(pd.read_parquet(paths.split("dev"))) and streams["imdb_unseen"]["rows"] == 12
+    assert result["test_rows"] == len(pd.read_parquet(paths.split("test")))
+    for name, figures in streams.items():
+        assert figures["verdict"] in ("reweighted", "overlap too small", "not computed"), name
+        assert (figures["weighted"] is None) is (figures["verdict"] != "reweighted"), name
+        assert (figures["covered"] is None) is (figures["weighted"] is None or not figures["rows"]), name
+        if figures["weighted"]:
+            assert figures["weighted"]["low"] <= figures["weighted"]["value"] <= figures["weighted"]["high"]
+            assert figures["covered"] is (figures["weighted"]["low"] <= figures["realized"]
+                                          <= figures["weighted"]["high"])
+
+
+def test_live_accuracy_table_fits_80_columns(capsys):
+    from benchmarks.live_accuracy import print_table
+
+    span = {"value": 0.8343, "low": 0.8071, "high": 0.8581}
+    stream = {"rows": 100000, "verdict": "reweighted", "weighted": span, "effective_rows": 99999.0,
+              "live_share_supported": 1.0, "realized": 0.8225, "covered": True}
+    small = {**stream, "verdict": "overlap too small", "weighted": None, "covered": None}
+    none = {**small, "verdict": "not computed", "effective_rows": None, "live_share_supported": None}
+    print_table({"model": "artifacts/gate/release", "test_rows": 100000, "test_accuracy": span, "confidence": 0.95,
+                 "settings": {"max_weight": 20.0, "min_effective_rows": 100, "min_supported_share": 0.9},
+                 "streams": {"dev_one_class": stream, "imdb_unseen": small, "dev_words": none}})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and max(map(len, lines)) <= 80, lines
+    assert "overlap too small" in lines[5] and "not computed" in lines[6]
+
+
+@pytest.mark.e2e
+def test_estimate_accuracy_benchmark_smoke_run_scores_each_stream_and_prints_its_json(staged_pipeline, tiny_project,
+                                                                                      tmp_path):
+    _, paths = staged_pipeline
+    project = finished_project(paths.root, tmp_path, extra_imdb=16)
+    out = tmp_path / "estimate.json"
+    result = run_benchmark("estimate_accuracy.py", "--project", str(project), "--params",
+                           str(tiny_project / "params.yaml"), "--window-texts", "20", "--windows", "5",
+                           "--shifted-rows", "12", "--threads", "1", "--out", str(out), cwd=tmp_path)
+    assert set(result["streams"]) == {"in_domain_test", "in_domain_dev", "shifted", "flipped"}
+    test = pd.read_parquet(paths.split("test"))
+    assert result["streams"]["in_domain_test"]["texts"] == int((test["source"] == "rotten_tomatoes").sum())
+    assert result["streams"]["shifted"]["texts"] == 12, "IMDB reviews that no split holds"
+    written = json.loads(out.read_text())["window_figures"]
+    for name, stream in result["streams"].items():
+        windows = written[name]
+        assert stream["windows"] == len(windows) == 5
+        assert all(w["rows"] == min(20, stream["texts"]) for w in windows), "a stream shorter than a window: all"
+        assert stream["coverage"] == pytest.approx(np.mean([w["low"] <= w["realised"] <= w["high"] for w in windows]))
+        assert all(w["error"] == pytest.approx(w["estimate"] - w["realised"]) for w in windows)
+    # the flipped stream is the in-domain texts with other labels: the same probabilities, so the same estimate
+    flipped, test_stream, dev = (result["streams"][k] for k in ("flipped", "in_domain_test", "in_domain_dev"))
+    assert flipped["texts"] == test_stream["texts"] + dev["texts"]
+    pooled = (test_stream["estimate"] * test_stream["texts"] + dev["estimate"] * dev["texts"]) / flipped["texts"]
+    assert flipped["estimate"] == pytest.approx(pooled, abs=2e-4)
+    assert_targets(result, {"in_domain_coverage": ">= 0.9", "in_domain_check_failed_share": "<= 0.05"})
+
+
+def test_estimate_accuracy_flips_the_drawn_share_and_its_table_fits_80_columns():
+    from benchmarks.estimate_accuracy import flip_labels, table_lines
+
+    labels = np.arange(1000) % 2
+    flipped_labels, flipped = flip_labels(labels, 2, 0.3, seed=0)
+    assert len(flipped) == 300 and (flipped_labels[flipped] != labels[flipped]).all()
+    assert (np.delete(flipped_labels, flipped) == np.delete(labels, flipped)).all()
+    stream = {"texts": 25000, "estimate": 0.9123, "realised": 0.8345, "mean_error": -0.1234, "p95_abs_error": 0.2345,
+              "coverage": 0.955, "check_failed_share": 1.0}
+    lines = table_lines({"streams": {"in_domain_test": stream, "flipped": stream}})
+    assert len(lines) == 3 and max(map(len, lines)) <= 80
+
+
+@pytest.mark.e2e
+def test_shadow_replay_benchmark_smoke_run_logs_prod_replays_the_candidate_and_prints_its_json(
+        served_folders, reviews_frame, tiny_model_dir, tmp_path):
+    # A finished run in miniature: the data, prepare's splits (Rotten Tomatoes rows only, so every IMDB row is unseen)
+    # and two served folders that answer differently, as prod and candidate.
+    project = tmp_path / "finished"
+    (project / "data").mkdir(parents=True)
+    reviews_frame.to_csv(project / "data" / "movie_reviews.csv", index=False)
+    (project / "artifacts" / "prepare").mkdir(parents=True)
+    rt = reviews_frame[reviews_frame["source"] == "rotten_tomatoes"].reset_index(drop=True)
+    for split, rows in (("train", rt[:300]), ("dev", rt[300:350]), ("test", rt[350:])):
+        rows.to_parquet(project / "artifacts" / "prepare" / f"{split}.parquet")
+    with (project / "params.yaml").open("w") as handle:
+        YAML().dump(tiny_params(tiny_model_dir), handle)
+    out = tmp_path / "shadow_replay.json"
+    result = run_benchmark("shadow_replay.py", "--project", str(project), "--prod", str(served_folders[0]),
+                           "--candidate", str(served_folders[1]), "--shifted-rows", "8", "--in-domain-rows", "8",
+                           "--threads", "1", "--out", str(out), cwd=tmp_path)
+    assert json.loads(out.read_text()) == result
+    assert result["rows"]["replayed"] == 16 and result["rows"]["skipped"] == {"other_version": 0, "no_text": 0}
+    assert {name: figures["rows"] for name, figures in result["by_source"].items()} == {"imdb": 8,
+                                                                                       "rotten_tomatoes": 8}
+    assert sum(f["disagreement"]["count"] for f in result["by_source"].values()) == result["disagreement"]["count"]
+    for model in ("prod", "candidate"):
+        realized, estimated = result["realized_accuracy"][model], result["estimated_accuracy"][model]
+        assert realized["low"] <= realized["value"] <= realized["high"] and 0.5 <= estimated["value"] <= 1.0
+    difference = result["realized_difference"]
+    assert difference["value"] == pytest.approx(result["realized_accuracy"]["candidate"]["value"]
+                                                - result["realized_accuracy"]["prod"]["value"])
+    assert result["latency_ms_b1"]["rows"] == 16 and result["prod_version"].startswith("sha256:")
+
+
+def test_label_budget_benchmark_smoke_run_on_a_synthetic_pool_prints_its_json(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    result = run_benchmark("label_budget.py", "--seeds", "2", "--synthetic-only", "--synthetic-rows", "1500",
+                           "--bootstrap", "50", "--project", str(tmp_path), cwd=tmp_path)
+    assert [(r["pool"], r["design"]) for r in result["rows"]] == [("synthetic", "queue"), ("synthetic", "uniform")]
+    assert all(r["seeds"] == 2 and r["settled"] <= 2 for r in result["rows"])
+    assert set(result["targets"]) == {"min_label_saving"}
+
+
+def test_label_budget_table_fits_80_columns_and_looks_reach_the_whole_pool():
+    from benchmarks.label_budget import look_schedule, table_lines
+
+    assert look_schedule(35) == [10, 20, 30, 35] and look_schedule(1000)[-1] == 1000
+    row = {"pool": "synthetic", "design": "uniform", "rows": 100000, "disagreement": 0.1234, "true_difference": 0.0211,
+           "full_pool_verdict": "INCONCLUSIVE", "seeds": 200, "settled": 200, "promote": 199, "reject": 1,
+           "median_labels": 99999.0, "p90_labels": 99999.0, "error_rate_vs_sign": 0.005}
+    assert max(map(len, table_lines([row]))) <= 80

@@ -526,3 +526,45 @@ def test_a_model_trained_on_a_tenth_of_the_data_is_rejected_against_one_trained_
     cfg, full = trained["all"]  # the other way round: the better model against the worse one
     load_stage("gate").fn(judged_leniently(cfg, champion=str(tenth.stage_dir("gate") / "release")), full)
     assert json.loads(full.decision.read_text())["decision"] == PROMOTE
+
+
+def test_gate_reweights_test_rows_toward_a_logged_stream_and_reports_it(staged_pipeline, tmp_path):
+    from tasks.serving.predlog import PredictionLog
+    from tasks.serving.scoring import load_served
+
+    cfg, paths = staged_pipeline
+    project = tmp_path / "project"
+    shutil.copytree(paths.root, project)
+    copy = ArtifactPaths(project)
+    texts = list(pd.read_parquet(copy.split("dev"))["text"])
+    served = load_served(copy.int8_dir, cfg.serve.model_name, None, threads=1)
+    log = PredictionLog(project / "live-log", log_texts=True, file_mb=1, max_mb=8, flush_seconds=0.1)
+    log.start()
+    log.append(served.info.version, texts, served.score(texts, 1), served.info.labels)
+    log.close()
+    served.close()
+    live = cfg.gate.live_traffic.model_copy(update={"log_dir": "live-log", "min_effective_rows": 1,
+                                                   "min_supported_share": 0.01})
+    # The champion is the candidate itself: the replay of what it answered must find no disagreement.
+    champion = tmp_path / "champion"
+    shutil.copytree(copy.stage_dir("gate") / "release", champion)
+    load_stage("gate").fn(judged_leniently(cfg, live_traffic=live, champion=str(champion)), copy)
+    shadow = json.loads(copy.decision.read_text())["shadow"]
+    assert shadow["rows"]["replayed"] == len(texts) and shadow["disagreement"]["value"] == 0.0
+    assert shadow["estimated_difference"]["value"] == 0.0 and "latency_ms_b1" not in shadow
+    assert shadow["estimated_accuracy"]["prod"]["value"] == pytest.approx(
+        shadow["estimated_accuracy"]["candidate"]["value"], abs=1e-6)
+    assert "## Shadow replay of the prediction log" in (copy.stage_dir("gate") / "report.md").read_text()
+    found = json.loads(copy.decision.read_text())["live_traffic"]
+    assert found["verdict"] == "reweighted" and found["live_texts"] == len(texts), found["why"]
+    assert found["unweighted"]["accuracy"] == json.loads(copy.decision.read_text())["metrics"]["accuracy"]
+    assert 0 < found["effective_rows"] <= found["test_rows"] and "per_row" not in found
+    assert "reweighted to live traffic" in (copy.stage_dir("gate") / "report.md").read_text()
+
+
+def test_gate_without_a_live_log_says_how_to_get_one(staged_pipeline):
+    cfg, paths = staged_pipeline
+    assert cfg.gate.live_traffic.log_dir is None  # the default: the gate's outputs depend on tracked inputs only
+    decision = json.loads(paths.decision.read_text())
+    assert decision["live_traffic"] is None and decision["shadow"] is None
+    assert "gate.live_traffic.log_dir is null" in (paths.stage_dir("gate") / "report.md").read_text()

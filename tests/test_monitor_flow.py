@@ -25,12 +25,17 @@ def check(name, value, threshold, severity="alarm", passed=True, skipped=False, 
             "evidence": evidence, "skipped": skipped, "status": "skipped" if skipped else "passed" if passed else "failed"}
 
 
+ESTIMATE = {"value": 0.8412, "low": 0.8133, "high": 0.8691, "rows": 250, "confidence": 0.95}
+
+
 def judgement(alarms=("length_ks",), judged=True):
     checks = [check("label_psi", 0.01, 0.2), check("confidence_ks", 0.05, 0.2, "warning"),
               check("length_ks", 0.9, 0.25, passed="length_ks" not in alarms, evidence="median tokens 120 | 14"),
               check("domain_auc", None, 0.75, passed=False, skipped=True, evidence="skipped: no texts <logged>")]
     return {"start": END - 3600, "end": END, "texts": 250, "version": "v0.2.0", "checks": checks, "judged": judged,
-            "alarms": list(alarms), "warnings": [], "served_versions": {"v0.2.0": 250}, "labelled_rows": 0}
+            "alarms": list(alarms), "warnings": [], "served_versions": {"v0.2.0": 250}, "labelled_rows": 0,
+            "estimate": dict(ESTIMATE) if judged else None,
+            "estimate_skipped": "" if judged else "250 texts in the window, fewer than monitor.min_window_texts"}
 
 
 ARRIVALS = [{"name": "batch-1.csv", "sha256": "ab" * 32, "rows": 12, "new_rows": 12, "used_rows": 10, "bad_rows": 2,
@@ -97,12 +102,13 @@ def test_history_table_names_the_flagged_checks_and_wide_has_one_column_per_chec
     rows = [history_row(judgement()), history_row({**judgement(alarms=()), "warnings": ["confidence_ks"]}),
             history_row(judgement(alarms=(), judged=False))]
     columns, cells = history_table(rows)
-    assert columns == ["end (UTC)", "version", "texts", "verdict", "new rows", "flagged checks"]
-    assert [row[3:] for row in cells] == [["ALARM", "0", "length_ks 0.9 (alarm)"],
-                                         ["warning", "0", "confidence_ks 0.05 (warning)"], ["not judged", "0", "-"]]
+    assert columns == ["end (UTC)", "version", "texts", "verdict", "new rows", "est. accuracy", "flagged checks"]
+    assert [row[3:] for row in cells] == [["ALARM", "0", "0.84 0.81-0.87", "length_ks 0.9 (alarm)"],
+                                         ["warning", "0", "0.84 0.81-0.87", "confidence_ks 0.05 (warning)"],
+                                         ["not judged", "0", "-", "-"]]
     columns, cells = history_table(rows, wide=True)
-    assert columns[:5] == ["end (UTC)", "version", "texts", "verdict", "new rows"]
-    assert columns[5:] == ["label_psi", "confidence_ks", "length_ks", "domain_auc"]
+    assert columns[:6] == ["end (UTC)", "version", "texts", "verdict", "new rows", "est. accuracy"]
+    assert columns[6:] == ["label_psi", "confidence_ks", "length_ks", "domain_auc"]
     assert cells[0][3] == "ALARM" and cells[2][3] == "not judged"
     assert cells[0][columns.index("length_ks")] == "0.9" and cells[0][columns.index("domain_auc")] == "-"
 
@@ -291,7 +297,9 @@ def test_monitor_history_command_prints_the_last_runs(tmp_path, monkeypatch, cap
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["monitor", "history", "--project", str(tmp_path)]) == 0
     table = readable_at_80(capsys.readouterr().out)
-    assert "flagged checks" in table and "length_ks 0.9 (alarm)" in table and "v0.1.0" in table
+    assert "flagged checks" in table and "length_ks 0.9" in table and "(alarm)" in table and "v0.1.0" in table
+    # the estimate over its interval (two lines of one cell: the words of the row's lines interleave)
+    assert "est." in table and "accuracy" in table and "0.84" in table and "0.81-0.87" in table
 
 
 def test_monitored_model_is_the_served_folder_without_a_registry_and_says_when_there_is_none(tmp_path, monkeypatch):

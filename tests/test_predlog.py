@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.serving.predlog import (MB, PredictionLog, PredictionLogError, list_parts, part_name,
-                                   read_prediction_log)
+from tasks.runtime.prediction_log import list_parts, read_prediction_log
+from tasks.serving.predlog import MB, PredictionLog, PredictionLogError, part_name
 from tasks.serving.scoring import TextScore
 
 LABELS = ["negative", "positive"]

@@ -16,7 +16,7 @@ import pytest
 from tasks.runtime.settings import API_KEYS_ENV, load_serve_settings
 from tasks.serving import scoring
 from tasks.serving.app import create_app, explain_invalid, key_matches, presented_key
-from tasks.serving.predlog import read_prediction_log
+from tasks.runtime.prediction_log import read_prediction_log
 from tasks.serving.scoring import ModelInfo, TextScore
 from tasks.serving.source import Resolved, SourceError
 from tests.conftest import REPO

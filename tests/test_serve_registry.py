@@ -12,7 +12,7 @@ import pytest
 from tasks.registry import tags
 from tasks.runtime.settings import API_KEYS_ENV, load_serve_settings
 from tasks.serving.app import create_app
-from tasks.serving.predlog import read_prediction_log
+from tasks.runtime.prediction_log import read_prediction_log
 from tasks.serving.reload import reload_if_changed
 from tasks.serving.scoring import ModelHolder, load_served
 from tasks.serving.source import RegistrySource, SourceError

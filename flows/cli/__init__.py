@@ -1,7 +1,8 @@
 """The `tunegate` command line: the top-level parser, the parent parsers commands share, and main (errors and exit
 codes). Each command group's module holds its handlers beside the function that registers their parsers:
 pipeline (run, stage, data default, validate), scoring (predict, batch-score), serving (schedule, serve),
-promotion (ci pr/main, promote, rollback), registry (verify, history, models, card), monitoring (monitor run/history).
+promotion (ci pr/main, promote, rollback), registry (verify, history, models, card), monitoring (monitor run/history),
+shadow (shadow).
 
 `tunegate serve` builds this whole parser on the serving install: no module here imports a pipeline package
 (Prefect, torch, transformers, pandas, ...) at module level; handlers import what they need when they run."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import monitoring, pipeline, promotion, registry, scoring, serving
+from flows.cli import label_queue, monitoring, pipeline, promotion, registry, scoring, serving, shadow
 from flows.terminal import debugging, errors, report_error
 from tasks.core.errors import TunegateError
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     promotion.add_commands(sub, repository, stage_move)
     registry.add_commands(sub, repository)
     monitoring.add_commands(sub)
+    label_queue.add_commands(sub)
+    shadow.add_commands(sub)
     return parser
 
 

@@ -61,7 +61,7 @@ def print_monitor_result(result: dict) -> None:
 def cmd_monitor_history(args: argparse.Namespace) -> int:
     from tasks.core.config import load_config
     from tasks.core.paths import ArtifactPaths
-    from tasks.monitoring.history import history_path, history_table, read_history
+    from tasks.monitoring.history import NARROW_MAX_WIDTHS, history_path, history_table, read_history
 
     root = Path(args.project).resolve()
     path = history_path(root, load_config(ArtifactPaths(root).params).monitor.history)
@@ -71,9 +71,12 @@ def cmd_monitor_history(args: argparse.Namespace) -> int:
                       markup=False, highlight=False)
         return 0
     columns, cells = history_table(rows, wide=args.wide)
-    table = Table(title=f"monitor history ({path.name}, {len(rows)} runs)", box=box.SIMPLE_HEAD)
+    # Narrow: padding collapsed and no edges, so the flagged checks keep what width the estimate leaves them.
+    table = Table(title=f"monitor history ({path.name}, {len(rows)} runs)", box=box.SIMPLE_HEAD,
+                  collapse_padding=not args.wide, show_edge=args.wide)
     for i, column in enumerate(columns):  # the figures wrap; the end and version stay whole
-        table.add_column(column.replace("_", " ") if args.wide else column, no_wrap=i < 2, overflow="fold")
+        table.add_column(column.replace("_", " ") if args.wide else column, no_wrap=i < 2, overflow="fold",
+                         max_width=None if args.wide else NARROW_MAX_WIDTHS.get(column))
     for row in cells:
         table.add_row(*row)
     console.print(table)

@@ -369,6 +369,9 @@ class QuantizeConfig(_Section):
                                                          "the teacher FP32's")
     calibration_rows: int = Field(ge=1, description="first dev rows, used for static calibration; rungs are judged "
                                                     "on the dev rows after them (all when fewer than this remain)")
+    probabilities: Literal["temperature", "as_trained"] = Field(
+        description="temperature: the shipped folder serves probabilities calibrated by temperature scaling fitted on "
+                    "all dev rows (labels unchanged); as_trained: the model's own softmax")
     sensitive_nodes: int = Field(ge=1, description="nodes static_sensitive_fp32 keeps in FP32 (those of lowest "
                                                    "weight SQNR)")
     batch_size: int = Field(ge=1, description="texts per model call when judging rungs: 1 = each text alone, as the "
@@ -392,6 +395,24 @@ class QuantizeConfig(_Section):
             raise ValueError(f"quantize.models {self.models} must name each model once and end with teacher: its "
                              "FP32 rung is the fallback that always exists and always keeps accuracy")
         return self
+
+
+class LiveTrafficConfig(_Section):
+    """The gate's accuracy on current traffic: test rows reweighted toward the prediction log's texts."""
+    log_dir: str | None = Field(description="prediction log folder whose logged texts are the live traffic "
+                                            "(relative to the project unless absolute; serve.log_texts must be "
+                                            "on); null: no reweighting")
+    max_texts: int = Field(ge=2, description="newest logged texts taken as the live traffic (and given to the "
+                                             "domain classifier)")
+    folds: int = Field(ge=2, description="cross-fitting folds: each test row's weight comes from a domain "
+                                         "classifier fitted on the other folds")
+    max_weight: float = Field(gt=1, description="cap on a test row's density-ratio weight (1 = as common live as "
+                                                "in the test split), before the weights are scaled to mean 1")
+    min_effective_rows: int = Field(ge=1, description="effective test rows ((sum w)^2 / sum w^2) below which the "
+                                                      "overlap is too small and no weighted figure is claimed")
+    min_supported_share: float = Field(gt=0, le=1, description="share of the live traffic the test rows must stand "
+                                                               "for (mean clipped density ratio over test rows), "
+                                                               "below which the overlap is too small")
 
 
 class GateConfig(_Section):
@@ -438,6 +459,8 @@ class GateConfig(_Section):
                                           description="compute budget: p95 over the test texts of the shipped "
                                                       "graph's matrix-product multiply-accumulates per text at batch "
                                                       "1 (all its windows), in GMACs")
+    live_traffic: LiveTrafficConfig = Field(description="accuracy on current traffic: test rows reweighted toward "
+                                                        "the prediction log's texts by a domain classifier")
 
     @model_validator(mode="after")
     def _buckets_increase(self) -> GateConfig:
@@ -488,6 +511,16 @@ class ServeConfig(_Section):
     parity_action: Literal["refuse", "warn"] = Field(
         description='when this host fails the certificate check (start, reload, rollback): refuse the version, or '
                     'serve it with a warning; a folder without a certificate is served with a warning either way')
+    shadow: str | None = Field(min_length=1,
+                               description='a candidate that also scores a sampled share of live texts, off the '
+                                           'response path, its answers logged beside prod\'s: a served folder '
+                                           '(relative to the project) or registry:STAGE; null: no shadow')
+    shadow_share: float = Field(ge=0, le=1,
+                                description='share of served texts mirrored to the shadow, chosen by a hash of the '
+                                            'text (the same text is mirrored in every worker and after a restart)')
+    shadow_queue_texts: int = Field(ge=1,
+                                    description='mirrored texts waiting for the shadow per worker (it scores only '
+                                                'while prod\'s queue is idle); beyond it they are dropped and counted')
 
     @model_validator(mode="after")
     def _log_bounds(self) -> ServeConfig:
@@ -522,7 +555,8 @@ class MonitorConfig(_Section):
     reference_rows: int = Field(ge=100, description="training rows compared with the window (a seeded sample when "
                                                     "there are more)")
     checks: dict[Literal["label_psi", "label_js", "confidence_ks", "length_ks", "unknown_rate", "oov_rate",
-                         "domain_auc", "accuracy_drop", "macro_f1_drop"], DriftCheck] = Field(
+                         "domain_auc", "estimated_accuracy_drop", "accuracy_drop", "macro_f1_drop"],
+                  DriftCheck] = Field(
         description="the checks run, by name, each with its bound and severity; a check left out is not run")
     domain_folds: int = Field(ge=2, description="cross-validation folds of the domain classifier (domain_auc); "
                                                 "fewer texts than this on a side skips the check")

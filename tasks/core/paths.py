@@ -127,3 +127,15 @@ class ArtifactPaths:
     @property
     def decision(self) -> Path:
         return self.stage_dir("gate") / "decision.json"
+
+    # Beside the decision, not outputs of the gate stage: a rerun of the gate, which writes a new decision, clears
+    # them (staged_dir replaces the folder).
+    @property
+    def label_queue(self) -> Path:
+        """`tunegate label-queue`: the rows whose labels would settle an INCONCLUSIVE comparison (its plan: .json)."""
+        return self.stage_dir("gate") / "label_queue.csv"
+
+    @property
+    def label_verdict(self) -> Path:
+        """`tunegate label-queue judge`: the comparison re-judged from the queue's labelled rows."""
+        return self.stage_dir("gate") / "label_queue.verdict.json"

@@ -275,6 +275,17 @@ def verdict_lines(decision: dict[str, Any]) -> list[str]:
     return [f"**{decision['decision']}**: {decision['why']}.", "", against, "", *checks_table(decision)]
 
 
+def probability_line(calibration: dict[str, Any] | None) -> str:
+    """What the served probabilities mean: temperature-calibrated on dev (with the test ECE before and after), or
+    the model's own softmax."""
+    if calibration is None or calibration["fitted_on"] is None:
+        return "the model's own softmax, not calibrated (quantize.probabilities: as_trained)."
+    return (f"calibrated by temperature scaling (T = {calibration['temperature']:.3f}, fitted on "
+            f"{calibration['fitted_on']['rows']} dev rows): expected calibration error on test "
+            f"{calibration['ece_before']['value']:.4f} before, {calibration['ece_after']['value']:.4f} after. "
+            "Calibrated on data like the test split; on other texts they can be over- or underconfident.")
+
+
 def use_lines(inputs: CardInputs) -> list[str]:
     """Intended use and limits: the label set, the data it knows, long texts, what the figures do not promise."""
     # Here, not at the top: tasks.core.data imports pandas, and `tunegate card` and promote import this module for
@@ -294,6 +305,7 @@ def use_lines(inputs: CardInputs) -> list[str]:
             f"- **The figures:** from {inputs.decision['metrics']['rows']} test rows of the same data; slices with "
             f"fewer than {inputs.judging['min_slice_rows']} rows were measured, not judged. Live traffic unlike the "
             "test split can score lower: `tunegate monitor` watches for it.",
+            f"- **Probabilities:** {probability_line(inputs.decision.get('calibration'))}",
             f"- **Where it runs:** CPU, through onnxruntime. The release's {PARITY_FILE} lets a serving host check "
             "it answers as the judging host did (`tunegate verify`)."]
 

@@ -74,6 +74,8 @@ def _metrics(metrics: dict[str, Any], confidence: float) -> list[str]:
     if metrics.get("roc_auc") is not None:
         lines.append(f"| ROC-AUC | {format_span(metrics['roc_auc'])} |")
     lines.append(f"| expected calibration error | {format_span(metrics['ece'])} |")
+    if "expected_accuracy" in metrics:  # decisions written before calibrated serving lack it
+        lines.append(f"| accuracy its probabilities expect | {format_span(metrics['expected_accuracy'])} |")
     for name, figures in metrics["per_class"].items():
         for measure in ("precision", "recall", "f1"):
             lines.append(f"| {name} {measure} (support {figures['support']}) | {format_span(figures[measure])} |")
@@ -197,6 +199,57 @@ def shipped_cost(candidate: dict[str, Any], pytorch: dict[str, Any], quantizatio
             f"{quantization['agreement']:.1%} of predictions agree).")
 
 
+def calibration_sentence(calibration: dict[str, Any] | None) -> str:
+    """How the served probabilities were calibrated and what that changed on test ('' for older decisions)."""
+    if calibration is None:
+        return ""
+    if calibration["fitted_on"] is None:
+        return (f"Probabilities are the model's own softmax (quantize.probabilities: as_trained); expected calibration "
+                f"error on test {format_span(calibration['ece_after'])}.")
+    fitted = calibration["fitted_on"]
+    return (f"Probabilities are calibrated by temperature scaling (T = {calibration['temperature']:.3f}, fitted on "
+            f"{fitted['rows']} {fitted['split']} rows; labels unchanged): expected calibration error on test "
+            f"{format_span(calibration['ece_before'])} before, {format_span(calibration['ece_after'])} after.")
+
+
+def live_traffic_lines(live: dict[str, Any] | None) -> list[str]:
+    """The shipped model's test figures reweighted toward the prediction log's texts (gate.live_traffic)."""
+    if live is None:
+        return ["Not measured: gate.live_traffic.log_dir is null (set it to a prediction log with serve.log_texts "
+                "on to reweight the test rows toward the texts the service saw)."]
+    head = (f"Test rows reweighted toward {live['live_texts']} logged texts of `{live['log_dir']}` by a domain "
+            f"classifier (covariate shift: the texts' mix changes, p(label | text) does not): {live['verdict']}, "
+            f"{live['why']}.")
+    if live["weighted"] is None:
+        return [head]
+    return [head, "", "| metric | test as judged | reweighted to live traffic |", "|---|---|---|",
+            *(f"| {name} | {format_span(live['unweighted'][key])} | {format_span(live['weighted'][key])} |"
+              for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")))]
+
+
+def shadow_lines(shadow: dict[str, Any] | None) -> list[str]:
+    """The prediction log's texts the champion answered, replayed with the candidate (gate.live_traffic.log_dir)."""
+    if shadow is None:
+        return ["Not replayed: no production model, or gate.live_traffic.log_dir is null."]
+    if "skipped" in shadow:
+        return [f"Not replayed: {shadow['skipped']}."]
+    estimated, rows = shadow["estimated_accuracy"], shadow["rows"]
+    lines = [f"{rows['replayed']} logged texts the production model ({shadow['prod_version']}) answered, scored again "
+             f"by the candidate one text per call ({sum(rows['skipped'].values())} records skipped: "
+             f"{', '.join(f'{k} {v}' for k, v in rows['skipped'].items()) or 'none'}). No labels: the accuracies "
+             "are what each model's calibrated probabilities expect.", "",
+             "| figure | value [interval] |", "|---|---|",
+             f"| disagreement | {format_span(shadow['disagreement'])} |",
+             f"| production model's accuracy, estimated | {format_span(estimated['prod'])} |",
+             f"| candidate's accuracy, estimated | {format_span(estimated['candidate'])} |",
+             f"| candidate - production, estimated | {format_span(shadow['estimated_difference'], signed=True)} |",
+             "", "| slice | texts | disagreement | candidate - production, estimated |", "|---|---|---|---|"]
+    for s in shadow["slices"]:
+        lines.append(f"| {s['column']} {s['value']} | {s['rows']} | {s['disagreement']['value']:.4f} | "
+                     f"{format_span(s['estimated_difference'], signed=True)} |")
+    return lines
+
+
 def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
     """report.md: verdict, why, checks, metrics with intervals, the comparison, slices, quantize's candidates, the
     candidate."""
@@ -216,6 +269,9 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         "## Compute cost", "", *_compute_cost(decision["compute_cost"]), "",
         "## Against the production model", "", *_comparison(decision["comparison"], decision), "",
         "## Metrics of the shipped model", "", *_metrics(decision["metrics"], cfg.confidence), "",
+        calibration_sentence(decision.get("calibration")), "",
+        "## On current traffic", "", *live_traffic_lines(decision.get("live_traffic")), "",
+        "## Shadow replay of the prediction log", "", *shadow_lines(decision.get("shadow")), "",
         "## Slices", "", reading_sentence(decision["long_text"]), "",
         *slices_table(decision["slices"], cfg.min_slice_rows, cfg.min_slice_accuracy, cfg.max_slice_gap), "",
         "## Quantize candidates (dev)", "", *_quantize_candidates(decision["quantize"]), "",

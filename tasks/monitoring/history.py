@@ -19,13 +19,22 @@ def history_path(project: Path, history: str) -> Path:
 
 
 def history_row(judgement: dict[str, Any], new_rows: int = 0) -> dict[str, Any]:
-    """What one monitor run adds to the series: window, version, verdicts and every check's figure."""
+    """What one monitor run adds to the series: window, version, verdicts, every check's figure and the accuracy
+    estimated without labels ({value, low, high, rows, confidence}, null when not computed)."""
     return {
         "start": judgement["start"], "end": judgement["end"], "version": judgement["version"],
         "texts": judgement["texts"], "judged": judgement["judged"],
         "alarms": list(judgement["alarms"]), "warnings": list(judgement["warnings"]), "new_rows": new_rows,
         "figures": {c["name"]: finite(c["value"]) for c in judgement["checks"]},
+        "estimate": _estimate_row(judgement.get("estimate")),
     }
+
+
+def _estimate_row(estimate: dict[str, Any] | None) -> dict[str, Any] | None:
+    if estimate is None:
+        return None
+    return {key: finite(estimate[key]) for key in ("value", "low", "high", "confidence")} | {
+        "rows": int(estimate["rows"])}
 
 
 def finite(value: Any) -> float | None:
@@ -91,13 +100,26 @@ def _figure(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def estimate_cell(estimate: dict[str, Any] | None) -> str:
+    """'0.84 0.81-0.87': the accuracy estimated without labels, then its interval; '-' when not computed (and in
+    rows written before the monitor estimated it)."""
+    if not estimate or estimate.get("value") is None:
+        return "-"
+    return f"{estimate['value']:.2f} {estimate['low']:.2f}-{estimate['high']:.2f}"
+
+
+# Widest cell of the short columns of the narrow table (characters): they wrap at spaces, so the flagged checks keep
+# the width they need at 80 columns ("not judged" and "new rows" on two lines, the estimate over its interval).
+NARROW_MAX_WIDTHS = {"texts": 5, "verdict": 7, "new rows": 4, "est. accuracy": 9}
+
+
 def history_table(rows: list[dict[str, Any]], wide: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Columns and cells of the series: window end (UTC), version, texts, verdict, new labelled rows, then the checks
-    that alarmed or warned, with their figures (readable at 80 columns). `wide`: one column per check instead (in
-    first-seen order; '-' where a run skipped it)."""
-    columns = ["end (UTC)", "version", "texts", "verdict", "new rows"]
-    cells = [[utc(row["end"]), str(row["version"]), str(row["texts"]), verdict(row), str(row.get("new_rows", 0))]
-             for row in rows]
+    """Columns and cells of the series: window end (UTC), version, texts, verdict, new labelled rows, the accuracy
+    estimated without labels with its interval, then the checks that alarmed or warned, with their figures (readable
+    at 80 columns). `wide`: one column per check instead (in first-seen order; '-' where a run skipped it)."""
+    columns = ["end (UTC)", "version", "texts", "verdict", "new rows", "est. accuracy"]
+    cells = [[utc(row["end"]), str(row["version"]), str(row["texts"]), verdict(row), str(row.get("new_rows", 0)),
+              estimate_cell(row.get("estimate"))] for row in rows]
     if not wide:
         return [*columns, "flagged checks"], [[*row_cells, _flagged(row)] for row_cells, row in zip(cells, rows)]
     checks: list[str] = []

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import MonitorConfig
+from tasks.judging.estimate import expected_accuracy
 from tasks.monitoring import drift
 from tasks.monitoring.domain import domain_auc
 from tasks.monitoring.performance import drops, live_metrics
@@ -18,7 +19,7 @@ from tasks.monitoring.reference import Reference
 
 # The order checks are reported in (params.yaml's monitor.checks order); a check absent from params is not run.
 CHECK_ORDER = ("label_psi", "label_js", "confidence_ks", "length_ks", "unknown_rate", "oov_rate", "domain_auc",
-               "accuracy_drop", "macro_f1_drop")
+               "estimated_accuracy_drop", "accuracy_drop", "macro_f1_drop")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class WindowJudgement:
     warnings: list[str] = field(default_factory=list)  # names of failed checks at severity warning
     served_versions: dict[str, int] = field(default_factory=dict)  # records per model_version in the window
     labelled_rows: int = 0
+    # Accuracy expected from the window's top-class probabilities, no labels needed (window_estimate):
+    # {value, low, high, rows, confidence}; None when not computed, and estimate_skipped says why (a sentence).
+    estimate: dict[str, float] | None = None
+    estimate_skipped: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (each check with its status)."""
@@ -72,13 +77,40 @@ def _texts_of(records: list[dict], labelled: pd.DataFrame | None) -> tuple[list[
     raise _Skip("the prediction log holds no texts (serve.log_texts is off) and no labelled batch arrived")
 
 
+def window_estimate(records: list[dict], gate_figures: dict | None) -> dict[str, float]:
+    """The window's accuracy expected from its records' top-class probabilities (estimate.expected_accuracy), with
+    its interval at the gate's level (gate.confidence, carried by the gate's figures, so it reads beside them)."""
+    if gate_figures is None:
+        raise _Skip("the gate's figures of the prod release are not available (they give the interval's level and "
+                    "the baseline)")
+    level = float(gate_figures["confidence"])
+    found = expected_accuracy(np.array([r["confidence"] for r in records], dtype=float), level)
+    return {**found, "confidence": level}
+
+
+def estimate_baseline(gate_figures: dict) -> tuple[float, str]:
+    """What the window's estimate is compared with: the gate's expected accuracy on test (mean top-class
+    probability, measured as the window's is), else its test accuracy (decisions written before the gate measured
+    the former); and a phrase naming which."""
+    expected = gate_figures.get("expected_accuracy")
+    if expected is not None:
+        return float(expected["value"]), (f"the gate's expected accuracy {expected['value']:.3f} "
+                                          f"[{expected['low']:.3f}, {expected['high']:.3f}] on "
+                                          f"{gate_figures['rows']} test rows")
+    accuracy = gate_figures["accuracy"]
+    return float(accuracy["value"]), (f"the gate's test accuracy {accuracy['value']:.3f} on {gate_figures['rows']} "
+                                      "rows (its decision holds no expected_accuracy)")
+
+
 def _fmt(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
 def _computations(records: list[dict], reference: Reference, cfg: MonitorConfig, labelled: pd.DataFrame | None,
-                  gate_figures: dict | None, seed: int) -> dict[str, Callable[[], tuple[float, str]]]:
-    """Each check's computation: () -> (value, evidence), raising _Skip when it cannot be computed."""
+                  gate_figures: dict | None, seed: int, estimate: dict[str, float] | None,
+                  estimate_skipped: str) -> dict[str, Callable[[], tuple[float, str]]]:
+    """Each check's computation: () -> (value, evidence), raising _Skip when it cannot be computed. `estimate`: the
+    window's window_estimate, None when it could not be computed (`estimate_skipped` says why)."""
     names = reference.label_names
     live_shares = drift.shares([r["label"] for r in records], names)
     performance: dict[str, Any] = {}
@@ -126,6 +158,15 @@ def _computations(records: list[dict], reference: Reference, cfg: MonitorConfig,
         per_side = min(len(texts), len(reference.texts), cfg.domain_max_texts)
         return auc, f"{source}; {per_side} texts per side, {cfg.domain_folds}-fold ROC-AUC {auc:.3f} ± {spread:.3f}"
 
+    def estimated_accuracy_drop():
+        if estimate is None or gate_figures is None:
+            raise _Skip(estimate_skipped)
+        baseline, named = estimate_baseline(gate_figures)
+        return baseline - estimate["value"], (
+            f"estimated accuracy {estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}] "
+            f"({estimate['confidence']:.0%}, no labels: mean top-class probability of {estimate['rows']} texts) "
+            f"vs {named}")
+
     def performance_drop(metric: str):
         def compute():
             if labelled is None or not len(labelled):
@@ -146,7 +187,8 @@ def _computations(records: list[dict], reference: Reference, cfg: MonitorConfig,
 
     return {"label_psi": label_psi, "label_js": label_js, "confidence_ks": confidence_ks, "length_ks": length_ks,
             "unknown_rate": unknown_rate, "oov_rate": oov_rate, "domain_auc": domain,
-            "accuracy_drop": performance_drop("accuracy"), "macro_f1_drop": performance_drop("macro_f1")}
+            "estimated_accuracy_drop": estimated_accuracy_drop, "accuracy_drop": performance_drop("accuracy"),
+            "macro_f1_drop": performance_drop("macro_f1")}
 
 
 def run_check(name: str, compute: Callable[[], tuple[float, str]], cfg: MonitorConfig) -> CheckResult:
@@ -168,16 +210,21 @@ def judge_window(records: list[dict], reference: Reference, cfg: MonitorConfig, 
     rows = 0 if labelled is None else len(labelled)
     configured = [name for name in CHECK_ORDER if name in cfg.checks]
     if len(records) < cfg.min_window_texts:
-        why = (f"skipped: {len(records)} texts in the window, fewer than monitor.min_window_texts "
-               f"({cfg.min_window_texts})")
-        checks = [CheckResult(n, None, cfg.checks[n].max, cfg.checks[n].severity, False, why, skipped=True)
-                  for n in configured]
+        too_few = f"{len(records)} texts in the window, fewer than monitor.min_window_texts ({cfg.min_window_texts})"
+        checks = [CheckResult(n, None, cfg.checks[n].max, cfg.checks[n].severity, False, f"skipped: {too_few}",
+                              skipped=True) for n in configured]
         return WindowJudgement(start, end, len(records), reference.version, checks, False,
-                               served_versions=served, labelled_rows=rows)
-    computations = _computations(records, reference, cfg, labelled, gate_figures, seed)
+                               served_versions=served, labelled_rows=rows, estimate_skipped=too_few)
+    estimate, estimate_skipped = None, ""
+    try:
+        estimate = window_estimate(records, gate_figures)
+    except _Skip as why:
+        estimate_skipped = str(why)
+    computations = _computations(records, reference, cfg, labelled, gate_figures, seed, estimate, estimate_skipped)
     checks = [run_check(name, computations[name], cfg) for name in configured]
     failed = [c for c in checks if not c.passed and not c.skipped]
     return WindowJudgement(start, end, len(records), reference.version, checks, True,
                            alarms=[c.name for c in failed if c.severity == "alarm"],
                            warnings=[c.name for c in failed if c.severity == "warning"],
-                           served_versions=served, labelled_rows=rows)
+                           served_versions=served, labelled_rows=rows, estimate=estimate,
+                           estimate_skipped=estimate_skipped)

@@ -19,9 +19,13 @@ PROBABILITY_PREFIX = "p_"  # a labelled frame's class probability columns: p_<la
 
 def gate_figures(decision: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     """The gate's test accuracy and macro-F1 ({value, low, high}) from its decision, with the interval settings
-    (params' gate section) live intervals are computed with, so both sides are measured alike."""
+    (params' gate section) live intervals are computed with, so both sides are measured alike; and its expected
+    accuracy on test (mean top-class probability, {value, low, high}), None in decisions written before the gate
+    measured it."""
     metrics = decision["metrics"]
+    expected = metrics.get("expected_accuracy")
     return {"accuracy": dict(metrics["accuracy"]), "macro_f1": dict(metrics["macro_f1"]),
+            "expected_accuracy": dict(expected) if expected is not None else None,
             "rows": int(metrics["rows"]), "decision": decision.get("decision"),
             "bootstrap_samples": gate.bootstrap_samples, "confidence": gate.confidence,
             "calibration_bins": gate.calibration_bins}

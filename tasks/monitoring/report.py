@@ -58,6 +58,18 @@ def _headline(judgement: dict[str, Any]) -> str:
     return verdict + (f": {', '.join(failed)}" if failed else ": every check within its bound")
 
 
+def estimate_line(judgement: dict[str, Any]) -> str:
+    """The window's accuracy estimated without labels, with its interval, or why it was not computed (judgements
+    made before the monitor estimated it say so too)."""
+    estimate = judgement.get("estimate")
+    if estimate is None:
+        why = judgement.get("estimate_skipped") or "not recorded in this judgement"
+        return f"accuracy estimated without labels: not computed ({why})"
+    return (f"accuracy estimated without labels: {estimate['value']:.3f} [{estimate['low']:.3f}, "
+            f"{estimate['high']:.3f}] ({estimate['confidence']:.0%} interval of the accuracy these "
+            f"{estimate['rows']} texts would show once labelled, if the probabilities are calibrated on them)")
+
+
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell (one line, no column breaks)."""
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -68,7 +80,8 @@ def render_markdown(judgement: dict[str, Any], arrivals: list[dict[str, Any]] | 
     lines = [f"# Monitoring: {_headline(judgement)}", "",
              f"- window: {iso(judgement['start'])} to {iso(judgement['end'])}",
              f"- model version: {judgement['version']}",
-             f"- texts scored in the window: {judgement['texts']}", "",
+             f"- texts scored in the window: {judgement['texts']}",
+             f"- {estimate_line(judgement)}", "",
              "| check | value | bound | severity | verdict | evidence |", "|---|---|---|---|---|---|"]
     for check in judgement["checks"]:
         lines.append(f"| {check['name']} | {_number(check['value'])} | {_number(check['threshold'])} | "
@@ -127,7 +140,8 @@ def render_html(judgement: dict[str, Any], arrivals: list[dict[str, Any]] | None
             f'<h1>Monitoring: <span class="{verdict.split()[0]}">{e(_headline(judgement))}</span></h1>'
             f"<ul><li>window: {iso(judgement['start'])} to {iso(judgement['end'])}</li>"
             f"<li>model version: {e(str(judgement['version']))}</li>"
-            f"<li>texts scored in the window: {judgement['texts']}</li></ul>"
+            f"<li>texts scored in the window: {judgement['texts']}</li>"
+            f"<li>{e(estimate_line(judgement))}</li></ul>"
             f"<table><tr><th>check</th><th>value</th><th>bound</th><th>severity</th><th>verdict</th>"
             f"<th>value against bound (line)</th><th>evidence</th></tr>{''.join(rows)}</table>"
             f"{arrivals_html}</body></html>\n")

@@ -20,7 +20,8 @@ from tasks.core.io import file_sha256, read_json
 from tasks.core.paths import ArtifactPaths
 from tasks.core.vcs import CommandFailed, dirty_files, dvc_file_outs, git, git_succeeds
 from tasks.judging.card import CARD_FILE
-from tasks.judging.compare import PROMOTE
+from tasks.judging.compare import INCONCLUSIVE, PROMOTE
+from tasks.judging.stats import CHECK_PASS
 from tasks.registry import tags
 from tasks.registry.tags import ARTIFACT, PROD, RELEASE_PATH, Bump, RegistryError
 from tasks.runtime.files import RELEASE_FILE, SERVING_FILE
@@ -63,12 +64,30 @@ class Promotion:
 
 # --- pure rules --------------------------------------------------------------------------------------------------
 
-def decision_refusal(decision: dict[str, Any], force: bool, reason: str | None) -> str | None:
-    """Why the gate's verdict does not allow this promotion, or None (PROMOTE, or a forced one with a reason)."""
+def settled_by_labels(decision: dict[str, Any], decision_sha256: str, verdict: dict[str, Any] | None) -> str | None:
+    """Why an INCONCLUSIVE decision may be promoted after all, or None: every check of the candidate held, only its
+    comparison with the champion was unsettled, and `tunegate label-queue judge` re-judged that comparison PROMOTE
+    from labelled rows of the queue built for this very decision (its sha256)."""
+    if verdict is None or decision.get("decision") != INCONCLUSIVE or verdict.get("outcome") != PROMOTE:
+        return None
+    checks_hold = all(c.get("outcome") == CHECK_PASS for c in decision.get("checks", []))
+    comparison = decision.get("comparison") or {}
+    if not checks_hold or comparison.get("outcome") != INCONCLUSIVE or verdict.get("decision_sha256") != decision_sha256:
+        return None
+    accuracy = verdict["differences"]["accuracy"]
+    return (f"gate INCONCLUSIVE against the champion, settled PROMOTE by {verdict['labelled']} labelled rows of the "
+            f"label queue: accuracy difference {accuracy['value']:+.4f} [{accuracy['low']:+.4f}, "
+            f"{accuracy['high']:+.4f}]")
+
+
+def decision_refusal(decision: dict[str, Any], force: bool, reason: str | None,
+                     settled: str | None = None) -> str | None:
+    """Why the gate's verdict does not allow this promotion, or None (PROMOTE, an INCONCLUSIVE comparison `settled`
+    by labelled rows, or a forced one with a reason)."""
     if force and not (reason or "").strip():
         return "--force needs --reason \"...\": the reason is recorded in the tags, so `git show` tells why"
     verdict = decision.get("decision")
-    if verdict == PROMOTE or force:
+    if verdict == PROMOTE or settled or force:
         return None
     return (f"the gate decided {verdict}: {decision.get('why', '(no reason recorded)')}. Only a PROMOTE is promoted; "
             "override with --force --reason \"...\" (recorded in the tags)")
@@ -267,6 +286,11 @@ def read_decision(paths: ArtifactPaths) -> tuple[dict[str, Any], bytes]:
     return decision, raw
 
 
+def read_label_verdict(paths: ArtifactPaths) -> dict[str, Any] | None:
+    """`tunegate label-queue judge`'s verdict beside the decision, None when there is none."""
+    return read_json(paths.label_verdict) if paths.label_verdict.is_file() else None
+
+
 def check_release(paths: ArtifactPaths, decision: dict[str, Any]) -> str:
     """The release folder is the one the gate judged; returns its model's sha256."""
     release_dir = paths.root / RELEASE_PATH
@@ -313,7 +337,8 @@ def promote(root: Path, bump: Bump = "minor", stage: str = PROD, force: bool = F
     if stage not in (allowed := tags.allowed_stages(root)):
         raise RegistryError(f"stage {stage!r} is not allowed here (.gto allows: {', '.join(allowed)})")
     decision, raw = read_decision(paths)
-    refusal = decision_refusal(decision, force, reason)
+    settled = settled_by_labels(decision, hashlib.sha256(raw).hexdigest(), read_label_verdict(paths))
+    refusal = decision_refusal(decision, force, reason, settled)
     if refusal:
         raise PromotionRefused(refusal)
     commit = check_committed(root)
@@ -329,7 +354,9 @@ def promote(root: Path, bump: Bump = "minor", stage: str = PROD, force: bool = F
         stale = stale_comparison(decision, prod.version if prod else None, existing.version if existing else None)
         if stale and not force:
             raise PromotionRefused(f"stale decision: {stale}. Or override with --force --reason \"...\"")
-        forced = force and (decision.get("decision") != PROMOTE or stale is not None)
+        forced = force and ((decision.get("decision") != PROMOTE and not settled) or stale is not None)
+        if settled and not force:
+            reason = settled  # recorded in the tags as the promotion's reason
         if stale:
             notes.append(f"forced past a stale comparison: {stale}")
         dvc.push(GATE_STAGE, remote)  # bytes before names: a tag must never point at bytes the remote lacks

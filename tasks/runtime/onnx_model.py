@@ -219,6 +219,24 @@ def inference_session(model: Path | bytes, options: Any = None, *, providers: li
     return session
 
 
+class CalibrationError(TunegateError):
+    """serving.json's `calibration` is one this version cannot apply (an unknown method, or no positive temperature)."""
+
+
+def served_temperature(serving: dict[str, Any]) -> float:
+    """The temperature a served folder's logits are divided by (serving.json `calibration`, written by quantize from
+    dev): 1.0 for folders without one. Dividing the combined text logits keeps every argmax, so labels never move."""
+    calibration = serving.get("calibration")
+    if calibration is None:
+        return 1.0
+    if not isinstance(calibration, dict) or calibration.get("method") != "temperature":
+        raise CalibrationError(f"calibration {calibration!r}: only {{'method': 'temperature', ...}} is read")
+    temperature = calibration.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise CalibrationError(f"calibration temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
+
+
 class OnnxClassifier:
     """A text classifier from an exported folder: an .onnx model, tokenizer.json and serving.json."""
 
@@ -238,6 +256,10 @@ class OnnxClassifier:
             self.long_text: dict[str, Any] = normalise(self.serving.get("long_text"))
         except LongTextRuleError as exc:
             raise LongTextRuleError(f"{folder / SERVING_FILE}: {exc}") from exc
+        try:
+            self.temperature = served_temperature(self.serving)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{folder / SERVING_FILE}: {exc}") from exc
         # `encode` (quantize's calibration batches) truncates and pads; `reader` reads whole texts, which the
         # long_text rule then cuts into windows.
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -291,8 +313,10 @@ class OnnxClassifier:
         return self.read_ids(self.content_ids(texts))
 
     def reading_logits(self, reading: Reading, groups: list[Any]) -> np.ndarray:
-        """[n, classes] logits of a reading: one model call per group of text indices, windows combined by the rule."""
-        return logits_in_groups(reading, groups, self.window_logits, self.long_text, len(self.labels))
+        """[n, classes] logits of a reading: one model call per group of text indices, windows combined by the rule,
+        then divided by the folder's calibration temperature (so softmax gives calibrated probabilities)."""
+        logits = logits_in_groups(reading, groups, self.window_logits, self.long_text, len(self.labels))
+        return logits if self.temperature == 1.0 else logits / np.float32(self.temperature)
 
     def inputs(self, windows: list[list[int]]) -> dict[str, np.ndarray]:
         """The model's int64 inputs for token-id windows, padded to the longest (as `encode` pads)."""

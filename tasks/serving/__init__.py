@@ -1,2 +1,2 @@
-"""The HTTP service: the app, its batcher, metrics, prediction log, hot reload and where its model comes from
-(a folder or a registry stage). The model it serves is tasks.runtime's."""
+"""The HTTP service: the app, its batcher, metrics, prediction log, hot reload, the shadow that mirrors live texts to a
+candidate, and where its models come from (a folder or a registry stage). The model it serves is tasks.runtime's."""

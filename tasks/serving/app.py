@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import BackgroundTasks, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -32,6 +32,7 @@ from tasks.serving.metrics import ServiceMetrics
 from tasks.serving.predlog import PredictionLog
 from tasks.serving.reload import reload_if_changed
 from tasks.serving.scoring import ModelHolder, ServedModel, TextScore, cores, thread_plan
+from tasks.serving.shadow import Mirror
 from tasks.serving.source import ModelSource, source_for
 
 log = logging.getLogger("tasks.serving")
@@ -305,8 +306,11 @@ async def wait_for_disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
 class Service:
     """What one worker runs: the source, the held model, the batcher, the prediction log and the reload poll."""
 
-    def __init__(self, settings: ServeSettings, project: Path, source: ModelSource, metrics: ServiceMetrics):
+    def __init__(self, settings: ServeSettings, project: Path, source: ModelSource, metrics: ServiceMetrics,
+                 shadow_source: ModelSource | None = None):
         self.settings, self.project, self.source, self.metrics = settings, project, source, metrics
+        self.shadow_source = shadow_source  # replaces the one serve.shadow names (tests)
+        self.mirror: Mirror | None = None
         self.threads = thread_plan(settings, cores())[0]  # serve.threads, else cores // workers
         self.holder: ModelHolder | None = None
         self.batcher: MicroBatcher | None = None
@@ -356,6 +360,7 @@ class Service:
                                     max_queue_texts=s.max_queue_texts, max_queue_wait_ms=s.max_queue_wait_ms,
                                     observer=self.metrics)
         await self.batcher.start()
+        self.mirror = self.start_mirror()
         self.metrics.set_version(s.model_name, model.info.version)
         if s.reload_seconds > 0:
             self._poll = asyncio.create_task(self.poll_forever(), name="tunegate-reload-poll")
@@ -363,11 +368,25 @@ class Service:
         log.info("serving %s version %s from %s (%d onnxruntime threads, batches of up to %d texts)",
                  s.model_name, model.info.version, self.source.description, self.threads, s.max_batch_size)
 
+    def start_mirror(self) -> Mirror | None:
+        """The shadow (serve.shadow) on its own thread, or None when off. It loads in that thread, after prod is
+        ready: a shadow slow or unable to load never delays or fails the service's start."""
+        s = self.settings
+        if s.shadow is None:
+            return None
+        mirror = Mirror(lambda: self.shadow_source or source_for(s.shadow, self.project), share=s.shadow_share,
+                        queue_texts=s.shadow_queue_texts, name=s.model_name, reload_seconds=s.reload_seconds,
+                        prod_idle_s=self.batcher.idle_s, predlog=self.predlog, observer=self.metrics)
+        mirror.start()
+        return mirror
+
     async def stop(self) -> None:
         self.ready = False
         if self._poll is not None:
             self._poll.cancel()
             await asyncio.gather(self._poll, return_exceptions=True)
+        if self.mirror is not None:  # before the log closes: what it scored is written
+            await asyncio.to_thread(self.mirror.stop, self.settings.request_timeout_s)
         if self.batcher is not None:
             await self.batcher.stop()
         if self.predlog is not None:
@@ -416,17 +435,24 @@ class Service:
         raise ClientGone() if gone in done else ScoringTimeout()
 
 
+async def offer_to_shadow(mirror: Mirror, version: str, texts: list[str], scores: list[TextScore],
+                          labels: list[str]) -> None:
+    """A background task (async, so Starlette runs it on the loop, not in a thread): Mirror.offer never blocks."""
+    mirror.offer(version, texts, scores, labels)
+
+
 # ---------------------------------------------------------------- the app
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 503, 504)}
 
 
-def create_app(settings: ServeSettings, project: Path, *, source: ModelSource | None = None) -> FastAPI:
+def create_app(settings: ServeSettings, project: Path, *, source: ModelSource | None = None,
+               shadow_source: ModelSource | None = None) -> FastAPI:
     """The service for `settings` (serve.model and serve.log_dir relative to `project`); `source` replaces the
-    one serve.model names (tests, embedding)."""
+    one serve.model names, `shadow_source` the one serve.shadow names (tests, embedding)."""
     keys = api_keys(settings)
     metrics = ServiceMetrics()
-    service = Service(settings, project, source or source_for(settings.model, project), metrics)
+    service = Service(settings, project, source or source_for(settings.model, project), metrics, shadow_source)
     PredictRequest = request_model(settings)
 
     @asynccontextmanager
@@ -500,7 +526,8 @@ def create_app(settings: ServeSettings, project: Path, *, source: ModelSource | 
 
     @app.post(PREDICT_PATH, response_model=PredictResponse, tags=["predict"],
               responses={k: ERRORS[k] for k in (400, 401, 413, 422, 429, 503, 504)})
-    async def predict(body: PredictRequest, request: Request, response: Response):  # type: ignore[valid-type]
+    async def predict(body: PredictRequest, request: Request, response: Response,  # type: ignore[valid-type]
+                      background: BackgroundTasks):
         """Label and class probabilities of each text, with the version that scored them (also in X-Model-Version)."""
         texts = body.texts
         with service.holder.acquire() as model:
@@ -523,6 +550,9 @@ def create_app(settings: ServeSettings, project: Path, *, source: ModelSource | 
         metrics.on_scored([s.label for s in scores])
         service.predlog.append(version, texts, scores, model.info.labels)
         metrics.on_log_dropped(service.predlog.dropped)
+        if service.mirror is not None:
+            # Run after the response has been sent: the shadow never sees a text before its client has prod's answer.
+            background.add_task(offer_to_shadow, service.mirror, version, texts, scores, model.info.labels)
         response.headers[VERSION_HEADER] = version
         return PredictResponse(model_name=name, model_version=version, predictions=predictions(model.info.labels,
                                                                                               scores))

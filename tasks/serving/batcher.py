@@ -123,6 +123,7 @@ class MicroBatcher:
         self._in_model = 0  # texts of the batch being scored
         self._in_model_tokens = 0  # and their cost
         self._in_model_since = 0.0  # perf_counter when that batch went to the model
+        self._last_work = time.monotonic()  # when texts last joined the queue or a batch last finished (idle_s)
         self._last_done: float | None = None  # perf_counter when the last batch was answered, if the queue was
                                               # not empty then (the batcher stayed busy)
 
@@ -156,6 +157,13 @@ class MicroBatcher:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    def idle_s(self) -> float:
+        """Seconds since the batcher last had work (texts queued or in the model); 0 while it has. Read from other
+        threads (the shadow scores only after prod has been idle a while): plain reads, at worst a moment stale."""
+        if self._queued > 0 or self._in_model > 0:
+            return 0.0
+        return time.monotonic() - self._last_work
+
     @property
     def seconds_per_token(self) -> float | None:
         """The learned model time per token (None before the first batch)."""
@@ -178,6 +186,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         item = _Pending(model, items, loop.create_future(), loop.time(), results=[None] * len(texts))
         self._pending.append(item)
+        self._last_work = time.monotonic()
         self._queued += len(items)
         self._queued_tokens += item.cost(0, len(items))
         self._report_depth()
@@ -323,6 +332,7 @@ class MicroBatcher:
                 continue
             finally:
                 self._in_model = self._in_model_tokens = 0
+                self._last_work = time.monotonic()
             done = time.perf_counter()
             seconds = done - started
             # While busy, the time from one answer to the next is what queued work really waits per token ahead of

@@ -12,6 +12,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set (to a fresh folder) by the run
 # Why a request was refused: the `reason` label's only values (low cardinality by construction).
 REFUSAL_REASONS = ("unauthorized", "body_too_large", "invalid_input", "queue_full", "timeout", "disconnected")
 
+# Why a mirrored text was not scored by the shadow (the `reason` label of tunegate_shadow_dropped).
+SHADOW_DROP_REASONS = ("queue_full", "unavailable", "stopping")
+
 # Seconds; the service answers in milliseconds when well, up to serve.request_timeout_s (default 60) when not.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Texts per model call; serve.max_batch_size is 16 by default.
@@ -59,10 +62,62 @@ class ServiceMetrics:
         self.parity_passed = Gauge("tunegate_parity_passed", "1 = this host reproduces the version's parity "
                                    "certificate, 0 = it does not, -1 = the version has no certificate", ["version"],
                                    registry=r, multiprocess_mode="livemin")
+        self._shadow_metrics(r)
         for reason in REFUSAL_REASONS:  # every reason shows as 0 before the first refusal
             self.refused.labels(reason)
         self._dropped_seen = 0
         self._version: tuple[str, str] | None = None
+
+    def _shadow_metrics(self, r: CollectorRegistry) -> None:
+        """Shadow evaluation by mirroring (tasks/serving/shadow.py); all zero while serve.shadow is off."""
+        self.shadow_mirrored = Counter("tunegate_shadow_mirrored", "Served texts sampled for the shadow "
+                                       "(serve.shadow_share)", registry=r)
+        self.shadow_scored = Counter("tunegate_shadow_scored", "Mirrored texts the shadow scored", registry=r)
+        self.shadow_dropped = Counter("tunegate_shadow_dropped", "Mirrored texts the shadow did not score, by reason "
+                                      "(queue_full: serve.shadow_queue_texts; unavailable: no shadow loaded; "
+                                      "stopping)", ["reason"], registry=r)
+        self.shadow_failed = Counter("tunegate_shadow_failed", "Mirrored texts whose shadow scoring raised",
+                                     registry=r)
+        self.shadow_disagreements = Counter("tunegate_shadow_disagreements", "Scored mirrored texts whose shadow "
+                                            "label differs from prod's", registry=r)
+        self.shadow_load_failures = Counter("tunegate_shadow_load_failures", "Failed loads of the shadow "
+                                            "(serve.shadow), at start or on following its source", registry=r)
+        self.shadow_queue_texts = Gauge("tunegate_shadow_queue_texts", "Mirrored texts waiting for the shadow",
+                                        registry=r, multiprocess_mode="livesum")
+        self.shadow_version = Gauge("tunegate_shadow_version_info", "The shadow version loaded (1 = current)",
+                                    ["version"], registry=r, multiprocess_mode="livemax")
+        for reason in SHADOW_DROP_REASONS:
+            self.shadow_dropped.labels(reason)
+        self._shadow_version: str | None = None
+
+    # ShadowObserver (called from the shadow's thread and, for mirrored/dropped, the event loop)
+    def on_shadow_mirrored(self, texts: int) -> None:
+        self.shadow_mirrored.inc(texts)
+
+    def on_shadow_scored(self, agree: bool) -> None:
+        self.shadow_scored.inc()
+        if not agree:
+            self.shadow_disagreements.inc()
+
+    def on_shadow_dropped(self, reason: str, texts: int) -> None:
+        if reason not in SHADOW_DROP_REASONS:
+            raise ValueError(f"unknown shadow drop reason {reason!r}")
+        self.shadow_dropped.labels(reason).inc(texts)
+
+    def on_shadow_failed(self, texts: int) -> None:
+        self.shadow_failed.inc(texts)
+
+    def on_shadow_load_failed(self) -> None:
+        self.shadow_load_failures.inc()
+
+    def on_shadow_queue(self, texts: int) -> None:
+        self.shadow_queue_texts.set(texts)
+
+    def on_shadow_version(self, version: str) -> None:
+        if self._shadow_version is not None and self._shadow_version != version:
+            self.shadow_version.labels(self._shadow_version).set(0)
+        self.shadow_version.labels(version).set(1)
+        self._shadow_version = version
 
     # BatchObserver
     def on_batch(self, version: str, texts: int, seconds: float) -> None:

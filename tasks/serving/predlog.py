@@ -2,6 +2,10 @@
 
 JSON lines rather than Parquet: a part being written is readable at any moment (whole lines only), and
 several uvicorn workers can each append to their own part in one folder.
+
+Two kinds of record share the parts: prod's (one per text answered; no `kind` key, as before shadows existed) and
+the shadow's (`"kind": "shadow"`: a mirrored text's prod answer and the shadow's, tasks/serving/shadow.py).
+Its readers are in tasks/runtime/prediction_log.py, below the service, where the gate can use them too.
 """
 
 from __future__ import annotations
@@ -19,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import TunegateError
+from tasks.runtime.prediction_log import PART_PREFIX, PART_SUFFIX, list_parts
 from tasks.serving.scoring import TextScore
 
-PART_PREFIX = "predictions-"
-PART_SUFFIX = ".jsonl"
 MB = 2**20  # serve.log_file_mb / log_max_mb are MiB, as model sizes elsewhere
 # Records waiting for the writer. At ~400 bytes each (no texts) that is ~25 MiB at most; a writer that far
 # behind means the disk cannot keep up, and dropping (counted) is better than stalling requests.
 QUEUE_RECORDS = 65536
 WRITE_CHUNK = 1 << 16  # bytes gathered before a write, unless flush_seconds passes first
-MTIME_SLACK_S = 2.0  # FAT/SMB mtimes have 2 s resolution
 _STOP = object()
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,6 @@ def part_name(at: float, pid: int, seq: int) -> str:
     """A part's file name; names sort by creation time (fixed-width UTC stamp), then process, then sequence."""
     stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{PART_PREFIX}{stamp}-{pid}-{seq:06d}{PART_SUFFIX}"
-
-
-def list_parts(folder: Path) -> list[Path]:
-    """Every process's parts under `folder`, oldest first (by name)."""
-    return sorted(folder.glob(f"{PART_PREFIX}*{PART_SUFFIX}"), key=lambda p: p.name)
 
 
 def text_sha256(text: str) -> str:
@@ -141,13 +138,20 @@ class PredictionLog:
         (ModelInfo.labels) names the probabilities; without it they are keyed by index."""
         at = time.time()
         for text, score in zip(texts, scores):
-            if self._closed:
-                self._count_dropped(1)
-                continue
-            try:
-                self._queue.put_nowait((at, version, text, score, labels))
-            except queue.Full:
-                self._count_dropped(1)
+            self._put((at, version, text, score, labels))
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        """Queue a record already made (a shadow record, built off the event loop); never blocks, as append."""
+        self._put(record)
+
+    def _put(self, item: tuple | dict[str, Any]) -> None:
+        if self._closed:
+            self._count_dropped(1)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._count_dropped(1)
 
     @property
     def dropped(self) -> int:
@@ -192,8 +196,7 @@ class PredictionLog:
             if item is _STOP:
                 stopping = True
             elif item is not None:
-                at, version, text, score, labels = item
-                line = encode_record(make_record(at, version, text, score, labels, self.log_texts))
+                line = encode_record(item if isinstance(item, dict) else make_record(*item, self.log_texts))
                 pending.append(line)
                 pending_bytes += len(line)
                 oldest = time.monotonic() if oldest is None else oldest
@@ -240,38 +243,3 @@ class PredictionLog:
             except OSError:
                 pass  # the part is as complete as its whole lines; nothing else to save
         self._fd = None
-
-
-def read_part(path: Path) -> list[dict]:
-    """A part's complete records (a last line without its newline is still being written: skipped)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:  # pruned between listing and reading
-        return []
-    lines = data.split(b"\n")[:-1]  # the element after the last newline is empty or a partial line
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            log.warning("prediction log: %s line %d is not a JSON record; skipped", path, number)
-    return records
-
-
-def read_prediction_log(folder: Path, since: float | None = None, until: float | None = None) -> list[dict]:
-    """Records with since <= time < until (UNIX seconds, UTC), oldest first; a partly written last line is skipped."""
-    found: list[dict] = []
-    for part in list_parts(Path(folder)):
-        try:
-            # A record's time is taken before it is written, so a part last written before `since` holds none
-            # (with slack for file systems whose mtime is coarser than the records' times).
-            if since is not None and part.stat().st_mtime < since - MTIME_SLACK_S:
-                continue
-        except FileNotFoundError:
-            continue
-        found.extend(r for r in read_part(part)
-                     if (since is None or r["time"] >= since) and (until is None or r["time"] < until))
-    # Several workers' parts overlap in time: order the records themselves (stable within a part).
-    return sorted(found, key=lambda r: r["time"])
