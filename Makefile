@@ -52,7 +52,7 @@ LOCK_PLATFORM := import sys, platform; ok = sys.version_info[:2] == (3, 11) and 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
 
-.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-labels bench-estimate bench-train bench-serve bench-batch bench-week bench-orchestration bench-reweight bench-shadow gpu-check clean
+.PHONY: help setup lock data dvc-setup run test test-fast bench bench-long bench-invariance bench-distill bench-data bench-labels bench-estimate bench-train bench-serve bench-batch bench-week bench-orchestration bench-reweight bench-shadow bench-label-budget gpu-check clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'

@@ -11,9 +11,9 @@ the defaults: 24 a day, 168 a week), as the monitor deployment would cut them. E
 from the log with read_prediction_log(since, until) between the wall times of its first request and last answer,
 exactly as the monitor flow reads a window; texts are posted one at a time, so windows never overlap.
 
-Streams (seeded): in-domain = rows of data.path whose source is the training source and whose text is not in the
-train split (the test and dev splits plus unused rows; dev picked the epoch but was never trained on), cycled with a
-fresh shuffle per pass; shifted = the `--shift-source` rows (IMDB), cycled likewise. The shift starts
+Streams (seeded): in-domain = the dev and test splits (the training data's mix of sources, never trained on; dev
+picked the epoch), cycled with a fresh shuffle per pass; shifted = the `--shift-source` rows (IMDB) not in the train
+split, cycled likewise: all reviews, where the training data holds a capped sample of them. The shift starts
 `--shift-day` days in, half a window late by default (drift does not wait for a window boundary).
 
 Figures: detection delay (texts after the shift until the end of the first window that alarms), false alarms on
@@ -65,14 +65,13 @@ class SimulationError(RuntimeError):
 
 # ---- pure: streams, windows, figures ----------------------------------------------------------------------------
 
-def in_domain_pool(data: pd.DataFrame, train_texts: set[str], text_column: str, source_column: str | None,
-                   sources: list[str]) -> list[str]:
-    """Texts of the training sources (all rows when no source column or sources) that are not in the train split."""
-    rows = data
-    if source_column and sources and source_column in data.columns:
-        rows = data[data[source_column].isin(sources)]
-    texts = [t for t in rows[text_column] if isinstance(t, str) and t not in train_texts]
-    return list(dict.fromkeys(texts))  # distinct, in data order (the shuffle is seeded later)
+def in_domain_pool(held_out: list[pd.DataFrame], train_texts: set[str]) -> list[str]:
+    """Texts of the splits prepare held out (dev, test) that are not in the train split: the training data's own mix
+    of sources (prepare.sources, prepare.source_rows), never trained on. Not every unused row of the data: with a
+    source capped (the default keeps 1,000 of 25,000 IMDB reviews) those would be mostly that source, a stream unlike
+    the training data from its first window."""
+    texts = [t for frame in held_out for t in frame["text"] if isinstance(t, str) and t not in train_texts]
+    return list(dict.fromkeys(texts))  # distinct, in split order (the shuffle is seeded later)
 
 
 def shifted_pool(data: pd.DataFrame, text_column: str, source_column: str | None, source: str) -> list[str]:
@@ -369,9 +368,12 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(cfg.seed)
 
     data = load_dataset(args.project, cfg.data)
-    train_texts = set(pd.read_parquet(args.project / args.train)[cfg.data.text_column])
-    pool = in_domain_pool(data, train_texts, cfg.data.text_column, cfg.data.source_column, cfg.prepare.sources)
-    other = shifted_pool(data, cfg.data.text_column, cfg.data.source_column, args.shift_source)
+    train_path = args.project / args.train
+    train_texts = set(pd.read_parquet(train_path)["text"])
+    held_out = [pd.read_parquet(train_path.with_name(f"{split}.parquet")) for split in ("dev", "test")]
+    pool = in_domain_pool(held_out, train_texts)
+    other = [t for t in shifted_pool(data, cfg.data.text_column, cfg.data.source_column, args.shift_source)
+             if t not in train_texts]
     if not pool or (shift_at < windows * n and not other):
         raise SimulationError(f"no texts to replay: {len(pool)} in-domain texts outside the train split, "
                               f"{len(other)} texts of source {args.shift_source!r}")
@@ -384,8 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
     reference_seconds = time.perf_counter() - started
     names = dict(zip(cfg.data.labels, cfg.data.label_names))
     week = Week(n, per_day, shift_at, gate_figures=read_gate_figures(release_decision(args), cfg.gate),
-                truth={str(t): names[v] for t, v in zip(data[cfg.data.text_column], data[cfg.data.label_column])
-                       if v in names})
+                truth={**{str(t): names[v] for t, v in zip(data[cfg.data.text_column], data[cfg.data.label_column])
+                          if v in names},
+                       **{t: cfg.data.label_names[int(c)] for f in held_out for t, c in zip(f["text"], f["label"])}})
     with tempfile.TemporaryDirectory(prefix="tunegate-week-") as tmp:
         scratch = Path(tmp)
         log_dir = scratch / "predictions"

@@ -529,9 +529,9 @@ def test_simulate_week_delay_counts_texts_from_the_shift_to_the_end_of_the_first
     assert first_alarm_delay([True, False, False], 10, 15) is None, "an alarm before the shift detects nothing"
 
 
-def test_simulate_week_in_domain_stream_leaves_out_trained_texts_and_cycles_in_fresh_shuffles():
-    data = pd.DataFrame({"text": ["a", "b", "c", "d", "e"], "source": ["rt", "rt", "rt", "imdb", "rt"]})
-    pool = in_domain_pool(data, {"a"}, "text", "source", ["rt"])
+def test_simulate_week_in_domain_stream_is_the_held_out_splits_and_cycles_in_fresh_shuffles():
+    dev, test = pd.DataFrame({"text": ["b", "c", "a"]}), pd.DataFrame({"text": ["e", "b"]})
+    pool = in_domain_pool([dev, test], {"a"})  # "a": a text also in the train split (a duplicate) is left out
     assert pool == ["b", "c", "e"]
     stream = cycle(pool, 7, np.random.default_rng(0))
     assert len(stream) == 7 and sorted(stream[:3]) == sorted(stream[3:6]) == pool, "each pass holds every text once"
