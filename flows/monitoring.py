@@ -20,6 +20,7 @@ from tasks.core.errors import TunegateError
 from tasks.core.paths import ArtifactPaths
 from tasks.monitoring.arrivals import Arrival, new_labelled
 from tasks.monitoring.history import append_history, finite, history_path, history_row
+from tasks.monitoring.label_verdict import waiting_queue_verdict
 from tasks.monitoring.report import iso, write_report
 from tasks.runtime.prediction_log import read_prediction_log
 from tasks.runtime.settings import REGISTRY_PREFIX
@@ -181,6 +182,11 @@ def monitor(project: str = ".", window_minutes: float | None = None, end: float 
     # The Markdown carries every check and the window's accuracy estimated without labels (report.estimate_line).
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"monitor, {root.name}")
     new_rows = sum(a.used_rows for a in arrivals)
+    # A label queue waiting beside an INCONCLUSIVE decision is re-judged from the rows labelled so far: a settled
+    # PROMOTE is what `tunegate promote` then accepts (tasks/registry/promote.py: settled_by_labels).
+    queue_verdict = waiting_queue_verdict(root, cfg)
+    if queue_verdict is not None:
+        _log(f"label queue: {queue_verdict.get('skipped') or queue_verdict['why']}")
     append_history(history_path(root, cfg.monitor.history), history_row(judgement, new_rows))
     emitted = []
     for event, payload in ((DRIFT_EVENT, drift_payload(judgement, minutes, md_path)),
@@ -188,5 +194,5 @@ def monitor(project: str = ".", window_minutes: float | None = None, end: float 
         if payload is not None:
             emit(event, cfg, payload)
             emitted.append(event)
-    return {**judgement, "arrivals": files, "new_rows": new_rows, "events": emitted,
+    return {**judgement, "arrivals": files, "new_rows": new_rows, "events": emitted, "label_queue": queue_verdict,
             "report": {"markdown": str(md_path), "html": str(html_path)}}

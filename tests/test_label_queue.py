@@ -212,6 +212,19 @@ def test_cli_queues_then_judges_labelled_rows_end_to_end(tmp_path, monkeypatch, 
     verdict = json.loads((gate / "label_queue.verdict.json").read_text())
     assert verdict["outcome"] == PROMOTE and "verdict: PROMOTE" in printed
     assert verdict["labelled"] == len(queue) and verdict["bad_rows"] == 0
+    # Bound to the decision it was queued for: promote would accept it (the decision's checks all held here).
+    from tasks.core.io import file_sha256
+    assert verdict["decision_sha256"] == file_sha256(gate / "decision.json")
+
+    # A monitor run re-judges a waiting queue by itself, from what monitor.labelled_dir holds so far.
+    from tasks.core.config import load_config
+    from tasks.monitoring.label_verdict import waiting_queue_verdict
+
+    (gate / "label_queue.verdict.json").unlink()
+    assert waiting_queue_verdict(tmp_path, load_config(tmp_path / "params.yaml"))["outcome"] == PROMOTE
+    assert json.loads((gate / "label_queue.verdict.json").read_text())["outcome"] == PROMOTE
+    (gate / "decision.json").write_text(json.dumps({"decision": "PROMOTE"}))  # a new gate run: nothing to settle
+    assert waiting_queue_verdict(tmp_path, load_config(tmp_path / "params.yaml")) is None
 
 
 def test_cli_judge_needs_the_queue_and_labelled_files(tmp_path, capsys):

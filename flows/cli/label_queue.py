@@ -144,56 +144,19 @@ def print_queue_summary(summary: dict[str, Any]) -> None:
     _plain("  then: tunegate label-queue judge")
 
 
-def labelled_classes(folder: Path, cfg: Any) -> tuple[list[str], list[int], int]:
-    """Texts and class indices of every usable labelled row under `folder` (CSV/Parquet/JSONL, the data's text
-    and label columns, read as the monitor reads labelled batches), and the count of rows left out as bad."""
-    import pandas as pd
-
-    from tasks.core.io import read_table
-    from tasks.judging.label_queue import LabelQueueError
-    from tasks.monitoring.arrivals import bad_row_reasons, labelled_files
-
-    text_column, label_column, labels = cfg.data.text_column, cfg.data.label_column, cfg.data.labels
-    files = labelled_files(folder)
-    if not files:
-        raise LabelQueueError(f"no labelled CSV/Parquet/JSONL files under {folder}")
-    frames, bad = [], 0
-    for path in files:
-        table = read_table(path)
-        reasons = bad_row_reasons(table, text_column, label_column, labels)
-        bad += int((reasons != "").sum())
-        frames.append(table.loc[reasons == "", [text_column, label_column]])
-    rows = pd.concat(frames, ignore_index=True)
-    # Values as the data writes them (CSV 0/1, JSONL 1.0): equal values name the same class.
-    classes = [next(i for i, label in enumerate(labels) if value == label) for value in rows[label_column]]
-    return list(rows[text_column]), classes, bad
-
-
 def cmd_label_queue_judge(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from tasks.core.config import load_config
-    from tasks.core.io import read_json, write_json
     from tasks.core.paths import ArtifactPaths
-    from tasks.judging.label_queue import LabelQueueError, rejudge, row_ids
+    from tasks.judging.label_queue import LabelQueueError
+    from tasks.monitoring.label_verdict import judge_queue
 
     root = Path(args.project).resolve()
     cfg = load_config(root / "params.yaml")
-    queue_path = Path(args.queue) if args.queue else ArtifactPaths(root).label_queue
-    if not queue_path.is_file():
-        raise LabelQueueError(f"{queue_path} is missing: run `tunegate label-queue` first")
     if args.labelled is None and cfg.monitor.labelled_dir is None:
         raise LabelQueueError("monitor.labelled_dir is null: pass --labelled DIR")
-    folder = Path(args.labelled) if args.labelled else root / cfg.monitor.labelled_dir
-    queue = pd.read_csv(queue_path, dtype={"id": str, "stratum": str})
-    texts, classes, bad = labelled_classes(folder, cfg)
-    plan = queue_path.with_suffix(".json")
-    judged = {**rejudge(queue, row_ids(texts), classes, len(cfg.data.labels), cfg.gate, cfg.seed),
-              "bad_rows": bad, "queue": str(queue_path), "labelled_dir": str(folder),
-              # Which decision the queue was built for: promote accepts a settled verdict for that decision only.
-              "decision_sha256": read_json(plan).get("decision_sha256") if plan.is_file() else None}
     out = Path(args.out) if args.out else ArtifactPaths(root).label_verdict
-    write_json(out, judged)
+    judged = judge_queue(cfg, Path(args.queue) if args.queue else ArtifactPaths(root).label_queue,
+                         Path(args.labelled) if args.labelled else root / cfg.monitor.labelled_dir, out)
     print_judged(judged, out)
     return 0
 
