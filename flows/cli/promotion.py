@@ -91,10 +91,13 @@ def add_commands(sub: argparse._SubParsersAction, repository: argparse.ArgumentP
     ci_main.set_defaults(func=cmd_ci)
 
     promote = sub.add_parser("promote", parents=[stage_move],
-                             help="register HEAD's gated model as a version and move prod to it (PROMOTE only)",
+                             help="register HEAD's gated model as a version and move prod to it (PROMOTE, or an "
+                                  "INCONCLUSIVE its label queue settled)",
                              description="Publish the model the gate judged (artifacts/gate/release) as the next "
                                          "version of HEAD's commit and move a stage to it. Refused unless "
-                                         "artifacts/gate/decision.json says PROMOTE (or --force --reason); the "
+                                         "artifacts/gate/decision.json says PROMOTE (or INCONCLUSIVE with every check "
+                                         "held and the comparison settled PROMOTE by `tunegate label-queue`, or "
+                                         "--force --reason); the "
                                          "tracked files are committed; the gate and every stage before it match "
                                          "dvc.lock; the release's model hash is the one judged; and the gate "
                                          "compared with the registry's current prod version (none on a first run). "

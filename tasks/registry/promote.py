@@ -89,8 +89,10 @@ def decision_refusal(decision: dict[str, Any], force: bool, reason: str | None,
     verdict = decision.get("decision")
     if verdict == PROMOTE or settled or force:
         return None
+    settle = (" An unsettled comparison with the champion can be settled by labels: `tunegate label-queue`."
+              if verdict == INCONCLUSIVE else "")
     return (f"the gate decided {verdict}: {decision.get('why', '(no reason recorded)')}. Only a PROMOTE is promoted; "
-            "override with --force --reason \"...\" (recorded in the tags)")
+            f"override with --force --reason \"...\" (recorded in the tags).{settle}")
 
 
 def artifact_mismatches(decision: dict[str, Any], release: dict[str, Any], model_sha256: str) -> list[str]:
