@@ -261,6 +261,9 @@ def test_monitor_flow_on_a_drifted_log_emits_drift_and_publishes_the_report(pref
     assert alarmed["judged"] and {"length_ks", "oov_rate"} <= set(alarmed["alarms"])
     assert alarmed["events"] == [DRIFT_EVENT, DATA_EVENT] and alarmed["new_rows"] == 30
     assert latest_artifact("monitoring").data.startswith("# Monitoring: ALARM")
+    # The window's label-free accuracy estimate (or why there is none) is in the published report.
+    assert "accuracy estimated without labels" in latest_artifact("monitoring").data
+    assert alarmed["estimate"] is not None or alarmed["estimate_skipped"]
     assert Path(alarmed["report"]["html"]).is_file()
     history = read_history(drifted / ".tunegate/monitoring/history.jsonl")
     assert [(r["alarms"], r["new_rows"]) for r in history] == [(alarmed["alarms"], 30)]
