@@ -25,8 +25,8 @@ from tasks.judging.report import key_figure, render_report
 from tasks.judging.reweight import accuracy_on_live_traffic, read_live_texts
 from tasks.judging.shadow import ShadowError, shadow_replay
 from tasks.judging.slices import length_buckets, slice_report, token_lengths
-from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, metric_intervals, paired_accuracy_se,
-                                 paired_cost)
+from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, ece_interval, metric_intervals,
+                                 paired_accuracy_se, paired_cost)
 from tasks.registry.champion import prod_release
 from tasks.registry.tags import ARTIFACT
 from tasks.runtime.files import MODEL_FILE, PREDICT_BATCH_SIZE, RELEASE_FILE, SERVING_FILE, TEST_ROWS_FILE
@@ -158,8 +158,7 @@ def calibration_figures(model: OnnxClassifier, probs: np.ndarray, y_true: np.nda
     g = cfg.gate
     # softmax(log p * T) undoes the division by T (softmax ignores the per-row shift log p carries).
     raw = softmax(np.log(np.maximum(probs, np.finfo(np.float64).tiny)) * model.temperature)
-    before = metric_intervals(y_true, raw, cfg.data.label_names, g.bootstrap_samples, g.confidence, cfg.seed,
-                              g.calibration_bins)["ece"]
+    before = ece_interval(y_true, raw, g.bootstrap_samples, g.confidence, cfg.seed, g.calibration_bins)
     fitted = model.serving.get("calibration")
     return {"temperature": model.temperature, "fitted_on": fitted["fitted_on"] if fitted else None,
             "ece_before": before, "ece_after": metrics["ece"]}

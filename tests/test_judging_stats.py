@@ -10,7 +10,7 @@ from scipy.stats import binomtest, mannwhitneyu
 
 from tasks.core.metrics import (calibration_bin, classification_metrics, confusion_matrix,
                                 expected_calibration_error, reliability_bins, roc_auc)
-from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, cost_outcome, mcnemar_exact,
+from tasks.judging.stats import (CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS, cost_outcome, ece_interval, mcnemar_exact,
                                  metric_intervals, paired_accuracy_se, paired_cost, paired_difference,
                                  resampled_confusions, resampled_ece, resampled_rows, rows_to_resolve)
 from tests.test_gate import constructed_pair
@@ -374,3 +374,10 @@ def test_cost_outcome_at_the_bound(low, high, outcome):
 def test_a_cost_exactly_on_the_bound_can_never_be_settled():
     drop = {"value": COST_BOUND, "low": 0.01, "high": 0.03}
     assert cost_outcome(drop, 0.05, COST_BOUND, 0.95) == {"outcome": CHECK_INCONCLUSIVE, "rows_needed": None}
+
+
+def test_ece_interval_is_metric_intervals_ece_from_the_same_resamples():
+    rng = np.random.default_rng(3)
+    probs, y_true = rng.dirichlet([1, 1, 1], size=400), rng.integers(0, 3, 400)
+    assert ece_interval(y_true, probs, 500, 0.9, 7, 10) == metric_intervals(y_true, probs, ["a", "b", "c"], 500, 0.9,
+                                                                            7, 10)["ece"]

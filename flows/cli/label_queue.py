@@ -161,11 +161,9 @@ def cmd_label_queue_judge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _span(figure: dict[str, float]) -> str:
-    return f"{figure['value']:+.4f} [{figure['low']:+.4f}, {figure['high']:+.4f}]"
-
-
 def print_judged(judged: dict[str, Any], out: Path) -> None:
+    from tasks.judging.report import format_span
+
     strata = judged["strata"]
     _plain(f"label-queue judge: pool {judged['rows']} rows; labelled "
            f"{strata['disagree']['labelled']}/{strata['disagree']['rows']} disagree, "
@@ -181,7 +179,7 @@ def print_judged(judged: dict[str, Any], out: Path) -> None:
             figure = judged["accuracy"][model]
             _plain(f"  {model + ' accuracy':<20} {figure['value']:.4f} [{figure['low']:.4f}, {figure['high']:.4f}]")
         for name, label in (("accuracy", "accuracy diff"), ("macro_f1", "macro-F1 diff")):
-            _plain(f"  {label:<20} {_span(judged['differences'][name])}  (margin {judged['margin']:g})")
+            _plain(f"  {label:<20} {format_span(judged['differences'][name], signed=True)}  (margin {judged['margin']:g})")
     _plain(f"verdict: {judged['outcome']}")
     _plain(textwrap.fill(f"why: {judged['why']}", width=80, initial_indent="  ", subsequent_indent="    "))
     if judged["labels_needed"] is not None:

@@ -96,6 +96,17 @@ def compare_predictions(y_true: np.ndarray, candidate: np.ndarray, champion: np.
     return {**comparison, **_outcome(comparison, cfg)}
 
 
+def non_inferiority(differences: dict[str, dict[str, float]], margin: float) -> tuple[str, list[str]]:
+    """The gate's rule on candidate - champion differences ({value, low, high} per COMPARED metric): REJECT when an
+    upper end is below -margin, PROMOTE when every lower end is above it, INCONCLUSIVE otherwise; with the metrics
+    that decided (REJECT, PROMOTE) or stayed open (INCONCLUSIVE)."""
+    worse = [name for name in COMPARED if differences[name]["high"] < -margin]
+    if worse:
+        return REJECT, worse
+    unresolved = [name for name in COMPARED if differences[name]["low"] <= -margin]
+    return (PROMOTE, list(COMPARED)) if not unresolved else (INCONCLUSIVE, unresolved)
+
+
 def _outcome(comparison: dict[str, Any], cfg: GateConfig) -> dict[str, Any]:
     """Non-inferiority: PROMOTE when every lower bound is above -margin, REJECT when an upper bound is below it,
     INCONCLUSIVE otherwise and when fewer than gate.min_compare_rows rows were compared."""
@@ -105,20 +116,21 @@ def _outcome(comparison: dict[str, Any], cfg: GateConfig) -> dict[str, Any]:
                 "why": f"only {rows} test rows were judged by both models (gate.min_compare_rows: "
                        f"{cfg.min_compare_rows})"}
     spans = {name: comparison["differences"][name] for name in COMPARED}
-    worse = [name for name, d in spans.items() if d["high"] < -margin]
-    if worse:
+    outcome, deciding = non_inferiority(spans, margin)
+    if outcome == REJECT:
         return {"outcome": REJECT, "why": "; ".join(
-            f"{METRIC_NAMES[name]} is worse than the champion's beyond the margin: difference {_span(spans[name])}, "
-            f"entirely below -{margin:g}" for name in worse)}
-    unresolved = [name for name, d in spans.items() if d["low"] <= -margin]
-    if not unresolved:
+            f"{METRIC_NAMES[name]} is worse than the champion's beyond the margin: difference "
+            f"{_span(spans[name])}, entirely below -{margin:g}" for name in deciding)}
+    if outcome == PROMOTE:
         return {"outcome": PROMOTE, "why": "non-inferior: " + "; ".join(
-            f"{METRIC_NAMES[name]} difference {_span(d)}, lower end above -{margin:g}" for name, d in spans.items())}
+            f"{METRIC_NAMES[name]} difference {_span(d)}, lower end above -{margin:g}"
+            for name, d in spans.items())}
     needed = comparison["rows_needed"]
     short = (f"; at this disagreement rate ({comparison['disagreement']:.1%}) about {needed} rows would resolve "
              f"the margin, the test split has {rows}" if needed is not None and needed > rows else "")
     return {"outcome": INCONCLUSIVE, "why": "; ".join(
-        f"{METRIC_NAMES[name]} difference {_span(spans[name])} straddles -{margin:g}" for name in unresolved) + short}
+        f"{METRIC_NAMES[name]} difference {_span(spans[name])} straddles -{margin:g}"
+        for name in deciding) + short}
 
 
 def _span(figure: dict[str, float]) -> str:

@@ -9,13 +9,9 @@ p(label | text) (the same texts meaning another label) leaves every c_i, and so 
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
 
-
-def _z(confidence: float) -> float:
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
+from tasks.judging.stats import z_value
 
 
 def expected_accuracy(top_probabilities: np.ndarray, confidence: float) -> dict[str, float]:
@@ -25,7 +21,7 @@ def expected_accuracy(top_probabilities: np.ndarray, confidence: float) -> dict[
     if c.size == 0:
         raise ValueError("no probabilities to estimate accuracy from")
     value = float(c.mean())
-    half = _z(confidence) * float(np.sqrt(np.sum(c * (1 - c)))) / c.size
+    half = z_value(confidence) * float(np.sqrt(np.sum(c * (1 - c)))) / c.size
     return {"value": value, "low": max(0.0, value - half), "high": min(1.0, value + half), "rows": int(c.size)}
 
 
@@ -50,6 +46,6 @@ def estimated_difference(probs_a: np.ndarray, probs_b: np.ndarray, confidence: f
     # Per text the difference is +1 (b right), -1 (a right) or 0 (both wrong, or the same label).
     variance = np.where(differs, gain + loss - mean**2, 0.0)
     value = float(mean.mean())
-    half = _z(confidence) * float(np.sqrt(variance.sum())) / a.shape[0]
+    half = z_value(confidence) * float(np.sqrt(variance.sum())) / a.shape[0]
     return {"value": value, "low": value - half, "high": value + half, "rows": int(a.shape[0]),
             "disagreements": int(differs.sum())}

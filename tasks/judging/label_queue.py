@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,9 @@ import pandas as pd
 from tasks.core.config import GateConfig
 from tasks.core.errors import TunegateError
 from tasks.core.metrics import per_class_rates
-from tasks.judging.compare import COMPARED, INCONCLUSIVE, METRIC_NAMES, PROMOTE, REJECT
-from tasks.judging.stats import BLOCK, interval
+from tasks.judging.compare import INCONCLUSIVE, METRIC_NAMES, PROMOTE, REJECT, non_inferiority
+from tasks.judging.report import format_span
+from tasks.judging.stats import BLOCK, span, z_value
 
 DISAGREE, AGREE = "disagree", "agree"
 STRATA = (DISAGREE, AGREE)
@@ -111,10 +111,6 @@ def pool_frame(texts: list[str], champion: np.ndarray, candidate: np.ndarray, la
     """Every pool row in the queue's columns and in pool order (what uniform sampling of the pool draws from)."""
     queue = build_queue(texts, champion, candidate, label_names, seed=0, agreement_rows=len(texts))
     return queue.set_index("id").loc[row_ids(texts)].reset_index()[list(queue.columns)]
-
-
-def z_value(confidence: float) -> float:
-    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
 
 
 # ----- re-judging ---------------------------------------------------------------------------------------------
@@ -226,11 +222,6 @@ def with_pseudo_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows, pseudo], ignore_index=True)
 
 
-def span(value: float, resampled: np.ndarray, confidence: float) -> dict[str, float]:
-    low, high = interval(resampled, confidence)
-    return {"value": value, "low": low, "high": high}
-
-
 def disagreement_labels_needed(sizes: dict[str, int], estimate: dict[str, float], margin: float,
                                confidence: float) -> int | None:
     """Labelled disagreements at which the accuracy interval, at the observed mean and variance, no longer
@@ -268,22 +259,8 @@ def out_of_order(queue: pd.DataFrame, rows: pd.DataFrame) -> int:
     return skipped
 
 
-def verdict(differences: dict[str, dict[str, float]], margin: float) -> tuple[str, list[str]]:
-    """The gate's rule (compare.py): REJECT when an upper end is below -margin, PROMOTE when every lower end is
-    above it, INCONCLUSIVE otherwise; with the metrics that decided or stayed open."""
-    worse = [name for name in COMPARED if differences[name]["high"] < -margin]
-    if worse:
-        return REJECT, worse
-    unresolved = [name for name in COMPARED if differences[name]["low"] <= -margin]
-    return (PROMOTE, list(COMPARED)) if not unresolved else (INCONCLUSIVE, unresolved)
-
-
-def _span_text(figure: dict[str, float]) -> str:
-    return f"{figure['value']:+.4f} [{figure['low']:+.4f}, {figure['high']:+.4f}]"
-
-
 def explain(outcome: str, names: list[str], differences: dict[str, dict[str, float]], margin: float) -> str:
-    parts = [f"{METRIC_NAMES[n]} difference {_span_text(differences[n])}" for n in names]
+    parts = [f"{METRIC_NAMES[n]} difference {format_span(differences[n], signed=True)}" for n in names]
     if outcome == REJECT:
         return "; ".join(f"{p}, entirely below -{margin:g}" for p in parts) + " (importance-weighted labels)"
     if outcome == PROMOTE:
@@ -325,7 +302,7 @@ def rejudge(queue: pd.DataFrame, ids: list[str], classes: np.ndarray, n_classes:
     macro_f1 = span(point["candidate"]["macro_f1"] - point["champion"]["macro_f1"],
                     resampled["candidate"]["macro_f1"] - resampled["champion"]["macro_f1"], cfg.confidence)
     differences = {"accuracy": {k: accuracy[k] for k in ("value", "low", "high", "se")}, "macro_f1": macro_f1}
-    outcome, names = verdict(differences, cfg.margin)
+    outcome, names = non_inferiority(differences, cfg.margin)
     needed = (None if outcome != INCONCLUSIVE or not sizes[DISAGREE] else
               disagreement_labels_needed(sizes, accuracy, cfg.margin, cfg.confidence))
     return {**record, "differences": differences,

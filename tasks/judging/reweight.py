@@ -2,11 +2,9 @@
 
 Under covariate shift (the texts' mix changes, p(label | text) does not), the accuracy on live traffic is the test
 split's accuracy with each row weighted by the density ratio p_live(text) / p_test(text). A TF-IDF + logistic
-regression that tells live texts from test texts gives it: ratio = odds of p(live | text) x (test texts / live
-texts it was fitted on). Only texts go in: the labels never choose a weight, so nothing is tuned on the test split.
-
-tasks.judging may not import tasks.monitoring (a higher layer, tests/test_layers.py): the classifier below makes the
-monitor's domain_auc choices (tasks/monitoring/domain.py) with sklearn directly.
+regression that tells live texts from test texts gives it (tasks/judging/domain.py: the monitor's domain_auc fits
+the same): ratio = odds of p(live | text) x (test texts / live texts it was fitted on). Only texts go in: the labels
+never choose a weight, so nothing is tuned on the test split.
 """
 
 from __future__ import annotations
@@ -18,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from tasks.core.metrics import per_class_rates, roc_auc
-from tasks.judging.stats import interval, resampled_rows
+from tasks.judging.domain import domain_classifier, domain_features
+from tasks.judging.stats import resampled_rows, span
 from tasks.runtime.prediction_log import logged_texts, read_prediction_log
 
 VERDICT_REWEIGHTED = "reweighted"
@@ -44,13 +43,6 @@ def read_live_texts(folder: Path, max_texts: int) -> tuple[list[str], str | None
     return texts[-max_texts:], None
 
 
-def domain_classifier():
-    """A fresh classifier of live (1) vs test (0) texts: the monitor's choice (liblinear: fast on sparse TF-IDF)."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(solver="liblinear", max_iter=1000)
-
-
 def sampled_live_texts(live_texts: Sequence[str], max_texts: int, seed: int) -> list[str]:
     """At most `max_texts` live texts, a seeded sample in their order (all of them when there are fewer)."""
     if len(live_texts) <= max_texts:
@@ -65,14 +57,11 @@ def cross_fitted_ratios(test_texts: Sequence[str], live_texts: Sequence[str], fo
     sides are cut into `folds` stratified folds, and a fold's texts are scored by a classifier fitted on the other
     folds only, so no weight comes from a classifier that saw its own row. ratio = p / (1 - p) x the fitted rows'
     test / live count (the classifier's prior odds undone). ValueError when no word occurs in two texts."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.model_selection import StratifiedKFold
 
     texts = [*test_texts, *live_texts]
     side = np.repeat([0, 1], [len(test_texts), len(live_texts)])
-    # The vectoriser never sees a side, so fitting it once on every text leaks nothing into a held-out fold (as the
-    # monitor's domain_auc); min_df=2: a word of one text cannot tell the sides apart in a held-out fold.
-    features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit_transform(texts)
+    features = domain_features(texts)
     p_live, ratio = np.empty(len(texts)), np.empty(len(texts))
     for fitted, held in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(features, side):
         model = domain_classifier().fit(features[fitted], side[fitted])
@@ -130,13 +119,8 @@ def weighted_metrics(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray
         matrices = np.bincount(codes.ravel(), weights=w.ravel(), minlength=idx.shape[0] * cells)
         macro_f1.append(per_class_rates(matrices.reshape(-1, n_classes, n_classes))[2].mean(axis=1))
     point_f1 = per_class_rates(weighted_confusion(y_true, y_pred, weights, n_classes))[2].mean()
-    return {"accuracy": _span(float((weights * correct).sum() / weights.sum()), np.concatenate(accuracy), confidence),
-            "macro_f1": _span(float(point_f1), np.concatenate(macro_f1), confidence)}
-
-
-def _span(value: float, resampled: np.ndarray, confidence: float) -> dict[str, float]:
-    low, high = interval(resampled, confidence)
-    return {"value": value, "low": low, "high": high}
+    return {"accuracy": span(float((weights * correct).sum() / weights.sum()), np.concatenate(accuracy), confidence),
+            "macro_f1": span(float(point_f1), np.concatenate(macro_f1), confidence)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

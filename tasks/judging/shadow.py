@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -23,8 +22,9 @@ import numpy as np
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import TunegateError
 from tasks.core.metrics import softmax
-from tasks.judging.slices import bucket_labels, length_buckets
 from tasks.judging.estimate import estimated_difference, expected_accuracy
+from tasks.judging.slices import bucket_labels, length_buckets
+from tasks.judging.stats import z_value
 from tasks.runtime.latency import batch1_latencies_ms
 from tasks.runtime.onnx_model import OnnxClassifier
 from tasks.runtime.prediction_log import read_prediction_log
@@ -110,7 +110,7 @@ def evenly_spaced(texts: list[str], rows: int | None) -> list[str]:
 def wilson_interval(count: int, rows: int, confidence: float) -> dict[str, float]:
     """{value, low, high}: a proportion with its Wilson score interval (sound at 0 and with few rows, where a
     bootstrap of a rare disagreement collapses to [0, 0])."""
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    z = z_value(confidence)
     share = count / rows
     centre = (share + z * z / (2 * rows)) / (1 + z * z / rows)
     half = z / (1 + z * z / rows) * np.sqrt(share * (1 - share) / rows + z * z / (4 * rows * rows))

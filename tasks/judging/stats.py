@@ -8,7 +8,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from tasks.core.metrics import (calibration_bin, classification_metrics, per_class_rates, roc_auc, roc_auc_counts)
+from tasks.core.metrics import (calibration_bin, classification_metrics, expected_calibration_error, per_class_rates,
+                                roc_auc, roc_auc_counts)
 
 # Resamples drawn per block: memory stays at BLOCK x rows indices whatever the test split's size.
 BLOCK = 256
@@ -22,6 +23,11 @@ def resampled_rows(rows: int, samples: int, seed: int) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     for start in range(0, samples, BLOCK):
         yield rng.integers(0, rows, size=(min(BLOCK, samples - start), rows))
+
+
+def z_value(confidence: float) -> float:
+    """The standard normal quantile of a two-sided `confidence` interval (1.96 at 0.95)."""
+    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
 
 
 def interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -39,7 +45,7 @@ def accuracy_interval(correct: np.ndarray, samples: int, confidence: float, seed
     return {"value": float(correct.mean()), "low": low, "high": high}
 
 
-def _span(value: float, resampled: np.ndarray, confidence: float) -> dict[str, float]:
+def span(value: float, resampled: np.ndarray, confidence: float) -> dict[str, float]:
     """{value, low, high}: the point value with the percentile interval of its resampled values."""
     low, high = interval(resampled, confidence)
     return {"value": float(value), "low": low, "high": high}
@@ -79,6 +85,19 @@ def resampled_roc_auc(idx: np.ndarray, positive: np.ndarray, score_rank: np.ndar
     return roc_auc_counts(counts[:, 1], counts[:, 0])
 
 
+def ece_interval(y_true: np.ndarray, probs: np.ndarray, samples: int, confidence: float, seed: int,
+                 bins: int) -> dict[str, float]:
+    """The expected calibration error {value, low, high} alone, from the resamples metric_intervals draws with the
+    same seed (so the same figure it reports), without the other metrics' work."""
+    y_true, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    confidence_of = probs.max(axis=1)
+    gap = (probs.argmax(axis=1) == y_true) - confidence_of
+    which = calibration_bin(confidence_of, bins)
+    resampled = np.concatenate([resampled_ece(idx, gap, which, bins)
+                                for idx in _resample_pieces(len(y_true), samples, seed)])
+    return span(expected_calibration_error(probs, y_true, bins), resampled, confidence)
+
+
 def metric_intervals(y_true: np.ndarray, probs: np.ndarray, label_names: list[str], samples: int,
                      confidence: float, seed: int, bins: int) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1, ROC-AUC (2 classes) and ECE, each {value, low, high}:
@@ -112,7 +131,7 @@ def metric_intervals(y_true: np.ndarray, probs: np.ndarray, label_names: list[st
             blocks["roc_auc"].append(resampled_roc_auc(idx, y_true == 1, score_rank, len(distinct)))
     resampled = {name: np.concatenate(parts) for name, parts in blocks.items() if parts}
     per_class = {
-        name: {**{part: _span(point["per_class"][name][part], resampled[part][:, i], confidence)
+        name: {**{part: span(point["per_class"][name][part], resampled[part][:, i], confidence)
                   for part in ("precision", "recall", "f1")},
                "support": point["per_class"][name]["support"]}
         for i, name in enumerate(label_names)
@@ -122,11 +141,11 @@ def metric_intervals(y_true: np.ndarray, probs: np.ndarray, label_names: list[st
     aucs = aucs[~np.isnan(aucs)]
     return {
         "rows": rows,
-        "accuracy": _span(point["accuracy"], resampled["accuracy"], confidence),
-        "macro_f1": _span(point["macro_f1"], resampled["f1"].mean(axis=1), confidence),
+        "accuracy": span(point["accuracy"], resampled["accuracy"], confidence),
+        "macro_f1": span(point["macro_f1"], resampled["f1"].mean(axis=1), confidence),
         "per_class": per_class,
-        "roc_auc": _span(auc, aucs, confidence) if not math.isnan(auc) and len(aucs) else None,
-        "ece": _span(point["ece"], resampled["ece"], confidence),
+        "roc_auc": span(auc, aucs, confidence) if not math.isnan(auc) and len(aucs) else None,
+        "ece": span(point["ece"], resampled["ece"], confidence),
     }
 
 
@@ -152,9 +171,9 @@ def paired_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
     f1_b = per_class_rates(np.bincount(y_true * n_classes + pred_b, minlength=n_classes ** 2)
                            .reshape(n_classes, n_classes))[2]
     return {
-        "accuracy": {**_span((int(a_correct.sum()) - int(b_correct.sum())) / rows, accuracy_resampled, confidence),
+        "accuracy": {**span((int(a_correct.sum()) - int(b_correct.sum())) / rows, accuracy_resampled, confidence),
                      "se": paired_accuracy_se(a_correct, b_correct)},
-        "macro_f1": {**_span(f1_a.mean() - f1_b.mean(), macro_f1_resampled, confidence),
+        "macro_f1": {**span(f1_a.mean() - f1_b.mean(), macro_f1_resampled, confidence),
                      "se": float(macro_f1_resampled.std(ddof=1)) if len(macro_f1_resampled) > 1 else 0.0},
     }
 
@@ -226,7 +245,7 @@ def rows_to_resolve(disagreement: float, difference: float, margin: float, confi
     variance = max(disagreement - difference ** 2, 0.0)
     if variance == 0:
         return 0
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    z = z_value(confidence)
     # (z sd / margin)^2 rather than z^2 var / margin^2: a tiny margin's square would underflow to 0.
     ratio = z * math.sqrt(variance) / margin
     needed = ratio * ratio  # (inf past the float range, where ** raises)

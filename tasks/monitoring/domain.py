@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tasks.judging.domain import domain_classifier, domain_features
+
 
 def balanced_sample(live: Sequence[str], reference: Sequence[str], max_texts: int,
                     seed: int) -> tuple[list[str], np.ndarray]:
@@ -24,18 +26,11 @@ def domain_auc(live_texts: Sequence[str], reference_texts: Sequence[str], folds:
     texts (serve.log_texts off) or too few on a side for `folds` folds; ValueError when no word occurs twice."""
     if not live_texts or min(len(live_texts), len(reference_texts), max_texts) < folds:
         return None
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     texts, side = balanced_sample(live_texts, reference_texts, max_texts, seed)
-    # The vectoriser is fitted once on both sides: it never sees which side a text is on, so no label leaks
-    # into the held-out folds, and vectorising long texts once instead of per fold saves most of the time.
-    # min_df=2: a word in one text only cannot tell the sides apart in a held-out fold; dropping it halves the
-    # features of long texts. liblinear: several times faster than lbfgs on these sparse, often separable sets.
     # (ValueError when no word occurs in two texts: the caller reports the check as not computable.)
-    features = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2).fit_transform(texts)
+    features = domain_features(texts)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(LogisticRegression(solver="liblinear", max_iter=1000), features, side, cv=splitter,
-                             scoring="roc_auc")
+    scores = cross_val_score(domain_classifier(), features, side, cv=splitter, scoring="roc_auc")
     return float(np.mean(scores)), float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
