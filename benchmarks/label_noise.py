@@ -7,13 +7,20 @@ rows: precision = flipped rows in the top k / k, recall = flipped rows found in 
 split's own wrong labels count against precision, so the figures are a floor. A random queue's precision is the
 rate itself; the target asks for several times that.
 
+--features picks the detectors measured side by side on the same flips and folds: tfidf (word 1-2 gram TF-IDF),
+embeddings (train.base_model's sentence embeddings) or both. The embeddings do not depend on the labels, so they
+are computed once per run (embedding_seconds) and each rate's seconds are the cross-fitting and flagging alone.
+Each detector says whether it passes the target; the summary's own target (and its "rates") is the detector
+prepare is configured with (prepare.label_issues.features), or the only one measured.
+
 With --train (expensive: two fine-tunings per rate), the real model is fine-tuned with the train stage's fit path
-(tasks.train.fit, train.* params) on the flipped split and on it with the top k dropped, each scored on the test
-split (heads of train.max_length tokens) with a bootstrap interval.
+(tasks.train.fit, train.* params) on the flipped split and on it with the judged detector's top k dropped, each
+scored on the test split (heads of train.max_length tokens) with a bootstrap interval.
 
-Prints a table, then one JSON line: {"rates": [{"rate", "flipped", "precision_at_k", "recall_at_k", ...}], ...}
+Prints a table, then one JSON line: {"rates": [{"rate", "flipped", "precision_at_k", "recall_at_k", ...}],
+"detectors": {"tfidf": {"rates", "min_precision_lift", "targets", "passes"}, ...}, ...}
 
-    python benchmarks/label_noise.py [--rates 0.02 0.05 0.1] [--project .] [--train]
+    python benchmarks/label_noise.py [--rates 0.02 0.05 0.1] [--features both] [--project .] [--train]
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._targets import target_lines, with_targets  # noqa: E402
-from tasks.contracts.label_issues import detect  # noqa: E402
+from benchmarks._targets import judge, target_lines, with_targets  # noqa: E402
+from tasks.contracts.label_issues import FEATURES, detect, sentence_embeddings  # noqa: E402
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,12 +78,14 @@ def read_train(project: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    """One rate: flip, detect, score the top k. Returns the figures, the flipped labels and the queue."""
+def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float,
+                 embeddings: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One rate: flip, detect (on `embeddings` when given, else TF-IDF), score the top k. Returns the figures, the
+    flipped labels and the queue."""
     n_classes = len(cfg.data.labels)
     noisy, flipped = flip_labels(train["label"].to_numpy(), n_classes, rate, cfg.seed)
     started = time.perf_counter()
-    issues = detect(train["text"].tolist(), noisy, n_classes, cfg.prepare.label_issues.folds, cfg.seed)
+    issues = detect(train["text"].tolist(), noisy, n_classes, cfg.prepare.label_issues.folds, cfg.seed, embeddings)
     seconds = time.perf_counter() - started
     figures = {"rate": rate, "flipped": len(flipped), "flagged": len(issues.rows),
                "estimated_share": round(issues.noisy_share, 4), **top_k_scores(issues.rows, flipped),
@@ -124,37 +133,75 @@ def train_figures(train: pd.DataFrame, noisy: np.ndarray, queue: np.ndarray, k: 
 
 
 def table_lines(summary: dict) -> list[str]:
-    """The figures as an 80-column table."""
-    lines = [f"label issues on {summary['train_rows']} train rows, {summary['folds']} folds, seed {summary['seed']}",
-             f"{'rate':>6} {'flipped':>8} {'flagged':>8} {'est.share':>10} {'prec@k':>8} {'recall@k':>9} "
-             f"{'lift':>6} {'seconds':>8}"]
-    for row in summary["rates"]:
-        lines.append(f"{row['rate']:>6.0%} {row['flipped']:>8} {row['flagged']:>8} {row['estimated_share']:>10.4f} "
-                     f"{row['precision_at_k']:>8.3f} {row['recall_at_k']:>9.3f} "
-                     f"{row['precision_at_k'] / row['rate']:>6.1f} {row['seconds']:>8.2f}")
+    """The figures as an 80-column table: one line per rate and detector, the detectors of a rate side by side."""
+    detectors = summary.get("detectors") or {summary.get("features", "-"): {"rates": summary["rates"]}}
+    lines = [f"label issues on {summary['train_rows']} train rows, {summary['folds']} folds, seed {summary['seed']}"]
+    if summary.get("embedding_seconds") is not None:
+        lines.append(f"embeddings: {summary['embedding_seconds']:.1f} s for {summary['train_rows']} rows, once "
+                     "(not in the rates' seconds)")
+    lines.append(f"{'rate':>5} {'flipped':>7}  {'features':<10} {'flagged':>7} {'est.share':>9} {'prec@k':>7} "
+                 f"{'recall@k':>8} {'lift':>5} {'seconds':>7}")
+    by_rate = [dict(zip(detectors, rows)) for rows in zip(*(d["rates"] for d in detectors.values()))]
+    for rows in by_rate:
+        for name, row in rows.items():
+            lines.append(f"{row['rate']:>5.0%} {row['flipped']:>7}  {name:<10} {row['flagged']:>7} "
+                         f"{row['estimated_share']:>9.4f} {row['precision_at_k']:>7.3f} {row['recall_at_k']:>8.3f} "
+                         f"{row['precision_at_k'] / row['rate']:>5.1f} {row['seconds']:>7.2f}")
     for row in summary["rates"]:
         if "test_accuracy" in row:
             for name, acc in row["test_accuracy"].items():
-                lines.append(f"{row['rate']:>6.0%} test accuracy {name:<14} {acc['value']:.4f} "
+                lines.append(f"{row['rate']:>5.0%} test accuracy {name:<14} {acc['value']:.4f} "
                              f"[{acc['low']:.4f}, {acc['high']:.4f}]")
+    if "detectors" in summary:
+        for name, detector in detectors.items():
+            check = detector["targets"]["min_precision_lift"]
+            lines.append(f"{name:<10} worst lift {detector['min_precision_lift']} (target {check['target']}) -> "
+                         f"{'PASS' if check['pass'] else 'FAIL'}")
     return lines
 
 
-def run(project: Path, rates: list[float], train_models: bool) -> dict:
+def worst_lift(rows: list[dict]) -> float | None:
+    """Precision at k / flip rate, the worst over the rates (None without a rate above 0)."""
+    lifts = [row["precision_at_k"] / row["rate"] for row in rows if row["rate"] > 0]
+    return round(min(lifts), 2) if lifts else None
+
+
+def run(project: Path, rates: list[float], train_models: bool, features: str = "both") -> dict:
     train = read_train(project)
     cfg = load_config(project / "params.yaml")
-    rows = []
-    for rate in rates:
-        figures, noisy, queue = measure_rate(train, cfg, rate)
-        if train_models:
-            figures["test_accuracy"] = train_figures(train, noisy, queue, figures["k"], cfg, project)
-        rows.append(figures)
-    lifts = [row["precision_at_k"] / row["rate"] for row in rows if row["rate"] > 0]
+    names = list(FEATURES) if features == "both" else [features]
+    names.sort(key=lambda name: name != "tfidf")  # today's detector first, the candidate beside it
+    # The summary's own target judges the detector prepare runs; the only one measured otherwise.
+    judged = cfg.prepare.label_issues.features if cfg.prepare.label_issues.features in names else names[0]
+    embeddings, embedding_seconds = None, None
+    if "embeddings" in names:
+        from tasks.core.base_model import resolve_base_model
+
+        base, _ = resolve_base_model(cfg.train.base_model, project)
+        started = time.perf_counter()
+        embeddings = sentence_embeddings(train["text"].tolist(), base)
+        embedding_seconds = round(time.perf_counter() - started, 2)
+    detectors = {}
+    for name in names:
+        rows = []
+        for rate in rates:
+            figures, noisy, queue = measure_rate(train, cfg, rate, embeddings if name == "embeddings" else None)
+            if train_models and name == judged:
+                figures["test_accuracy"] = train_figures(train, noisy, queue, figures["k"], cfg, project)
+            rows.append(figures)
+        lift = worst_lift(rows)
+        checks = judge({"min_precision_lift": lift}, TARGETS)
+        detectors[name] = {"rates": rows, "min_precision_lift": lift, "targets": checks,
+                           "passes": all(check["pass"] for check in checks.values())}
     summary = {"measured": "precision and recall of the label-issue queue's top k (k = labels flipped at random) "
-                           "on the train split" + (", and test accuracy fine-tuned on the flipped split vs with "
-                                                   "the top k dropped" if train_models else ""),
-               "train_rows": len(train), "folds": cfg.prepare.label_issues.folds, "seed": cfg.seed, "rates": rows,
-               "min_precision_lift": round(min(lifts), 2) if lifts else None}
+                           "on the train split, per detector" + (", and test accuracy fine-tuned on the flipped "
+                                                                 "split vs with the top k dropped"
+                                                                 if train_models else ""),
+               "train_rows": len(train), "folds": cfg.prepare.label_issues.folds, "seed": cfg.seed,
+               "features": judged, "rates": detectors[judged]["rates"],
+               "min_precision_lift": detectors[judged]["min_precision_lift"], "detectors": detectors,
+               "passing_detectors": [name for name, detector in detectors.items() if detector["passes"]],
+               "embedding_seconds": embedding_seconds}
     return with_targets(summary, TARGETS)
 
 
@@ -166,8 +213,10 @@ def main() -> None:
     parser.add_argument("--train", action="store_true",
                         help="also fine-tune the real model per rate on the flipped split and with the top k "
                              "dropped (expensive)")
+    parser.add_argument("--features", choices=[*FEATURES, "both"], default="both",
+                        help="detectors measured side by side on the same flips (default: both)")
     args = parser.parse_args()
-    summary = run(Path(args.project).resolve(), args.rates, args.train)
+    summary = run(Path(args.project).resolve(), args.rates, args.train, args.features)
     print("\n".join(table_lines(summary)))
     print("\n".join(target_lines(summary["targets"])))
     print(json.dumps(summary))

@@ -16,12 +16,13 @@ from tasks.core.metrics import reliability_bins, softmax
 from tasks.core.paths import ArtifactPaths
 from tasks.core.runlog import write_run_record
 from tasks.core.stage import StageResult, stage_task, write_result
-from tasks.judging.card import CARD_FILE, TUNE_KEY, CardInputs, render_card
+from tasks.judging.card import CARD_FILE, CardInputs, render_card
 from tasks.judging.compare import (INCONCLUSIVE, PROMOTE, REJECT, Champion, champion_folder, compare_predictions,
                                    find_champion, row_keys, shared_rows)
 from tasks.judging.cost import cost_record, window_cost
 from tasks.judging.estimate import expected_accuracy
 from tasks.judging.report import key_figure, render_report
+from tasks.judging.selection import gate_selection, read_selection
 from tasks.judging.reweight import accuracy_on_live_traffic, read_live_texts
 from tasks.judging.shadow import ShadowError, shadow_replay
 from tasks.judging.slices import length_buckets, slice_report, token_lengths
@@ -260,19 +261,29 @@ def write_release(out: Path, shipped: Path, keys: list[str], release: dict[str, 
     write_json(folder / RELEASE_FILE, release)
 
 
+def recipe_selection(paths: ArtifactPaths) -> dict[str, Any] | None:
+    """tuning.json's recipe search (None when none ran), and whether the teacher and the student were trained with
+    the recipe it chose: read from train's stamp and distill's record, not from params.yaml."""
+    trained = dict(read_json(paths.train_stamp)["config"])
+    if paths.distill_report.is_file():
+        trained["distill"] = read_json(paths.distill_report).get("recipe")
+    return gate_selection(read_selection(paths.selection), trained)
+
+
 def card_inputs(gate_dir: Path, paths: ArtifactPaths, cfg: GateConfig) -> CardInputs:
     """What the release's model card is built from, tracked outputs only: decision.json and the release folder in
     gate_dir (the gate's output, staged or in place: the card says what those files say), train's and distill's
     records, the gate's params."""
     folder = gate_dir / "release"
-    stamp = read_json(paths.train_stamp)
-    return CardInputs(name=ARTIFACT, decision=read_json(gate_dir / "decision.json"),
+    stamp, decision = read_json(paths.train_stamp), read_json(gate_dir / "decision.json")
+    return CardInputs(name=ARTIFACT, decision=decision,
                       release=read_json(folder / RELEASE_FILE), serving=read_json(folder / SERVING_FILE),
                       config=read_json(folder / "config.json"), stamp=stamp,
                       long_text=read_json(paths.long_text_report),
                       # A student put beside the run by hand, not by distill, comes without distill.json.
                       distill=read_json(paths.distill_report) if paths.distill_report.is_file() else {},
-                      judging=cfg.model_dump(include=CARD_PARAMS), tune=stamp.get(TUNE_KEY))
+                      judging=cfg.model_dump(include=CARD_PARAMS),
+                      selection=decision.get("selection"))
 
 
 @stage_task("gate")
@@ -335,6 +346,7 @@ def gate(cfg: PipelineConfig, paths: ArtifactPaths) -> StageResult:
                 "compute_cost": cost, "slices": slices, "long_text": reading_record(model, lengths),
                 "comparison": comparison,
                 "first_run": g.first_run if champion is None else None, "candidate": candidate,
+                "selection": recipe_selection(paths),
                 "quantize": quantize_candidates(quantized)}
     with staged_dir(paths.stage_dir("gate")) as out:
         write_json(out / "decision.json", decision)

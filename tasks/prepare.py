@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import DataConfig, PipelineConfig, PrepareConfig
-from tasks.contracts.label_issues import (QUEUE_COLUMNS, detect, issue_table, noise_check, skip_reason,
-                                          skipped_noise_check)
+from tasks.contracts.label_issues import (QUEUE_COLUMNS, detect, issue_table, noise_check, sentence_embeddings,
+                                          skip_reason, skipped_noise_check)
 from tasks.contracts.report import DataValidationError, make_report, write_failure_report, write_reports
 from tasks.core.data import SPLIT_ALIASES, load_dataset
 from tasks.core.errors import TunegateError
@@ -302,9 +302,10 @@ def make_splits(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[pd.DataFrame,
     return frame, TextKeys(codes=frame["code"].to_numpy(), texts=keys.texts), pairs, dropped
 
 
-def label_noise(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[dict | None, pd.DataFrame]:
+def label_noise(frame: pd.DataFrame, cfg: PipelineConfig, model_dir: str) -> tuple[dict | None, pd.DataFrame]:
     """The estimated-label-noise check on the train rows alone (dev and test are never read to choose anything) and
-    its queue (QUEUE_COLUMNS, most suspect first); no check and an empty queue when prepare.label_issues is off."""
+    its queue (QUEUE_COLUMNS, most suspect first); no check and an empty queue when prepare.label_issues is off.
+    model_dir: the resolved train.base_model, the encoder of prepare.label_issues.features = embeddings."""
     settings = cfg.prepare.label_issues
     empty = pd.DataFrame(columns=list(QUEUE_COLUMNS))
     if not settings.enabled:
@@ -314,7 +315,9 @@ def label_noise(frame: pd.DataFrame, cfg: PipelineConfig) -> tuple[dict | None, 
     reason = skip_reason(labels, len(cfg.data.labels), settings.folds)
     if reason:
         return skipped_noise_check(SUITE, reason), empty
-    issues = detect(texts, labels, len(cfg.data.labels), settings.folds, cfg.seed)
+    # The base model the run fine-tunes embeds the rows: its view of the texts is the one training starts from.
+    embeddings = sentence_embeddings(texts, model_dir) if settings.features == "embeddings" else None
+    issues = detect(texts, labels, len(cfg.data.labels), settings.folds, cfg.seed, embeddings)
     queue = pd.DataFrame(issue_table(texts, labels, issues, cfg.data.label_names), columns=list(QUEUE_COLUMNS))
     return noise_check(SUITE, issues, settings.max_noisy_share, settings.severity), queue
 
@@ -334,7 +337,7 @@ def checked_splits(canonical: pd.DataFrame, cfg: PipelineConfig,
     frame, keys, pairs, dropped = make_splits(canonical, cfg)
     tokenizer_dir, _ = resolve_base_model(cfg.train.base_model, root)
     report = split_contract(frame, keys, pairs, cfg, root, tokenizer_dir)
-    check, queue = label_noise(frame, cfg)
+    check, queue = label_noise(frame, cfg, tokenizer_dir)
     return frame, with_check(report, check), dropped, queue
 
 

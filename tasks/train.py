@@ -33,7 +33,7 @@ from tasks.core.runlog import write_run_record
 from tasks.core.stamp import build_stamp, portable_provenance
 from tasks.training.reading import choose_long_text, summary, write_long_text
 from tasks.training.tokens import TokenizedTexts, prune_token_cache, tokenize, tokenizer_fingerprint
-from tasks.training.tracking import LiveCurves, PrefectProgress, copy_curves, live_dir_note
+from tasks.training.tracking import LiveCurves, PrefectProgress, append_epoch_log, copy_curves, live_dir_note
 
 console = Console(stderr=True, soft_wrap=True)
 LOG_EVERY_FRACTION = 0.1  # without a terminal (dvc repro, CI logs), print a line every 10% of steps
@@ -265,6 +265,8 @@ def fit(model: Any, tokenizer: Any, train_df: pd.DataFrame, dev_df: pd.DataFrame
             if curves is not None:
                 curves.log_epoch(state.history[-1])
             published.epoch(state.history)
+            if show:
+                append_epoch_log(state.history[-1])
             checkpoint()
     if curves is not None:
         curves.finish(state.best_dev_accuracy, state.best_epoch)

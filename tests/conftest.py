@@ -20,6 +20,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
+# With PYTHONDONTWRITEBYTECODE set (as in many containers), every pytest-xdist worker and every stage or `tunegate`
+# subprocess a test starts compiled tasks/, flows/ and the test modules (assertion rewriting included) from source
+# again: seconds of CPU each time. Tests write bytecode as usual (__pycache__/ is git-ignored here and in the test
+# projects; the installed packages have theirs from pip already), for this run and the processes it starts.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    sys.dont_write_bytecode = False
 # rich fixes a console's width if COLUMNS is set when the console is built. The CLI's consoles are built below, with
 # COLUMNS unset, so each follows the COLUMNS its test sets (else the first test to import the CLI would fix it).
 os.environ.pop("COLUMNS", None)
@@ -44,7 +50,7 @@ pytest_plugins = ("tests.simulated_gpu",)  # the gpu_host fixture: a simulated o
 
 REPO = Path(__file__).resolve().parents[1]
 # What a project copy needs for `dvc repro` and the flow: the stage definitions and every dep.
-PROJECT_FILES = ("dvc.yaml", ".gto", "expectations", "tasks", "flows")
+PROJECT_FILES = ("dvc.yaml", ".gto", "expectations", "tasks", "flows", "tuning.json")
 BIN = Path(sys.executable).parent
 
 
@@ -222,9 +228,23 @@ def make_project(tmp_path, tmp_path_factory, tiny_model_dir, reviews_frame):
         frame = reviews_frame if frame is None else frame
         params = params or tiny_params(tiny_model_dir, long_reviews=True)
         template = project_template(tmp_path_factory, frame, params, reproduced, folders or {})
-        return copy_project(template, tmp_path / name)
+        root = copy_project(template, tmp_path / name)
+        if reproduced:  # what the template's `dvc repro` printed (repro_output reads it)
+            shutil.copy2(repro_log(template), repro_log(root))
+        return root
 
     return build
+
+
+def repro_log(root: Path) -> Path:
+    """Where a reproduced project's first `dvc repro` output is kept: beside the project folder, not in it."""
+    return root.parent / f"{root.name}.repro-stdout.txt"
+
+
+def repro_output(root: Path) -> str:
+    """What the first `dvc repro` of a project made with `make_project(..., reproduced=True)` printed: it ran once,
+    in the shared template this project was copied from."""
+    return repro_log(root).read_text()
 
 
 def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reproduced: bool,
@@ -245,16 +265,18 @@ def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reprod
         for inside, source in folders.items():
             shutil.copytree(source, root / inside)
         if reproduced:
-            reproduce_and_commit(root, "reproduced", untracked=folders)
+            repro_log(root).write_text(reproduce_and_commit(root, "reproduced", untracked=folders).stdout)
 
     return shared_folder(tmp_path_factory, f"project-{key}{'-reproduced' if reproduced else ''}", build)
 
 
-def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = ()) -> None:
-    """`dvc repro`, then commit everything it and earlier steps changed, except the paths in `untracked`."""
-    run([str(BIN / "dvc"), "repro"], root)
+def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = ()) -> subprocess.CompletedProcess:
+    """`dvc repro`, then commit everything it and earlier steps changed, except the paths in `untracked`; returns
+    the finished `dvc repro`."""
+    done = run([str(BIN / "dvc"), "repro"], root)
     run(["git", "add", "-A", "--", ".", *(f":(exclude){path}" for path in untracked)], root)
     run(["git", "commit", "-q", "-m", message], root)
+    return done
 
 
 @pytest.fixture(scope="session")
@@ -265,23 +287,33 @@ def staged_pipeline(staged_run) -> tuple[PipelineConfig, ArtifactPaths]:
 
 @pytest.fixture(scope="session")
 def staged_run(tmp_path_factory, tiny_model_dir, reviews_frame) -> tuple[PipelineConfig, ArtifactPaths, dict]:
-    """The staged pipeline's config, paths and the params keys each stage's code read (tests/config_reads.py)."""
+    """The staged pipeline's config, paths and the params keys each stage's code read (tests/config_reads.py).
+    Run once for the whole test run (pytest-xdist workers share it, like tiny_model_dir): read it, or copy it."""
+    import json
+
     from tasks.core.config import STAGES
     from tasks.core.stage import load_stage
     from tests.config_reads import recorded_reads
 
-    root = tmp_path_factory.mktemp("staged")
-    (root / "data").mkdir()
-    reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
-    shutil.copytree(REPO / "expectations", root / "expectations")
     # IMDB reviews (training windows, rules chosen) and a distilled student.
     cfg = parse_config(tiny_params(tiny_model_dir, long_reviews=True, distill=True))
-    paths = ArtifactPaths(root)
-    reads = {}
-    for stage in STAGES:
-        with recorded_reads() as reads[stage]:
-            load_stage(stage).fn(cfg, paths)
-    return cfg, paths, reads
+
+    def build(root: Path) -> None:
+        (root / "data").mkdir(parents=True)
+        reviews_frame.to_csv(root / "data" / "movie_reviews.csv", index=False)
+        shutil.copytree(REPO / "expectations", root / "expectations")
+        reads = {}
+        for stage in STAGES:
+            with recorded_reads() as reads[stage]:
+                load_stage(stage).fn(cfg, ArtifactPaths(root))
+        reads_file(root).write_text(json.dumps({stage: sorted(keys) for stage, keys in reads.items()}))
+
+    def reads_file(root: Path) -> Path:
+        return root.parent / f"{root.name}.reads.json"
+
+    root = shared_folder(tmp_path_factory, "staged", build)
+    reads = {stage: set(keys) for stage, keys in json.loads(reads_file(root).read_text()).items()}
+    return cfg, ArtifactPaths(root), reads
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,7 @@ def test_exit_code_is_red_only_for_reject_and_annotations_only_on_github():
         "::warning title=tunegate::two%0Alines 100%25"
 
 
+@pytest.mark.e2e  # three `dvc` commands on a real DVC project (3 s or more): out of the quick loop
 def test_missing_data_is_restored_only_when_it_is_the_packaged_default(tmp_path):
     from tasks.core.data import materialise_default_data
     from tasks.core.dvc_data import data_differences

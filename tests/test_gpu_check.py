@@ -98,6 +98,7 @@ def test_setup_fails_naming_the_fix_when_a_gpu_host_got_torch_that_cannot_use_it
     assert setup_problem(cpu_build, expect_gpu=False) is None, "a CPU-only host expects no GPU"
 
 
+@pytest.mark.e2e  # the script in a subprocess that imports torch (3 s or more): out of the quick loop
 def test_setup_report_exits_nonzero_on_a_gpu_host_without_usable_cuda_here():
     # This CPU host stands in for a GPU host whose torch cannot reach the GPU.
     done = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--setup-report", "--expect-gpu"],

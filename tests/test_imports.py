@@ -1,6 +1,7 @@
 """What the code imports: light commands stay torch-free, and every import is a declared dependency."""
 
 import ast
+import functools
 import json
 import re
 import sys
@@ -33,6 +34,7 @@ def declared() -> dict[str, set[str]]:
     return {group: {distribution_key(r) for r in requirements} for group, requirements in groups.items()}
 
 
+@functools.cache  # the same folders parsed once a test run; callers only read the answer
 def third_party_imports(*folders: str) -> dict[str, set[str]]:
     """Top-level module -> files importing it, over every .py file under the folders (stdlib and our packages left out)."""
     found: dict[str, set[str]] = {}
@@ -52,9 +54,15 @@ def third_party_imports(*folders: str) -> dict[str, set[str]]:
     return found
 
 
+@functools.cache
+def installed_owners() -> dict[str, list[str]]:
+    """packages_distributions(), read once a test run (it reads every installed distribution's file list)."""
+    return packages_distributions()
+
+
 def undeclared(imports: dict[str, set[str]], allowed: set[str]) -> dict[str, str]:
     """Modules none of whose installed distributions is in `allowed`, with where they are imported."""
-    owners = packages_distributions()
+    owners = installed_owners()
     return {module: f"{sorted(owners.get(module, ['(not installed)']))} imported in {sorted(files)}"
             for module, files in imports.items()
             if not {distribution_key(d) for d in owners.get(module, [])} & allowed}
@@ -74,7 +82,7 @@ def test_every_third_party_import_of_the_tests_is_declared_with_the_dev_extra():
 
 
 def test_every_declared_dependency_is_imported_or_loaded_by_name():
-    owners = packages_distributions()
+    owners = installed_owners()
     imported = {distribution_key(d) for module in third_party_imports("tasks", "flows", "benchmarks")
                 for d in owners.get(module, [])}
     assert declared()["main"] - imported == set(LOADED_BY_NAME)

@@ -1,14 +1,16 @@
-"""Label issues: the confident-learning queue finds planted flips, is deterministic, skips thin data, and its
-contract check stops prepare only at severity error."""
+"""Label issues: the confident-learning queue finds planted flips (on TF-IDF or on sentence embeddings), is
+deterministic, skips thin data, runs the configured features, and its contract check stops prepare only at severity
+error."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import tasks.prepare
 from tasks.contracts.label_issues import (QUEUE_COLUMNS, class_thresholds, detect, find_label_issues,
-                                          out_of_sample_probabilities, skip_reason)
+                                          out_of_sample_probabilities, sentence_embeddings, skip_reason)
 from tasks.contracts.report import DataValidationError
-from tasks.core.config import parse_config
+from tasks.core.config import ConfigError, parse_config
 from tasks.core.paths import ArtifactPaths
 from tasks.prepare import label_noise, prepare
 from tasks.validate import validate
@@ -78,10 +80,10 @@ def _label_noise_cfg(tiny_model_dir, **settings):
 def test_a_thin_train_split_records_the_check_as_skipped_with_its_reason(tiny_model_dir):
     texts, labels, _ = two_vocabularies(40, 0.0)
     frame = pd.DataFrame({"text": texts, "label": labels, "split": "train"})
-    check, queue = label_noise(frame, _label_noise_cfg(tiny_model_dir))
+    check, queue = label_noise(frame, _label_noise_cfg(tiny_model_dir), str(tiny_model_dir))
     assert check["skipped"] and check["severity"] == "warning" and "fewer than 50" in check["error"]
     assert list(queue.columns) == list(QUEUE_COLUMNS) and queue.empty
-    check, _ = label_noise(frame, _label_noise_cfg(tiny_model_dir, enabled=False))
+    check, _ = label_noise(frame, _label_noise_cfg(tiny_model_dir, enabled=False), str(tiny_model_dir))
     assert check is None
 
 
@@ -91,10 +93,68 @@ def test_label_noise_reads_only_the_train_rows(tiny_model_dir):
     # dev/test rows with every label wrong: read, they would change the queue
     other = pd.DataFrame({"text": texts[:100], "label": 1 - labels[:100], "split": ["dev", "test"] * 50})
     cfg = _label_noise_cfg(tiny_model_dir)
-    alone = label_noise(train, cfg)
-    mixed = label_noise(pd.concat([other, train], ignore_index=True), cfg)
+    alone = label_noise(train, cfg, str(tiny_model_dir))
+    mixed = label_noise(pd.concat([other, train], ignore_index=True), cfg, str(tiny_model_dir))
     assert alone[0]["observed_value"] == mixed[0]["observed_value"]
     pd.testing.assert_frame_equal(alone[1], mixed[1])
+
+
+def test_sentence_embeddings_are_unit_length_deterministic_masked_and_truncated(tiny_model_dir):
+    texts = ["alpha bravo charlie", "kilo lima", "alpha bravo charlie delta echo foxtrot golf hotel india juliet"]
+    embeddings = sentence_embeddings(texts, str(tiny_model_dir))
+    assert embeddings.shape == (3, 32) and embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+    assert embeddings.tobytes() == sentence_embeddings(texts, str(tiny_model_dir)).tobytes()
+    # Padding is masked out of the mean: a text padded beside a longer one embeds as it does alone.
+    alone = sentence_embeddings(texts[:1], str(tiny_model_dir))
+    assert np.allclose(embeddings[0], alone[0], atol=1e-5)
+    assert not np.allclose(embeddings[0], embeddings[2], atol=1e-3)
+    # Past max_tokens ([CLS] + 3 words + [SEP]) nothing is read: texts sharing their head embed alike.
+    cut = sentence_embeddings(texts[::2], str(tiny_model_dir), max_tokens=5)
+    assert np.allclose(cut[0], cut[1], atol=1e-5)
+
+
+def test_embedding_queue_finds_the_flipped_rows_and_needs_the_embeddings(tiny_model_dir):
+    texts, labels, flipped = two_vocabularies(400, 0.05)
+    embeddings = sentence_embeddings(texts, str(tiny_model_dir))
+
+    def precision_at_k(features):
+        top = detect(texts, labels, n_classes=2, folds=5, seed=0, embeddings=features).rows[:len(flipped)]
+        return np.isin(top, flipped).sum() / len(flipped)
+
+    # A random 2-layer encoder still separates two disjoint vocabularies; the same rows with their embeddings
+    # shuffled among them carry no signal, so a detector that ignored its features could not tell the two apart.
+    assert precision_at_k(embeddings) >= 0.6
+    assert precision_at_k(embeddings[np.random.default_rng(0).permutation(len(texts))]) <= 0.3
+
+
+def test_label_noise_embeds_the_train_rows_with_the_base_model_only_when_configured(tiny_model_dir, monkeypatch):
+    texts, labels, _ = two_vocabularies(300, 0.05)
+    train = pd.DataFrame({"text": texts, "label": labels, "split": "train"})
+    calls = []
+
+    def recorded(rows, model_dir):
+        calls.append((list(rows), model_dir))
+        return sentence_embeddings(rows, model_dir)
+
+    monkeypatch.setattr(tasks.prepare, "sentence_embeddings", recorded)
+    tfidf = label_noise(train, _label_noise_cfg(tiny_model_dir, features="tfidf"), str(tiny_model_dir))
+    assert calls == []
+    cfg = _label_noise_cfg(tiny_model_dir, features="embeddings")
+    embedded = label_noise(train, cfg, str(tiny_model_dir))
+    assert calls == [(texts, str(tiny_model_dir))]
+    expected = detect(texts, labels, 2, cfg.prepare.label_issues.folds, cfg.seed,
+                      sentence_embeddings(texts, str(tiny_model_dir)))
+    assert embedded[0]["kwargs"]["flagged_rows"] == len(expected.rows)
+    assert embedded[1]["text"].tolist() == [texts[row] for row in expected.rows]
+    assert embedded[1]["text"].tolist() != tfidf[1]["text"].tolist()
+
+
+def test_an_unknown_label_issue_feature_set_is_refused():
+    params = tiny_params(REPO / "no-model-needed")
+    params["prepare"]["label_issues"]["features"] = "bert"
+    with pytest.raises(ConfigError, match=r"prepare\.label_issues\.features"):
+        parse_config(params)
 
 
 def _prepared_project(tmp_path, params, frame):

@@ -2,6 +2,7 @@
 sample), the importance-weighted re-judging (unbiased, intervals that cover), the gate's rule on fully labelled
 pools, and `tunegate label-queue` end to end on tiny files."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,8 +36,14 @@ def pool(rows: int, disagreement: float, candidate_right: float, seed: int):
     return [f"row {seed} {i}" for i in range(rows)], truth, champion, candidate
 
 
+@functools.lru_cache(maxsize=4)
+def pool_ids(texts: tuple[str, ...]) -> list[str]:
+    """row_ids of a pool, hashed once however many queues are drawn from it."""
+    return row_ids(list(texts))
+
+
 def labels_of(queue: pd.DataFrame, texts, truth, count: int):
-    by_id = dict(zip(row_ids(texts), truth))
+    by_id = dict(zip(pool_ids(tuple(texts)), truth))
     ids = list(queue["id"][:count])
     return ids, np.array([by_id[i] for i in ids])
 
@@ -62,6 +69,7 @@ def test_queue_holds_every_disagreement_and_a_sample_of_agreements_spread_throug
     assert not build_queue(texts, champion, candidate, NAMES, seed=4)["id"].equals(queue["id"])
 
 
+@pytest.mark.e2e  # 300 queues drawn and re-judged (10 s or more): out of the quick loop
 def test_importance_weighted_difference_is_unbiased_and_its_interval_covers_near_nominal():
     """Over many seeds, a 60-label prefix of the queue: mean error of the difference near 0 and the 95% interval
     covering the pool's own difference about 95% of the time (the pool-sampling term makes it a little wider)."""

@@ -12,7 +12,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks.core",),  # config, paths, I/O, errors: everything builds on it
     ("tasks.runtime", "tasks.contracts"),  # a served model without torch; the data contracts
     ("tasks.judging",),  # statistics, comparisons and the gate's report
-    ("tasks.training", "tasks.registry"),  # the torch training engine; the GTO registry
+    ("tasks.training", "tasks.registry", "tasks.tuning"),  # the torch training engine; the GTO registry; recipe search
     ("tasks.compression",),  # pruning, distillation, quantization
     # The stage shells (one per dvc.yaml stage) and `tunegate validate`'s vetting, which runs two of them.
     ("tasks.validate", "tasks.prepare", "tasks.train", "tasks.distill", "tasks.evaluate", "tasks.export",

@@ -60,7 +60,7 @@ def test_card_metadata_parses_and_holds_the_gates_metrics_data_version_and_base_
     rule = normalise(read_json(release_of(paths) / "serving.json")["long_text"])
     assert f"Rule: **{describe(rule)}**" in body
     assert f"verdict **{decision['decision']}**" in body and decision["why"] in body
-    assert "One recipe, no search" in body
+    assert "No recipe search is recorded" in body
 
 
 def test_card_is_the_same_bytes_from_the_same_inputs_and_changes_with_a_metric(staged_pipeline):
@@ -78,11 +78,17 @@ def test_card_is_the_same_bytes_from_the_same_inputs_and_changes_with_a_metric(s
 
 def test_selection_effort_says_one_recipe_plainly_and_reads_a_search_record(staged_pipeline):
     inputs = staged_inputs(staged_pipeline)
-    searched = replace(inputs, tune={"trials": 12, "metric": "accuracy", "best_dev": 0.8512,
-                                     "spread": {"min": 0.7901, "max": 0.8512}})
-    body = ModelCard(render_card(searched)).text
-    assert "A recipe search tried 12 recipes" in body and "0.8512" in body and "from 0.7901 to 0.8512" in body
-    assert "One recipe, no search" not in body
+    search = {"study": "recipe", "trials": 12, "complete": 9, "pruned": 2, "failed": 1, "metric": "train dev accuracy",
+              "best": {"trial": 7, "dev": 0.8512, "params": {"train.learning_rate": 6.1e-05, "train.epochs": 2}},
+              "default": {"trial": 0, "dev": 0.8204, "params": {}},
+              "spread": {"min": 0.7901, "median": 0.82, "max": 0.8512}, "applied": True, "differs": []}
+    body = ModelCard(render_card(replace(inputs, selection=search))).text
+    assert "A recipe search (study recipe) tried 12 recipes (9 finished, 2 stopped early, 1 failed)" in body
+    assert "trial 7: learning_rate 6.1e-05, epochs 2" in body and "0.8512" in body and "0.7901 to 0.8512" in body
+    assert "(trial 0) scored 0.8204" in body and "No recipe search" not in body
+    stale = ModelCard(render_card(replace(inputs, selection={**search, "applied": False,
+                                                             "differs": ["train.epochs"]}))).text
+    assert "not trained with the chosen values of train.epochs" in stale
 
 
 @pytest.mark.parametrize("rule, words", [

@@ -8,12 +8,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
 
 from tasks.runtime.settings import API_KEYS_ENV
 from tasks.serving import scoring
@@ -22,11 +18,14 @@ from tasks.serving.scoring import TextScore
 from tests.test_serve_app import StandInModel, StandInSource, run, serve_settings, serving
 
 EXAMPLES = 40  # per operation and mode: 7 x 40 = 280 cases at most (about 3 s)
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# schemathesis is imported by the two tests that use it (about a second of import): not by every worker that
+# collects this module.
 
 
 @pytest.fixture
 def service_schema(served_folders, tmp_path, monkeypatch):
+    import schemathesis
+
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
     # Small limits, so generated bodies reach them (413, 422) as well as the model.
     app = create_app(serve_settings(tmp_path, model=str(served_folders[0]), max_texts=8, max_text_chars=200,
@@ -34,8 +33,14 @@ def service_schema(served_folders, tmp_path, monkeypatch):
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("mode", ["positive", "negative"])  # schemathesis's GenerationMode values
 def test_serve_fuzz_no_5xx_and_answers_conform_to_the_schema(service_schema, mode):
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
+                                     status_code_conformance)
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    mode = GenerationMode(mode)
     operations = [result.ok() for result in service_schema.get_all_operations()]
     assert len(operations) == 6
     seen: set[tuple[str, int]] = set()
@@ -46,7 +51,7 @@ def test_serve_fuzz_no_5xx_and_answers_conform_to_the_schema(service_schema, mod
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def answers_conform(case):
-            response = case.call_and_validate(checks=CHECKS)
+            response = case.call_and_validate(checks=checks)
             seen.add((operation.path, response.status_code))
 
         answers_conform()
@@ -84,6 +89,7 @@ def texts_of(size: tuple[int, int, bool]) -> list[str]:
     return [STALL + texts[0][1:] if chars else STALL, *texts[1:]] if stall else texts
 
 
+@pytest.mark.e2e  # 25 sequences of concurrent bursts through the app, some stalling (5 s or more): out of the quick loop
 @given(steps=st.lists(st.tuples(st.lists(request_sizes, min_size=1, max_size=6), request_sizes), min_size=1,
                       max_size=3))
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -7,10 +7,9 @@ import json
 import subprocess
 import sys
 import tomllib
-from importlib.metadata import packages_distributions
 
 from tests.conftest import REPO
-from tests.test_imports import LOCAL_PACKAGES, distribution_key
+from tests.test_imports import LOCAL_PACKAGES, distribution_key, installed_owners
 
 SERVE_REQUIREMENTS = REPO / "requirements" / "serve.txt"
 # What `tunegate serve` loads: the CLI package with every command group (its parser builds them all, the serve
@@ -100,7 +99,7 @@ def test_serve_closure_covers_every_serving_module():
 
 def test_serve_install_provides_every_module_level_import_of_the_service():
     listed = {name.partition("[")[0] for name in serve_requirements()}
-    owners = packages_distributions()
+    owners = installed_owners()
     _, third_party = serve_closure()
     unprovided = {module: f"{sorted(owners.get(module, ['(not installed)']))} imported in {sorted(files)}"
                   for module, files in third_party.items()
@@ -110,7 +109,7 @@ def test_serve_install_provides_every_module_level_import_of_the_service():
 
 def test_serve_install_lists_no_pipeline_package():
     listed = {name.partition("[")[0] for name in serve_requirements()}
-    owners = packages_distributions()
+    owners = installed_owners()
     heavy = {distribution_key(d) for module in FORBIDDEN for d in owners.get(module, [module])}
     assert listed & heavy == set()
 
@@ -127,7 +126,7 @@ def test_serve_install_lists_only_what_the_service_imports():
     """Every listed distribution is imported somewhere in the service's files (lazily counts: ruamel.yaml reads
     params.yaml inside a function), so the file does not grow a package serving never uses."""
     ours, _ = serve_closure()
-    owners = packages_distributions()
+    owners = installed_owners()
     imported = set()
     for module in ours:
         for node in ast.walk(ast.parse(module_file(module).read_text())):

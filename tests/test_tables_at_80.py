@@ -71,3 +71,23 @@ def test_monitor_run_table_reads_at_80_columns(monkeypatch):
     words = readable_at_80(table)
     for cell in [*names, "ALARM", "warning", "skipped", "v0.12.3", "0.913"]:
         assert cell in words
+
+
+def test_tune_trials_table_reads_at_80_columns(monkeypatch):
+    from flows.cli import tune as tune_commands
+    from tasks.judging.selection import COMPLETE, FAILED, PRUNED, TrialRow, summarize
+
+    console = narrow_console(monkeypatch, tune_commands)
+    recipe = {"train.learning_rate": 0.00012345678, "train.epochs": 2, "train.batch_size": 64,
+              "train.warmup_ratio": 0.1734, "train.weight_decay": 0.0912}
+    rows = [TrialRow(0, COMPLETE, 0.8099, recipe, "recipe-0", 412.3),
+            TrialRow(1, PRUNED, 0.7711, recipe, "recipe-1", 210.0),
+            TrialRow(2, FAILED, None, recipe, "recipe-2", 1804.9, note="stopped by tune.timeout_minutes"),
+            TrialRow(13, COMPLETE, 0.8213, recipe, "recipe-13", 388.0)]
+    record = summarize(rows, study="recipe", storage=".tunegate/tune/recipe.journal", target="train", space={},
+                       default_number=0)
+    tune_commands.print_record(rows, record)
+    words = readable_at_80(console.export_text())
+    for cell in ("recipe-13", "pruned", "0.7711", "1805", "learning_rate 0.000123", "weight_decay 0.0912",
+                 "stopped by tune.timeout_minutes", "complete *", "0.8213"):
+        assert cell in words

@@ -6,25 +6,36 @@ gets a threshold t_k = the mean probability of k over the rows labelled k, and a
 clears its threshold and is the most probable of the classes that do. The queue ranks flagged rows by
 self-confidence (the out-of-sample probability of the given label), lowest first.
 
-Why cross-fitted TF-IDF + logistic regression rather than the training dynamics of the real fine-tuning: the
-default run trains one epoch, so there are no per-example dynamics across epochs to read, and this costs seconds
-on the default train split instead of a fine-tuning run per fold. How well its queue finds flipped labels is
-measured by `make bench-labels` (benchmarks/label_noise.py), which plants flips at known rows.
+The probabilities come from a cross-fitted logistic regression on one of two feature sets
+(prepare.label_issues.features): `embeddings`, the base model's mean-pooled (attention-masked), L2-normalised
+sentence embeddings, or `tfidf`, word 1-2 gram TF-IDF fit on the other folds. Why a linear model on fixed features
+rather than the training dynamics of the real fine-tuning: the default run trains one epoch, so there are no
+per-example dynamics across epochs to read, and this costs one forward pass of the train split (embeddings) or
+seconds (TF-IDF) instead of a fine-tuning run per fold. How well each queue finds flipped labels is measured by
+`make bench-labels` (benchmarks/label_noise.py), which plants flips at known rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
 from tasks.contracts.report import plain_check, skipped_check
+from tasks.core.config import LabelIssuesConfig
 
 # Below these the folds are too thin for a threshold per class to mean anything: the check skips itself.
 MIN_ROWS = 50
 MIN_ROWS_PER_CLASS_PER_FOLD = 2
 CHECK, CHECK_NAME = "label_noise", "estimated label noise (train)"
+# The feature sets prepare.label_issues.features accepts (one home: the config's Literal).
+FEATURES: tuple[str, ...] = get_args(LabelIssuesConfig.model_fields["features"].annotation)
+# Sentence embeddings read at most this many tokens: Rotten Tomatoes sentences average 27, so this cuts only long
+# reviews, whose head carries most of their sentiment, and keeps the forward pass cheap (attention is quadratic).
+EMBEDDING_MAX_TOKENS = 128
+EMBEDDING_BATCH_ROWS = 64
 QUEUE_COLUMNS = ("text", "given_label", "suggested_label", "score", "rank")
 
 
@@ -55,27 +66,67 @@ def skip_reason(labels: np.ndarray, n_classes: int, folds: int) -> str | None:
     return None
 
 
-def out_of_sample_probabilities(texts: Sequence[str], labels: np.ndarray, n_classes: int, folds: int,
-                                seed: int) -> np.ndarray:
-    """(rows, n_classes) class probabilities, each row's from a TF-IDF + logistic regression fit on the other folds
-    (seeded, stratified K folds): no row is scored by a model that saw its label."""
+def sentence_embeddings(texts: Sequence[str], model_dir: str, max_tokens: int = EMBEDDING_MAX_TOKENS,
+                        batch_rows: int = EMBEDDING_BATCH_ROWS) -> np.ndarray:
+    """(rows, hidden) float32: each text's last hidden states averaged over its real tokens (attention-masked, heads
+    of max_tokens), L2-normalised; the encoder at model_dir, in eval mode, without gradients."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # AutoModel: the bare encoder, also when model_dir holds a classifier (its head is not needed here).
+    model = AutoModel.from_pretrained(model_dir, use_safetensors=True).eval()  # never pickled weights
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    # Batches of similar length pad less; the order (token count, then row) is a function of the texts alone, so the
+    # batches, and so the floating-point sums, are the same on every run.
+    order = sorted(range(len(encoded)), key=lambda row: (len(encoded[row]), row))
+    embeddings = np.zeros((len(encoded), model.config.hidden_size), dtype=np.float32)
+    with torch.no_grad(), Progress(TextColumn("[bold]label issues[/] embedding train rows"), BarColumn(),
+                                   MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                                   transient=True) as progress:
+        bar = progress.add_task("", total=len(order))
+        for start in range(0, len(order), batch_rows):
+            rows = order[start:start + batch_rows]
+            batch = tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state  # (batch, tokens, hidden)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, tokens, 1): 0 on padding
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            embeddings[rows] = torch.nn.functional.normalize(pooled, dim=1).numpy()
+            progress.advance(bar, len(rows))
+    return embeddings
+
+
+def out_of_sample_probabilities(texts: Sequence[str], labels: np.ndarray, n_classes: int, folds: int, seed: int,
+                                embeddings: np.ndarray | None = None) -> np.ndarray:
+    """(rows, n_classes) class probabilities, each row's from a logistic regression fit on the other folds (seeded,
+    stratified K folds): no row is scored by a model that saw its label. Features: `embeddings` (rows, dim) when
+    given, else word 1-2 gram TF-IDF fit on the other folds."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     texts = np.asarray(list(texts), dtype=object)
     labels = np.asarray(labels, dtype=np.int64)
+    if embeddings is not None and len(embeddings) != len(texts):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(texts)} texts")
     probabilities = np.zeros((len(texts), n_classes), dtype=np.float64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    # The folds depend on the labels and the seed only: both feature sets are scored on the same folds.
     for fit_rows, scored_rows in splitter.split(texts, labels):
-        # Fit on the other folds only: the vocabulary too, so a scored row's own words do not shape its features.
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-        features = vectorizer.fit_transform(texts[fit_rows])
+        if embeddings is None:
+            # Fit on the other folds only: the vocabulary too, so a scored row's own words do not shape its features.
+            vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+            fit_features = vectorizer.fit_transform(texts[fit_rows])
+            scored_features = vectorizer.transform(texts[scored_rows])
+        else:
+            # The encoder never saw these labels: its embeddings of every row are out of sample already.
+            fit_features, scored_features = embeddings[fit_rows], embeddings[scored_rows]
         model = LogisticRegression(solver="lbfgs", max_iter=1000)
-        model.fit(features, labels[fit_rows])
+        model.fit(fit_features, labels[fit_rows])
         # A class absent from the fitting folds keeps probability 0 for the scored rows.
-        scored = model.predict_proba(vectorizer.transform(texts[scored_rows]))
-        probabilities[np.ix_(scored_rows, model.classes_)] = scored
+        probabilities[np.ix_(scored_rows, model.classes_)] = model.predict_proba(scored_features)
     return probabilities
 
 
@@ -106,9 +157,10 @@ def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> LabelIss
                        scores=scores[order].astype(np.float64), n_rows=len(labels))
 
 
-def detect(texts: Sequence[str], labels: np.ndarray, n_classes: int, folds: int, seed: int) -> LabelIssues:
-    """Out-of-sample probabilities, then confident learning's flags on them."""
-    probabilities = out_of_sample_probabilities(texts, labels, n_classes, folds, seed)
+def detect(texts: Sequence[str], labels: np.ndarray, n_classes: int, folds: int, seed: int,
+           embeddings: np.ndarray | None = None) -> LabelIssues:
+    """Out-of-sample probabilities (on `embeddings` when given, else TF-IDF), then confident learning's flags."""
+    probabilities = out_of_sample_probabilities(texts, labels, n_classes, folds, seed, embeddings)
     return find_label_issues(probabilities, labels)
 
 

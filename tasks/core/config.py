@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import json
 from pathlib import Path
@@ -16,8 +18,10 @@ STAGES: tuple[str, ...] = ("validate", "prepare", "train", "distill", "evaluate"
 # params.yaml sections that are not stages: read by several stages.
 SHARED_SECTIONS: tuple[str, ...] = ("seed", "data")
 # Sections read by what runs around the pipeline (`tunegate serve`, the monitor flow, the flows' retries and
-# timeouts), not by any stage: no dvc.yaml stage depends on them.
-SERVICE_SECTIONS: tuple[str, ...] = ("serve", "monitor", "orchestration")
+# timeouts, `tunegate tune`), not by any stage: no dvc.yaml stage depends on them.
+SERVICE_SECTIONS: tuple[str, ...] = ("serve", "monitor", "orchestration", "tune")
+# The sections whose keys a recipe search (tune.space) may vary: the two training stages.
+TUNABLE_SECTIONS: tuple[str, ...] = ("train", "distill")
 
 
 class ConfigError(TunegateError, ValueError):
@@ -93,8 +97,12 @@ class ValidateConfig(_Section):
 
 
 class LabelIssuesConfig(_Section):
-    enabled: bool = Field(description="look for label issues in the train split (cross-fitted TF-IDF + logistic "
-                                      "regression, confident learning) and write them to label_issues.csv")
+    enabled: bool = Field(description="look for label issues in the train split (cross-fitted logistic regression, "
+                                      "confident learning) and write them to label_issues.csv")
+    features: Literal["embeddings", "tfidf"] = Field(
+        description="what the cross-fitted logistic regression reads: embeddings = train.base_model's mean-pooled, "
+                    "L2-normalised sentence embeddings (one forward pass of the train split); tfidf = word 1-2 gram "
+                    "TF-IDF fit on the other folds (seconds)")
     folds: int = Field(ge=2, le=20, description="cross-fitting folds: each row is scored by a model fit on the "
                                                 "other folds (stratified, seeded)")
     max_noisy_share: float = Field(ge=0, le=1, description="most the estimated share of wrongly labelled train "
@@ -592,6 +600,119 @@ class OrchestrationConfig(_Section):
         return self
 
 
+class SearchRange(_Section):
+    """One key's range in a recipe search: `choices`, or `low`..`high` (integers when both are integers)."""
+    low: float | int | None = Field(default=None, description="smallest value tried (with high)")
+    high: float | int | None = Field(default=None, description="largest value tried (with low)")
+    log: bool = Field(default=False, description="sample low..high on a log scale (learning rates, decays)")
+    step: float | int | None = Field(default=None, description="spacing of the values tried between low and high; "
+                                                               "null: any value (an integer range: every integer)")
+    choices: list[float | int | str | bool | None] | None = Field(
+        default=None, min_length=1, description="the values tried, instead of a range")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("give either choices or low/high (with log or step), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and isinstance(self.low, int) and isinstance(self.high, int) \
+            and not isinstance(self.low, bool) and (self.step is None or isinstance(self.step, int))
+
+
+class TunePruningConfig(_Section):
+    percentile: float = Field(gt=0, lt=100, description="a trial whose dev accuracy at an epoch is below this "
+                                                        "percentile of the finished trials' at that epoch is stopped "
+                                                        "(25: the lowest quarter)")
+    startup_trials: int = Field(ge=0, description="trials that run to the end before any is stopped")
+    warmup_epochs: int = Field(ge=0, description="epochs a trial runs before it can be stopped")
+
+
+class TuneConfig(_Section):
+    """`tunegate tune`: an Optuna search over train/distill keys, each trial a DVC experiment, chosen on dev."""
+    space: dict[str, SearchRange] = Field(min_length=1, description="the keys searched, by dotted name (train.* or "
+                                                                    "distill.*), each with its range or choices")
+    trials: int | None = Field(ge=1, description="trials this call runs at most (a shared study counts every "
+                                                 "worker's); null: until the time budget ends")
+    timeout_minutes: float | None = Field(gt=0, description="wall-clock budget of this call: no trial starts after "
+                                                            "it, and one still running is stopped; null: none")
+    random_trials: int = Field(ge=1, description="trials sampled at random before the TPE sampler models the "
+                                                 "finished ones (trial 0, the params.yaml recipe, counts)")
+    workers: int = Field(ge=1, description="trials run at once on this host, each a `dvc exp run --temp`")
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                       description="the study's name: its trials are the DVC experiments <study>-<trial number>")
+    storage: str | None = Field(description="where the study lives, shared by workers on several hosts: a journal "
+                                            "file path (relative to the project) or a database URL "
+                                            "(sqlite:///..., postgresql://...); null: .tunegate/tune/<study>.journal")
+    pruning: TunePruningConfig = Field(description="stopping poor trials early from their dev curve, epoch by "
+                                                   "epoch (train keys only)")
+
+    @model_validator(mode="after")
+    def _tunable_keys(self) -> TuneConfig:
+        wrong = [key for key in self.space if key.split(".", 1)[0] not in TUNABLE_SECTIONS or "." not in key]
+        if wrong:
+            raise ValueError(f"tune.space may vary only {'/'.join(TUNABLE_SECTIONS)} keys (section.key), not "
+                             f"{', '.join(wrong)}")
+        if self.trials is None and self.timeout_minutes is None:
+            raise ValueError("tune needs a budget: set tune.trials, tune.timeout_minutes or both")
+        return self
+
+
+MISSING: Any = object()  # what `lookup` returns for a key the mapping does not hold (None may be a value)
+
+
+def lookup(params: dict[str, Any], key: str) -> Any:
+    """A dotted key's value in a params-shaped mapping ("train.lora.r"), or MISSING."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def _tune_problems(cfg: PipelineConfig) -> list[str | None]:
+    """tune.space keys that name no setting, or whose range holds a value the setting refuses."""
+    problems: list[str | None] = []
+    dumped = cfg.dump()
+    for key, search in cfg.tune.space.items():
+        section = key.partition(".")[0]
+        if lookup(dumped, key) is MISSING:
+            problems.append(f"tune.space names {key}, which is no setting of {section}")
+        else:
+            values = search.choices if search.choices is not None else [search.low, search.high]
+            for value in values:
+                changed = apply_overrides(dumped, [override(key, value)])[section]
+                try:  # the section alone: its own types and bounds (the whole config would check tune again)
+                    type(cfg.section(section)).model_validate(changed)
+                except ValidationError as exc:
+                    why = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
+                    problems.append(f"tune.space {key}: the value {value!r} is refused: {why}")
+    return problems
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` as `tunegate run -S` and `dvc exp run -S` read it back (YAML): floats always with a point or an
+    exponent that YAML 1.1 parsers also read as a float (5e-05 alone would be a string there)."""
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return f"{key}={text}"
+    return f"{key}={json.dumps(value)}"
+
+
 def _min_above_max(section: str, low: str, high: str, low_value: float, high_value: float) -> str | None:
     """The complaint when a lower bound exceeds its upper bound (no data could pass both), else None."""
     if low_value <= high_value:
@@ -669,6 +790,7 @@ class PipelineConfig(_Section):
                                                "data (not a stage)")
     orchestration: OrchestrationConfig = Field(description="how the flows run the stages: retries, time limits and "
                                                            "deployments (not a stage)")
+    tune: TuneConfig = Field(description="tunegate tune: the recipe search over train and distill keys (not a stage)")
 
     # `validate` shadows a pydantic method, hence the alias.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
@@ -676,7 +798,8 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> PipelineConfig:
         """Rules across sections, each naming both keys: settings valid alone that cannot work together."""
-        _raise_problems([*_class_share_problems(self.data, self.validate_), *_gate_problems(self)])
+        _raise_problems([*_class_share_problems(self.data, self.validate_), *_gate_problems(self),
+                         *_tune_problems(self)])
         return self
 
     def section(self, name: str) -> _Section:
@@ -703,10 +826,18 @@ def read_params(path: Path) -> dict[str, Any]:
     """The raw params.yaml mapping."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: run tunegate from the project root")
-    raw = _yaml().load(path.read_text(encoding="utf-8"))
+    raw = _parsed_params(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
-    return raw
+    return copy.deepcopy(raw)  # the caller's own copy: it may change it
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_params(text: str) -> Any:
+    """params.yaml's text parsed (pure-Python YAML takes ~0.1 s a file), once per distinct text: a process that
+    reads the same file again (the flow's stages, a test's in-process commands) reuses it. Keyed by the text itself,
+    so an edited file is always parsed afresh; callers get a deep copy."""
+    return _yaml().load(text)
 
 
 def load_config(path: Path) -> PipelineConfig:

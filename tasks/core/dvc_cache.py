@@ -10,6 +10,7 @@ from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config import MISSING, lookup
 from tasks.core.errors import TunegateError
 from tasks.core.lock_cpu import record_lock_cpu
 from tasks.core.paths import ArtifactPaths
@@ -124,34 +125,23 @@ def recorded_changes(entry: dict[str, Any], deps_before: dict[str, str], params_
             changes.append(f"{dep['path']} changed while the stage ran")
     for file, values in entry.get("params", {}).items():
         for key, now in values.items():
-            changes += [f"{file} {changed}" for changed in _param_changes(key, now, _dotted(params_ran, key))]
+            changes += [f"{file} {changed}" for changed in _param_changes(key, now, lookup(params_ran, key))]
     return changes
 
-
-_MISSING = object()
-
-
-def _dotted(params: dict[str, Any], key: str) -> Any:
-    node: Any = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
 
 
 def _param_changes(key: str, now: Any, ran: Any) -> list[str]:
     """The leaf keys under `key` whose value in params.yaml (`now`) is not the one the stage ran with."""
     if isinstance(now, dict) and isinstance(ran, dict):
         return [change for sub in {**now, **ran}
-                for change in _param_changes(f"{key}.{sub}", now.get(sub, _MISSING), ran.get(sub, _MISSING))]
-    if ran is _MISSING or now == ran:
+                for change in _param_changes(f"{key}.{sub}", now.get(sub, MISSING), ran.get(sub, MISSING))]
+    if ran is MISSING or now == ran:
         return []
     return [f"{key} is {_short(now)}, but the stage ran with {_short(ran)}"]
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = "(absent)" if value is _MISSING else repr(value)
+    text = "(absent)" if value is MISSING else repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

@@ -42,6 +42,16 @@ class ArtifactPaths:
         """flock'ed by whoever runs stages here (`tunegate run`, `tunegate stage`); names its holder."""
         return self.work_dir / "run.lock"
 
+    @property
+    def selection(self) -> Path:
+        """Git-tracked, beside params.yaml: the recipe search behind params.yaml's recipe (`tunegate tune --apply`
+        writes it; the gate reads it)."""
+        return self.root / "tuning.json"
+
+    def tune_journal(self, study: str) -> Path:
+        """A study's Optuna journal when tune.storage is null: local to this clone."""
+        return self.work_dir / "tune" / f"{study}.journal"
+
     def checkpoints(self, stage: str, fingerprint: str) -> Path:
         """Resumable checkpoints of one run (fingerprint = hash of everything that determines it)."""
         return self.work_dir / "checkpoints" / stage / fingerprint

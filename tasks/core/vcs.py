@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tasks.core.errors import TunegateError
 
@@ -74,6 +74,14 @@ def dvc(root: Path, *args: str) -> str:
 def dvc_result(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """A DVC command's whole result, for callers that turn a failure into a warning."""
     return _run([sys.executable, "-m", "dvc", *args], root)
+
+
+def dvc_process(root: Path, args: list[str], env: dict[str, str], output: IO[str]) -> subprocess.Popen[str]:
+    """A long DVC command started, not awaited (its output to `output`), in a session of its own: the caller polls
+    it and may stop it as Ctrl-C would (`os.killpg(process.pid, SIGINT)`), and a Ctrl-C in the terminal reaches
+    only the caller, which then stops it itself."""
+    return subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=root, env=env, stdout=output,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def yaml_mapping(text: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from tasks.judging.report import checks_table, format_span, shipped_cost, slices_table
+from tasks.judging.selection import selection_sentence
 from tasks.runtime.files import PARITY_FILE, RELEASE_FILE, SERVING_FILE, TEST_ROWS_FILE
 from tasks.runtime.long_text import MAX_WINDOWS, describe, normalise, window_cap
 
@@ -22,7 +23,6 @@ METRICS = {"accuracy": ("accuracy", "accuracy", {}), "macro_f1": ("f1", "macro-F
            "roc_auc": ("roc_auc", "ROC-AUC", {}), "ece": ("ece", "expected calibration error", {})}
 # The train stamp's key for a recipe search's record: {"trials": N, "metric": "accuracy", "best_dev": x,
 # "spread": {"min": x, "max": x}}. Nothing writes it yet: every run trains one recipe.
-TUNE_KEY = "tune"
 # A student in a folder that distill did not make (written by hand beside the run): no recipe, no layers to name.
 NO_DISTILL_RECORD = "no distill record beside the run: its recipe and layers are not known"
 
@@ -40,7 +40,7 @@ class CardInputs:
     long_text: dict[str, Any]  # artifacts/train/long_text.json: the reading rule's dev choice
     distill: dict[str, Any]  # artifacts/distill/distill.json ({"enabled": false} without a student; {}: none)
     judging: dict[str, Any]  # params gate: confidence, bootstrap_samples, min_slice_rows, min_slice_accuracy, ...
-    tune: dict[str, Any] | None = None  # a recipe search's record (TUNE_KEY), None when one recipe was trained
+    selection: dict[str, Any] | None = None  # decision.json's `selection` (a recipe search), None without one
 
 
 def counted(n: int, word: str, plural: str | None = None) -> str:
@@ -171,22 +171,15 @@ def recipe_lines(stamp: dict[str, Any], distill: dict[str, Any]) -> list[str]:
     return lines
 
 
-def selection_lines(tune: dict[str, Any] | None, long_text: dict[str, Any], quantize: dict[str, Any]) -> list[str]:
-    """How hard this model was chosen: a recipe search's trials when one ran, else one recipe said plainly; and the
-    choices made on dev."""
+def selection_lines(selection: dict[str, Any] | None, long_text: dict[str, Any],
+                    quantize: dict[str, Any]) -> list[str]:
+    """How hard this model was chosen: the recipe search's trials when one ran (decision.json `selection`), else one
+    recipe said plainly; and the choices made on dev."""
     candidates = len(long_text.get("candidates", [])) or 1
     dev = (f"Chosen on the dev split, never test: the long-text reading rule (of {counted(candidates, 'candidate')}) "
            f"and the shipped quantization rung (of {len(quantize['candidates'])} judged in order, the first that "
            "passed). The gate's test figures judge the result once.")
-    if not tune:
-        return ["One recipe, no search: the recipe above is the one params.yaml names, trained once. No other "
-                "recipe was tried, so no figure here is the best of several tries.", "", dev]
-    spread = tune.get("spread") or {}
-    width = (f"; across trials dev {tune.get('metric', 'accuracy')} ran from {spread['min']:.4f} to "
-             f"{spread['max']:.4f}" if {"min", "max"} <= set(spread) else "")
-    return [f"A recipe search tried {tune['trials']} recipes; the best scored dev {tune.get('metric', 'accuracy')} "
-            f"{tune['best_dev']:.4f}{width}. The best of several tries flatters its dev figure; the test figures "
-            "below were not part of the search.", "", dev]
+    return [selection_sentence(selection), "", dev]
 
 
 def partial_reading(rule: dict[str, Any], window: int) -> str:
@@ -330,7 +323,7 @@ def render_card(inputs: CardInputs) -> str:
         "outputs; the version number comes with `tunegate promote`, whose tag names this card's sha256.", "",
         "## Model", "", *model_lines(inputs), "",
         "## Training recipe", "", *recipe_lines(inputs.stamp, inputs.distill), "",
-        "## Selection effort", "", *selection_lines(inputs.tune, inputs.long_text, decision["quantize"]), "",
+        "## Selection effort", "", *selection_lines(inputs.selection, inputs.long_text, decision["quantize"]), "",
         "## Reading long texts", "", *reading_lines(inputs), "",
         "## Cost of distillation and quantization", "", *cost_lines(inputs), "",
         "## Slices", "", *slices_table(decision["slices"], judging["min_slice_rows"], judging["min_slice_accuracy"],

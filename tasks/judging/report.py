@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.config import GateConfig
+from tasks.judging.selection import selection_sentence
 from tasks.judging.stats import CHECK_FAIL, CHECK_INCONCLUSIVE, CHECK_PASS
 
 
@@ -275,6 +276,7 @@ def render_report(decision: dict[str, Any], cfg: GateConfig) -> str:
         "## Slices", "", reading_sentence(decision["long_text"]), "",
         *slices_table(decision["slices"], cfg.min_slice_rows, cfg.min_slice_accuracy, cfg.max_slice_gap), "",
         "## Quantize candidates (dev)", "", *_quantize_candidates(decision["quantize"]), "",
+        "## Recipe selection (dev)", "", selection_sentence(decision.get("selection")), "",
         "## Candidate", "",
         f"Model sha256 {candidate['sha256'][:12]}…, training run {candidate['train_run']} (its stamp: "
         "`artifacts/train/stamp.json`); release folder `artifacts/gate/release`. Latency figures: "

@@ -6,8 +6,10 @@ Rows are plain dicts (what TrainState records): a step row {step, loss, lr}, an 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from contextlib import chdir
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,19 @@ class LiveCurves:
         self._live.make_summary()
 
 
+# `tunegate tune` follows a trial's dev curve through the file this names (a JSON line per epoch) to stop a poor
+# trial early: the trial runs in DVC's temporary workspace (`dvc exp run --temp`), which the search cannot see into.
+EPOCH_LOG_ENV = "TUNEGATE_EPOCH_LOG"
+
+
+def append_epoch_log(row: dict[str, Any]) -> None:
+    """Append an epoch's row to the file $TUNEGATE_EPOCH_LOG names, if it names one."""
+    target = os.environ.get(EPOCH_LOG_ENV)
+    if target:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({key: row[key] for key in ("epoch", "step", "dev_accuracy")}) + "\n")
+
+
 def copy_curves(live: Path, dest: Path) -> None:
     """Copy a finished run's curves into the stage's staged output folder (swapped in whole later)."""
     shutil.copytree(live, dest)
@@ -92,6 +107,8 @@ def copy_curves(live: Path, dest: Path) -> None:
 
 def in_prefect_run() -> bool:
     """True inside a Prefect flow or task run (then the API is there to publish to)."""
+    if "prefect" not in sys.modules:  # never imported in this process (`tunegate stage`): no run; skip the import
+        return False
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
