@@ -146,7 +146,7 @@ class FakeTrial(TrialRunner):
     curve's best. The learning rate picks the curve, so each trial's fate is known in advance."""
 
     curves = {1e-4: [0.60, 0.99], 2e-4: [0.80, 0.85], 3e-4: [0.81, 0.90], 4e-4: [0.82, 0.83]}
-    seconds, exit_code = 0.2, 0
+    seconds, exit_code, poll_s = 0.2, 0, 0.05
 
     def start(self, name, params, env, output):
         self._curve = self.curves[params["train.learning_rate"]]
@@ -239,7 +239,7 @@ def test_the_time_budget_stops_a_running_trial_and_no_process_is_left(tmp_path):
     paths = committed(tmp_path / "p")
     started = time.monotonic()
     with pytest.raises(SelectionError, match="no finished trial"):
-        run_search(fake_config(trials=2, timeout_minutes=0.05), paths, lambda _: None, runner_type=SlowTrial)
+        run_search(fake_config(trials=2, timeout_minutes=0.01), paths, lambda _: None, runner_type=SlowTrial)
     assert time.monotonic() - started < 25  # a trial alone would sleep 30 s per epoch
     ours = [p for p in psutil.Process().children(recursive=True) if "TUNEGATE_EPOCH_LOG" in " ".join(p.cmdline())]
     assert ours == []
@@ -329,3 +329,21 @@ def test_pruning_percentile_is_the_share_stopped_not_the_share_kept(tmp_path):
         trial.report(value, 1)
         assert bool(trial.should_prune()) is stopped, value
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_trials_stop_at_sigint_even_when_the_search_was_started_with_sigint_ignored(tmp_path):
+    """A CI runner or `nohup ... &` starts the search with SIGINT ignored; its trials must still stop at SIGINT
+    (DVC cleans its temporary workspace up then), not only at SIGTERM after the grace period."""
+    import signal
+    import time
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SelectionError, match="no finished trial"):
+            run_search(fake_config(trials=1, timeout_minutes=0.01), committed(tmp_path / "p"), lambda _: None,
+                       runner_type=SlowTrial)
+        assert time.monotonic() - started < 25
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the caller's setting is back
+    finally:
+        signal.signal(signal.SIGINT, previous)

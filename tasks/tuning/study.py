@@ -18,10 +18,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from tasks.core import vcs
 from tasks.core.config import PipelineConfig, SearchRange, TuneConfig, lookup, override
@@ -142,6 +143,7 @@ class TrialRunner:
     target: str
     deadline: float | None
     say: Callable[[str], None]
+    poll_s: ClassVar[float] = POLL_S  # how often the trial's dev curve, its process and the deadline are looked at
 
     def folder(self) -> Path:
         folder = ArtifactPaths(self.root).work_dir / "tune" / self.study
@@ -161,7 +163,7 @@ class TrialRunner:
         reported = 0
         try:
             while process.poll() is None:
-                time.sleep(POLL_S)
+                time.sleep(self.poll_s)
                 for row in epoch_rows(log)[reported:]:
                     reported += 1
                     trial.report(float(row["dev_accuracy"]), int(row["epoch"]))
@@ -253,6 +255,22 @@ def open_study(cfg: PipelineConfig, paths: ArtifactPaths, *, create: bool) -> tu
     return study, shown
 
 
+@contextmanager
+def trials_stoppable() -> Iterator[None]:
+    """SIGINT handled in this process while trials run. A process started in the background by a shell (nohup, `&`,
+    a CI runner) inherits SIGINT *ignored*, and would pass that on to every trial it starts (an ignored signal stays
+    ignored across exec; a handled one becomes the default): its trials could then be stopped only by SIGTERM, which
+    gives DVC no chance to remove its temporary workspace."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_search(cfg: PipelineConfig, paths: ArtifactPaths, say: Callable[[str], None],
                runner_type: type[TrialRunner] = TrialRunner) -> dict[str, Any]:
     """Run the study within tune.trials (counted over the whole study, every worker's) and tune.timeout_minutes;
@@ -299,9 +317,10 @@ def run_search(cfg: PipelineConfig, paths: ArtifactPaths, say: Callable[[str], N
         callbacks = [finished]
         if tune.trials is not None:
             callbacks.append(optuna.study.MaxTrialsCallback(tune.trials))
-        study.optimize(objective, n_trials=left, timeout=None if deadline is None else deadline - time.time(),
-                       n_jobs=tune.workers, catch=(TrialFailed, TrialCut), callbacks=callbacks,
-                       gc_after_trial=False)
+        with trials_stoppable():
+            study.optimize(objective, n_trials=left, timeout=None if deadline is None else deadline - time.time(),
+                           n_jobs=tune.workers, catch=(TrialFailed, TrialCut), callbacks=callbacks,
+                           gc_after_trial=False)
     default = next((t.number for t in study.trials if t.user_attrs.get("recipe") == DEFAULT_ATTR), None)
     return summarize(trial_rows(study), study=tune.study, storage=shown, target=target,
                      space=study.user_attrs["space"], default_number=default)
