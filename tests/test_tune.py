@@ -347,3 +347,12 @@ def test_trials_stop_at_sigint_even_when_the_search_was_started_with_sigint_igno
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the caller's setting is back
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_show_of_a_study_that_does_not_exist_says_so_and_creates_nothing(tmp_path):
+    from tasks.tuning.study import TuneError, open_study
+
+    paths = committed(tmp_path / "p")
+    with pytest.raises(TuneError, match="no study named 'fake'"):
+        open_study(fake_config(), paths, create=False)
+    assert not paths.tune_journal("fake").exists()

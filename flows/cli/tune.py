@@ -46,29 +46,23 @@ def print_record(rows: list[Any], record: dict[str, Any]) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tasks.core.config import load_config, override
+    from tasks.core.config import apply_overrides, override, parse_config, read_params
     from tasks.core.paths import ArtifactPaths
-    from tasks.judging.selection import summarize, write_selection
-    from tasks.tuning.study import DEFAULT_ATTR, open_study, run_search, trial_rows
+    from tasks.judging.selection import write_selection
+    from tasks.tuning.study import open_study, run_search, study_record, trial_rows
 
     paths = ArtifactPaths(Path(args.project).resolve())
-    overrides = [f"tune.{key}={value}" for key, value in (("trials", args.trials), ("timeout_minutes", args.minutes),
-                                                          ("workers", args.workers), ("study", args.study),
-                                                          ("storage", args.storage)) if value is not None]
-    cfg = load_config(paths.params)
-    if overrides:
-        from tasks.core.config import apply_overrides, parse_config, read_params
-
-        cfg = parse_config(apply_overrides(read_params(paths.params), overrides))
+    flags = {"trials": args.trials, "timeout_minutes": args.minutes, "workers": args.workers, "study": args.study,
+             "storage": args.storage}
+    cfg = parse_config(apply_overrides(read_params(paths.params),
+                                       [override(f"tune.{key}", value) for key, value in flags.items()
+                                        if value is not None]))
     if args.show:
         study, shown = open_study(cfg, paths, create=False)
-        default = next((t.number for t in study.trials if t.user_attrs.get("recipe") == DEFAULT_ATTR), None)
-        record = summarize(trial_rows(study), study=cfg.tune.study, storage=shown,
-                           target=study.user_attrs["target"], space=study.user_attrs["space"],
-                           default_number=default)
+        record = study_record(study, shown)
     else:
         record = run_search(cfg, paths, _say)
-        study, _ = open_study(cfg, paths, create=False)
+        study, _ = open_study(cfg, paths, create=False)  # this call's trials, for the table
     if args.json:
         print(json.dumps(record))
     else:

@@ -642,8 +642,9 @@ class TuneConfig(_Section):
     """`tunegate tune`: an Optuna search over train/distill keys, each trial a DVC experiment, chosen on dev."""
     space: dict[str, SearchRange] = Field(min_length=1, description="the keys searched, by dotted name (train.* or "
                                                                     "distill.*), each with its range or choices")
-    trials: int | None = Field(ge=1, description="trials this call runs at most (a shared study counts every "
-                                                 "worker's); null: until the time budget ends")
+    trials: int | None = Field(ge=1, description="trials in the study at most, every call's and every host's "
+                                                 "counted (a second call continues it); null: until the time "
+                                                 "budget ends")
     timeout_minutes: float | None = Field(gt=0, description="wall-clock budget of this call: no trial starts after "
                                                             "it, and one still running is stopped; null: none")
     random_trials: int = Field(ge=1, description="trials sampled at random before the TPE sampler models the "
@@ -692,7 +693,7 @@ def _tune_problems(cfg: PipelineConfig) -> list[str | None]:
         else:
             values = search.choices if search.choices is not None else [search.low, search.high]
             for value in values:
-                changed = apply_overrides(dumped, [override(key, value)])[section]
+                changed = apply_overrides({section: dumped[section]}, [override(key, value)])[section]
                 try:  # the section alone: its own types and bounds (the whole config would check tune again)
                     type(cfg.section(section)).model_validate(changed)
                 except ValidationError as exc:

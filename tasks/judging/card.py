@@ -21,8 +21,6 @@ LIBRARY = "onnx"  # what ships is an ONNX graph run by onnxruntime, not a transf
 # with beyond the interval's (macro-F1 is the Hub's f1 averaged over classes).
 METRICS = {"accuracy": ("accuracy", "accuracy", {}), "macro_f1": ("f1", "macro-F1", {"average": "macro"}),
            "roc_auc": ("roc_auc", "ROC-AUC", {}), "ece": ("ece", "expected calibration error", {})}
-# The train stamp's key for a recipe search's record: {"trials": N, "metric": "accuracy", "best_dev": x,
-# "spread": {"min": x, "max": x}}. Nothing writes it yet: every run trains one recipe.
 # A student in a folder that distill did not make (written by hand beside the run): no recipe, no layers to name.
 NO_DISTILL_RECORD = "no distill record beside the run: its recipe and layers are not known"
 

@@ -58,18 +58,25 @@ def target_stage(space: dict[str, SearchRange]) -> str:
     return "distill" if any(key.startswith("distill.") for key in space) else "train"
 
 
+def journal_path(tune: TuneConfig, paths: ArtifactPaths) -> Path | None:
+    """The study's journal file; None when tune.storage is a database URL."""
+    if tune.storage and "://" in tune.storage:
+        return None
+    return paths.tune_journal(tune.study) if tune.storage is None else paths.root / tune.storage
+
+
 def open_storage(tune: TuneConfig, paths: ArtifactPaths) -> tuple[Any, str]:
     """The study's Optuna storage and how to name it in records (a database URL without its password)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    if tune.storage and "://" in tune.storage:
+    journal = journal_path(tune, paths)
+    if journal is None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(tune.storage)
         shown = tune.storage.replace(f":{parts.password}@", ":***@") if parts.password else tune.storage
         return tune.storage, shown
-    journal = paths.tune_journal(tune.study) if tune.storage is None else paths.root / tune.storage
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     return storage, os.path.relpath(journal, paths.root)
@@ -155,7 +162,8 @@ class TrialRunner:
 
         name = f"{self.study}-{trial.number}"
         trial.set_user_attr("experiment", name)
-        log, out = self.folder() / f"{name}.epochs.jsonl", self.folder() / f"{name}.log"
+        folder = self.folder()
+        log, out = folder / f"{name}.epochs.jsonl", folder / f"{name}.log"
         log.unlink(missing_ok=True)
         started = time.monotonic()
         with out.open("w", encoding="utf-8") as handle:
@@ -164,25 +172,23 @@ class TrialRunner:
         try:
             while process.poll() is None:
                 time.sleep(self.poll_s)
-                for row in epoch_rows(log)[reported:]:
+                rows = epoch_rows(log)
+                for row in rows[reported:]:
                     reported += 1
                     trial.report(float(row["dev_accuracy"]), int(row["epoch"]))
-                    trial.set_user_attr("epochs", [r["dev_accuracy"] for r in epoch_rows(log)[:reported]])
+                    trial.set_user_attr("epochs", [r["dev_accuracy"] for r in rows[:reported]])
                     if trial.should_prune():
-                        stop(process)
-                        trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
                         raise optuna.TrialPruned(f"dev accuracy {row['dev_accuracy']:.4f} after epoch "
                                                  f"{row['epoch']} is below the pruning percentile")
                 if self.deadline is not None and time.time() > self.deadline:
-                    stop(process)
-                    trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
                     trial.set_user_attr("note", "stopped by tune.timeout_minutes")
                     raise TrialCut(f"trial {trial.number} was still running when the time budget ended")
-        except BaseException:
-            if process.poll() is None:  # Ctrl-C, or an error in this thread: leave no trial running
+        except BaseException:  # pruned, cut, Ctrl-C, or an error in this thread: leave no trial running
+            if process.poll() is None:
                 stop(process)
             raise
-        trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
         trial.set_user_attr("epochs", [row["dev_accuracy"] for row in epoch_rows(log)])
         if process.returncode != 0:
             tail = out.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
@@ -229,6 +235,10 @@ def open_study(cfg: PipelineConfig, paths: ArtifactPaths, *, create: bool) -> tu
     # JournalStorage and constant_liar are marked experimental; they are what sharing and parallel trials need.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     tune = cfg.tune
+    journal = journal_path(tune, paths)
+    if not create and journal is not None and not journal.is_file():  # opening the journal would create it
+        raise TuneError(f"no study named {tune.study!r}: {os.path.relpath(journal, paths.root)} does not exist; run "
+                        "`tunegate tune` first")
     storage, shown = open_storage(tune, paths)
     if not create:
         try:
@@ -282,7 +292,6 @@ def run_search(cfg: PipelineConfig, paths: ArtifactPaths, say: Callable[[str], N
         raise TuneError(f"{paths.root} has no git commit: DVC experiments start from one (commit params.yaml, "
                         "dvc.yaml and the data's .dvc file first)")
     study, shown = open_study(cfg, paths, create=True)
-    target = study.user_attrs["target"]
     if not study.trials:
         recipe = current_recipe(cfg)
         if recipe is not None:  # trial 0: what the search has to beat
@@ -290,7 +299,7 @@ def run_search(cfg: PipelineConfig, paths: ArtifactPaths, say: Callable[[str], N
         else:
             say("tune: params.yaml's recipe lies outside tune.space, so no trial runs it as the baseline")
     deadline = time.time() + tune.timeout_minutes * 60 if tune.timeout_minutes else None
-    runner = runner_type(paths.root, tune.study, target, deadline, say)
+    runner = runner_type(paths.root, tune.study, study.user_attrs["target"], deadline, say)
     lock = threading.Lock()
 
     def objective(trial: Any) -> float:
@@ -321,6 +330,12 @@ def run_search(cfg: PipelineConfig, paths: ArtifactPaths, say: Callable[[str], N
             study.optimize(objective, n_trials=left, timeout=None if deadline is None else deadline - time.time(),
                            n_jobs=tune.workers, catch=(TrialFailed, TrialCut), callbacks=callbacks,
                            gc_after_trial=False)
-    default = next((t.number for t in study.trials if t.user_attrs.get("recipe") == DEFAULT_ATTR), None)
-    return summarize(trial_rows(study), study=tune.study, storage=shown, target=target,
+    return study_record(study, shown)
+
+
+def study_record(study: Any, shown: str) -> dict[str, Any]:
+    """The study's record as tuning.json holds it (tasks/judging/selection.py), `shown` naming its storage."""
+    trials = study.get_trials(deepcopy=False)
+    default = next((t.number for t in trials if t.user_attrs.get("recipe") == DEFAULT_ATTR), None)
+    return summarize(trial_rows(study), study=study.study_name, storage=shown, target=study.user_attrs["target"],
                      space=study.user_attrs["space"], default_number=default)
