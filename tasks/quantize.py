@@ -107,12 +107,15 @@ def build_rung(rung: str, optimised: Path, plain: Path, target: Path, calibratio
     method = STATIC_METHODS.get(rung, "MinMax")
     reader = _CalibrationReader(OnnxClassifier(source.parent, model_file=source.name, target=SERVING_TARGET),
                                 calibration)
-    quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+    # reduce_range: 7-bit weights ([-64, 64]), as the row-wise rung's, so that AVX2's u8s8 kernel (pairs of
+    # uint8 x int8 products summed in int16) never saturates: 2 x 255 x 64 = 32640 <= 32767. With 8-bit weights
+    # a rung judged on a VNNI or AMX host would answer otherwise on an AVX2 host where a pair saturates.
+    quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                     op_types_to_quantize=["MatMul", "Gemm", "Gather"],  # compute + embeddings; not masks
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=excluded,
                     use_external_data_format=external, extra_options=options)
-    return {"method": f"static QDQ INT8, {method} calibration on {len(calibration)} dev rows",
+    return {"method": f"static QDQ INT8 (7-bit weights), {method} calibration on {len(calibration)} dev rows",
             "fp32_nodes": excluded}
 
 

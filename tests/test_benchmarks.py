@@ -420,13 +420,14 @@ def test_serving_reads_the_label_from_either_contenders_answer():
 
 
 @pytest.mark.e2e
-def test_serving_benchmark_smoke_run_serves_every_contender_and_prints_its_json(staged_pipeline, tiny_project,
-                                                                                tmp_path):
+def test_serving_benchmark_smoke_run_serves_every_contender_mirrors_the_overload_and_prints_its_json(
+        staged_pipeline, tiny_project, tmp_path):
+    # One run with --shadow: the plain contenders and levels run as without it, then the overload again mirrored.
     _, paths = staged_pipeline
     out = tmp_path / "serving.json"
     result = run_benchmark("serving.py", "--smoke", "--project", str(tiny_project), "--model", str(paths.int8_dir),
                            "--hf-model", str(paths.model_dir), "--texts", str(paths.split("test")), "--threads", "1",
-                           "--out", str(out), cwd=tmp_path)
+                           "--shadow", str(paths.onnx_dir), "--out", str(out), cwd=tmp_path)
     assert json.loads(out.read_text()) == result
     assert {"max_rps_at_p99_100ms", "speedup_vs_hf_pipeline", "speedup_vs_hf_pipeline_equal_reading",
             "overload_served_share", "overload_p99_ms", "overload_timeouts", "overload_5xx", "loadgen_ceiling_rps",
@@ -446,19 +447,13 @@ def test_serving_benchmark_smoke_run_serves_every_contender_and_prints_its_json(
     assert_targets(result, {"speedup_vs_hf_pipeline": ">= 8", "speedup_vs_hf_pipeline_equal_reading": ">= 8",
                             "overload_served_share": ">= 0.9", "overload_p99_ms": "<= 250", "overload_timeouts": "== 0",
                             "overload_5xx": "== 0", "long_review_alone_refusals": "== 0",
-                            "long_review_timeouts": "== 0", "long_review_5xx": "== 0"})
+                            "long_review_timeouts": "== 0", "long_review_5xx": "== 0",
+                            "overload_shadow_served_share": ">= 0.9", "overload_shadow_p99_ms": "<= 250",
+                            "overload_shadow_timeouts": "== 0", "overload_shadow_5xx": "== 0"})
     if result["long_review_texts"]:  # test texts read as several windows, sent by 8 clients back to back
         assert result["long_review"]["requests"] > 0 and result["long_review_refusals"] is not None
         assert result["long_review"]["alone"]["requests"] > 0 and result["long_review_alone_refusals"] == 0
-
-
-@pytest.mark.e2e
-def test_serving_benchmark_smoke_run_with_shadow_reruns_the_overload_mirroring(staged_pipeline, tiny_project,
-                                                                                tmp_path):
-    _, paths = staged_pipeline
-    result = run_benchmark("serving.py", "--smoke", "--project", str(tiny_project), "--model", str(paths.int8_dir),
-                           "--hf-model", str(paths.model_dir), "--texts", str(paths.split("test")), "--threads", "1",
-                           "--shadow", str(paths.onnx_dir), "--out", str(tmp_path / "serving.json"), cwd=tmp_path)
+    # The mirrored overload.
     assert "tunegate_batched_shadow" not in result["contenders"], "the shadowed server runs the overload only"
     shadowed = result["overload_shadow"]
     assert shadowed["arrivals"] > 0 and shadowed["offered_rps"] == result["overload"]["offered_rps"]

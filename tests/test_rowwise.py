@@ -167,3 +167,28 @@ def test_the_service_answers_32_concurrent_clients_as_it_answers_one_text_at_a_t
                     for a in answers])
     assert np.array_equal(got.argmax(axis=1), alone[order].argmax(axis=1))
     assert np.abs(got - alone[order]).max() <= INVARIANCE_ATOL
+
+
+def test_static_rungs_use_weights_that_avx2s_u8s8_kernel_cannot_saturate(quantized_pair, stress_texts):
+    """The static QDQ rungs quantize weights to 7 bits ([-64, 64]) as the row-wise rung does: uint8 activations
+    (up to 255) times them, two products summed in int16 on AVX2, reach at most 2 x 255 x 64 = 32640 < 32767, so a
+    static rung answers alike on AVX2, AVX-512 VNNI and AMX hosts."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tasks.core.config import parse_config
+    from tests.conftest import tiny_params
+
+    cfg = parse_config(tiny_params(quantized_pair)).quantize
+    target = quantized_pair / "static.onnx"
+    built = build_rung("static_minmax", quantized_pair / "model.onnx", quantized_pair / "model.onnx", target,
+                       stress_texts[:16], cfg)
+    assert "7-bit weights" in built["method"]
+    model = onnx.load(str(target))
+    initializers = {init.name: init for init in model.graph.initializer}
+    weights = [numpy_helper.to_array(initializers[node.input[0]]) for node in model.graph.node
+               if node.op_type == "DequantizeLinear" and node.input[0] in initializers]
+    int8 = [w for w in weights if w.dtype == np.int8 and w.ndim == 2]
+    assert int8, "no int8 weight matrix in the static rung"
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8) <= 64
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in int8) >= 63  # the 7 bits are used, not fewer
