@@ -129,7 +129,7 @@ bench-distill: setup  ## distillation recipes on the finished run: each student'
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
 	$(BIN)/python benchmarks/data_contracts.py
 
-bench-labels: setup  ## label issues: precision/recall of prepare's queue on 2/5/10% labels flipped in the train split (seconds; ARGS=--train fine-tunes on each, expensive)
+bench-labels: setup  ## label issues: precision/recall of prepare's queue on 2/5/10% labels flipped in the train split (seconds; ARGS='--features tfidf finetuned+tfidf' adds the cross-fitted real model; ARGS=--train fine-tunes on each; both expensive)
 	$(BIN)/python benchmarks/label_noise.py $(ARGS)
 
 bench-estimate: setup  ## accuracy estimated without labels vs realised, per window: unseen RT test/dev rows, IMDB, flipped labels (~2 min; ARGS=--windows 500)

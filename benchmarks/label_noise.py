@@ -11,7 +11,13 @@ rate itself; the target asks for several times that.
 embeddings (train.base_model's sentence embeddings) or both. The embeddings do not depend on the labels, so they
 are computed once per run (embedding_seconds) and each rate's seconds are the cross-fitting and flagging alone.
 Each detector says whether it passes the target; the summary's own target (and its "rates") is the detector
-prepare is configured with (prepare.label_issues.features), or the only one measured.
+prepare is configured with (prepare.label_issues.features), or the first one measured, unless --judge names one.
+
+Two more detectors, those of `tunegate label-issues` (tasks/crossfit.py; prepare does not run them): `finetuned`
+scores each row with the real model fine-tuned (train.* recipe, the train stage's fit path) on the other half of
+the flipped split (2 folds: two fine-tunings on half the rows per rate, about one training run), and
+`finetuned+tfidf` averages its probabilities with TF-IDF's. They answer what the cheap detector gives up against
+the real model, at what cost: `--features tfidf finetuned finetuned+tfidf`.
 
 With --train (expensive: two fine-tunings per rate), the real model is fine-tuned with the train stage's fit path
 (tasks.train.fit, train.* params) on the flipped split and on it with the judged detector's top k dropped, each
@@ -21,6 +27,7 @@ Prints a table, then one JSON line: {"rates": [{"rate", "flipped", "precision_at
 "detectors": {"tfidf": {"rates", "min_precision_lift", "targets", "passes"}, ...}, ...}
 
     python benchmarks/label_noise.py [--rates 0.02 0.05 0.1] [--features both] [--project .] [--train]
+                                     [--features tfidf finetuned finetuned+tfidf] [--judge finetuned+tfidf]
 """
 
 from __future__ import annotations
@@ -38,8 +45,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._targets import judge, target_lines, with_targets  # noqa: E402
-from tasks.contracts.label_issues import FEATURES, detect, sentence_embeddings  # noqa: E402
+from tasks.contracts.label_issues import (FEATURES, find_label_issues, out_of_sample_probabilities,  # noqa: E402
+                                          sentence_embeddings)
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
+from tasks.crossfit import (DETECTORS, FINETUNED, FOLDS, detector_probabilities, fine_tuned_model,  # noqa: E402
+                            head_logits)
 
 REPO = Path(__file__).resolve().parents[1]
 RATES = (0.02, 0.05, 0.10)
@@ -69,23 +79,43 @@ def top_k_scores(queue: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
             "recall_at_k": round(found / k, 4) if k else 0.0}
 
 
-def read_train(project: Path) -> pd.DataFrame:
-    """The default run's train split, or a clear stop when prepare has not run."""
-    path = project / "artifacts" / "prepare" / "train.parquet"
+def read_split(project: Path, split: str) -> pd.DataFrame:
+    """A split of the default run's prepare stage, or a clear stop when prepare has not run."""
+    path = project / "artifacts" / "prepare" / f"{split}.parquet"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run the pipeline's prepare stage first (`dvc repro prepare` or "
                          "`make run`)")
     return pd.read_parquet(path)
 
 
-def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float,
-                 embeddings: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """One rate: flip, detect (on `embeddings` when given, else TF-IDF), score the top k. Returns the figures, the
-    flipped labels and the queue."""
+def read_train(project: Path) -> pd.DataFrame:
+    return read_split(project, "train")
+
+
+def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float, name: str, project: Path,
+                 embeddings: np.ndarray | None = None,
+                 fine_tuned: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One rate, one detector: flip, score every row out of sample, flag, score the top k. Returns the figures, the
+    flipped labels and the queue. `fine_tuned` caches the cross-fitted model's probabilities per rate (both of
+    tasks.crossfit's detectors read them; the seconds of each include the fine-tunings)."""
     n_classes = len(cfg.data.labels)
     noisy, flipped = flip_labels(train["label"].to_numpy(), n_classes, rate, cfg.seed)
+    texts, folds = train["text"].tolist(), cfg.prepare.label_issues.folds
     started = time.perf_counter()
-    issues = detect(train["text"].tolist(), noisy, n_classes, cfg.prepare.label_issues.folds, cfg.seed, embeddings)
+    if name in DETECTORS:
+        cache = fine_tuned if fine_tuned is not None else {}
+        rows = train.assign(label=noisy)
+        if rate in cache:  # fine-tuned for the other detector: its seconds count here too
+            reused, fitting_seconds = cache[rate]
+            started -= fitting_seconds
+        else:
+            reused = detector_probabilities(FINETUNED, rows, read_split(project, "dev"), cfg, project)
+            cache[rate] = (reused, time.perf_counter() - started)
+        probabilities = detector_probabilities(name, rows, None, cfg, project, reused)
+    else:
+        probabilities = out_of_sample_probabilities(texts, noisy, n_classes, folds, cfg.seed,
+                                                    embeddings if name == "embeddings" else None)
+    issues = find_label_issues(probabilities, noisy)
     seconds = time.perf_counter() - started
     figures = {"rate": rate, "flipped": len(flipped), "flagged": len(issues.rows),
                "estimated_share": round(issues.noisy_share, 4), **top_k_scores(issues.rows, flipped),
@@ -97,21 +127,10 @@ def fine_tuned_accuracy(train: pd.DataFrame, dev: pd.DataFrame, test: pd.DataFra
                         project: Path, work: Path) -> dict[str, float]:
     """Test accuracy, with its bootstrap interval, of the real model fine-tuned on `train` by the train stage's
     fit path (train.* params; best epoch chosen on dev)."""
-    import torch
-
-    from tasks.core.base_model import resolve_base_model
     from tasks.judging.stats import accuracy_interval
-    from tasks.train import build_model, fit
-    from tasks.training.modeling import torch_logits
 
-    base, _ = resolve_base_model(cfg.train.base_model, project)
-    model, tokenizer = build_model(base, cfg.data.label_names, cfg.seed)
-    device = torch.device("cpu")
-    outcome = fit(model, tokenizer, train, dev, cfg.train, cfg.data.label_names, cfg.seed, device,
-                  checkpoint_dir=work / "checkpoints", token_cache=work / "tokens")
-    model.load_state_dict(outcome.best_state)
-    logits = torch_logits(model, tokenizer, test["text"].tolist(), cfg.train.max_length, cfg.train.eval_batch_size,
-                          device, long_text={"rule": "head"})
+    model, tokenizer = fine_tuned_model(train, dev, cfg, project, work)
+    logits = head_logits(model, tokenizer, test["text"].tolist(), cfg)
     correct = logits.argmax(axis=1) == test["label"].to_numpy()
     return {k: round(v, 4) for k, v in accuracy_interval(correct, BOOTSTRAP_SAMPLES, CONFIDENCE, cfg.seed).items()}
 
@@ -119,8 +138,7 @@ def fine_tuned_accuracy(train: pd.DataFrame, dev: pd.DataFrame, test: pd.DataFra
 def train_figures(train: pd.DataFrame, noisy: np.ndarray, queue: np.ndarray, k: int, cfg: PipelineConfig,
                   project: Path) -> dict[str, dict[str, float]]:
     """Test accuracy fine-tuned on the flipped split, and on it with the queue's top k dropped."""
-    split = project / "artifacts" / "prepare"
-    dev, test = pd.read_parquet(split / "dev.parquet"), pd.read_parquet(split / "test.parquet")
+    dev, test = read_split(project, "dev"), read_split(project, "test")
     flipped_split = train.assign(label=noisy)
     cleaned = flipped_split.drop(index=flipped_split.index[queue[:k]]).reset_index(drop=True)
     figures = {}
@@ -139,12 +157,12 @@ def table_lines(summary: dict) -> list[str]:
     if summary.get("embedding_seconds") is not None:
         lines.append(f"embeddings: {summary['embedding_seconds']:.1f} s for {summary['train_rows']} rows, once "
                      "(not in the rates' seconds)")
-    lines.append(f"{'rate':>5} {'flipped':>7}  {'features':<10} {'flagged':>7} {'est.share':>9} {'prec@k':>7} "
+    lines.append(f"{'rate':>5} {'flipped':>7}  {'features':<15} {'flagged':>7} {'est.share':>9} {'prec@k':>7} "
                  f"{'recall@k':>8} {'lift':>5} {'seconds':>7}")
     by_rate = [dict(zip(detectors, rows)) for rows in zip(*(d["rates"] for d in detectors.values()))]
     for rows in by_rate:
         for name, row in rows.items():
-            lines.append(f"{row['rate']:>5.0%} {row['flipped']:>7}  {name:<10} {row['flagged']:>7} "
+            lines.append(f"{row['rate']:>5.0%} {row['flipped']:>7}  {name:<15} {row['flagged']:>7} "
                          f"{row['estimated_share']:>9.4f} {row['precision_at_k']:>7.3f} {row['recall_at_k']:>8.3f} "
                          f"{row['precision_at_k'] / row['rate']:>5.1f} {row['seconds']:>7.2f}")
     for row in summary["rates"]:
@@ -155,7 +173,7 @@ def table_lines(summary: dict) -> list[str]:
     if "detectors" in summary:
         for name, detector in detectors.items():
             check = detector["targets"]["min_precision_lift"]
-            lines.append(f"{name:<10} worst lift {detector['min_precision_lift']} (target {check['target']}) -> "
+            lines.append(f"{name:<15} worst lift {detector['min_precision_lift']} (target {check['target']}) -> "
                          f"{'PASS' if check['pass'] else 'FAIL'}")
     return lines
 
@@ -166,13 +184,24 @@ def worst_lift(rows: list[dict]) -> float | None:
     return round(min(lifts), 2) if lifts else None
 
 
-def run(project: Path, rates: list[float], train_models: bool, features: str = "both") -> dict:
+def judged_detector(configured: str, names: list[str], asked: str | None) -> str:
+    """The detector the summary's target judges (and --train drops the top k of): `asked` (--judge) when given (it
+    must be measured), else the one prepare is configured with when measured, else the first measured."""
+    if asked is not None:
+        if asked not in names:
+            raise SystemExit(f"--judge {asked} is not measured: add it to --features ({' '.join(names)})")
+        return asked
+    return configured if configured in names else names[0]
+
+
+def run(project: Path, rates: list[float], train_models: bool, features: list[str] | str = "both",
+        chosen_judge: str | None = None) -> dict:
     train = read_train(project)
     cfg = load_config(project / "params.yaml")
-    names = list(FEATURES) if features == "both" else [features]
-    names.sort(key=lambda name: name != "tfidf")  # today's detector first, the candidate beside it
-    # The summary's own target judges the detector prepare runs; the only one measured otherwise.
-    judged = cfg.prepare.label_issues.features if cfg.prepare.label_issues.features in names else names[0]
+    asked = [features] if isinstance(features, str) else features
+    names = list(dict.fromkeys(n for name in asked for n in (FEATURES if name == "both" else [name])))
+    names.sort(key=lambda name: name != "tfidf")  # today's detector first, the candidates beside it
+    judged = judged_detector(cfg.prepare.label_issues.features, names, chosen_judge)
     embeddings, embedding_seconds = None, None
     if "embeddings" in names:
         from tasks.core.base_model import resolve_base_model
@@ -181,11 +210,11 @@ def run(project: Path, rates: list[float], train_models: bool, features: str = "
         started = time.perf_counter()
         embeddings = sentence_embeddings(train["text"].tolist(), base)
         embedding_seconds = round(time.perf_counter() - started, 2)
-    detectors = {}
+    detectors, fine_tuned = {}, {}
     for name in names:
         rows = []
         for rate in rates:
-            figures, noisy, queue = measure_rate(train, cfg, rate, embeddings if name == "embeddings" else None)
+            figures, noisy, queue = measure_rate(train, cfg, rate, name, project, embeddings, fine_tuned)
             if train_models and name == judged:
                 figures["test_accuracy"] = train_figures(train, noisy, queue, figures["k"], cfg, project)
             rows.append(figures)
@@ -213,10 +242,15 @@ def main() -> None:
     parser.add_argument("--train", action="store_true",
                         help="also fine-tune the real model per rate on the flipped split and with the top k "
                              "dropped (expensive)")
-    parser.add_argument("--features", choices=[*FEATURES, "both"], default="both",
-                        help="detectors measured side by side on the same flips (default: both)")
+    parser.add_argument("--features", choices=[*FEATURES, "both", *DETECTORS], nargs="+", default=["both"],
+                        help="detectors measured side by side on the same flips: prepare's feature sets (both = "
+                             f"{' and '.join(FEATURES)}, the default), and {' and '.join(DETECTORS)}: the real model "
+                             f"cross-fitted on {FOLDS} folds (expensive: about one training run per rate)")
+    parser.add_argument("--judge", choices=[*FEATURES, *DETECTORS],
+                        help="the detector the summary's target judges and --train drops the top k of (default: "
+                             "prepare.label_issues.features)")
     args = parser.parse_args()
-    summary = run(Path(args.project).resolve(), args.rates, args.train, args.features)
+    summary = run(Path(args.project).resolve(), args.rates, args.train, args.features, args.judge)
     print("\n".join(table_lines(summary)))
     print("\n".join(target_lines(summary["targets"])))
     print(json.dumps(summary))

@@ -602,20 +602,40 @@ def test_distill_recipes_quick_sweep_judges_each_student_by_distills_bounds(stag
 def test_label_noise_benchmark_smoke_run_scores_the_queue_per_rate_and_prints_its_json(tiny_project, tmp_path):
     from tests.test_label_issues import two_vocabularies
 
-    texts, labels, _ = two_vocabularies(300, 0.0)
-    (tiny_project / "artifacts" / "prepare").mkdir(parents=True)
-    pd.DataFrame({"text": texts, "label": labels}).to_parquet(tiny_project / "artifacts" / "prepare" / "train.parquet")
-    result = run_benchmark("label_noise.py", "--rates", "0.05", "0.1", "--project", str(tiny_project), cwd=tmp_path)
+    texts, labels, _ = two_vocabularies(340, 0.0)
+    split = tiny_project / "artifacts" / "prepare"
+    split.mkdir(parents=True)
+    pd.DataFrame({"text": texts[:300], "label": labels[:300]}).to_parquet(split / "train.parquet")
+    pd.DataFrame({"text": texts[300:], "label": labels[300:]}).to_parquet(split / "dev.parquet")  # fine-tunings' dev
+    result = run_benchmark("label_noise.py", "--rates", "0.05", "0.1", "--project", str(tiny_project),
+                           "--features", "both", "finetuned", "finetuned+tfidf", cwd=tmp_path)
     assert [row["rate"] for row in result["rates"]] == [0.05, 0.1]
     assert [row["flipped"] for row in result["rates"]] == [15, 30]
     assert all(row["precision_at_k"] > 0.8 and row["recall_at_k"] >= 0.75 for row in result["rates"]), result
     assert result["train_rows"] == 300 and set(result["targets"]) == {"min_precision_lift"}
+    assert result["features"] == "tfidf" and result["rates"] == result["detectors"]["tfidf"]["rates"]
+    assert list(result["detectors"]) == ["tfidf", "embeddings", "finetuned", "finetuned+tfidf"]
+    finetuned, ensemble = (result["detectors"][name]["rates"] for name in ("finetuned", "finetuned+tfidf"))
+    # Both candidates read one cross-fitting per rate (the same flips): each one's seconds count its fine-tunings.
+    assert [row["flipped"] for row in finetuned] == [row["flipped"] for row in ensemble] == [15, 30]
+    assert all(row["seconds"] > 0 and 0 <= row["precision_at_k"] <= 1 for row in finetuned + ensemble)
+    assert all(e["seconds"] >= f["seconds"] for f, e in zip(finetuned, ensemble))
 
 
 def test_label_noise_benchmark_stops_with_a_clear_message_without_a_train_split(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_noise.py"), "--project", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "train.parquet is missing" in done.stderr
+
+
+def test_label_noise_judges_the_configured_detector_unless_told_and_only_one_it_measured():
+    from benchmarks.label_noise import judged_detector
+
+    assert judged_detector("tfidf", ["tfidf", "finetuned+tfidf"], None) == "tfidf"
+    assert judged_detector("embeddings", ["tfidf", "finetuned"], None) == "tfidf"
+    assert judged_detector("tfidf", ["tfidf", "finetuned+tfidf"], "finetuned+tfidf") == "finetuned+tfidf"
+    with pytest.raises(SystemExit, match="--judge finetuned is not measured"):
+        judged_detector("tfidf", ["tfidf"], "finetuned")
 
 
 def test_label_noise_flips_the_drawn_share_to_other_classes_and_its_table_fits_80_columns():

@@ -194,3 +194,55 @@ def test_prepare_writes_the_ranked_queue_with_label_names(tmp_path, tiny_model_d
     first = (out / "label_issues.csv").read_bytes()
     prepare.fn(cfg, paths)
     assert (out / "label_issues.csv").read_bytes() == first
+
+
+def prepared_project(root, tiny_model_dir, rows: int, flip_share: float):
+    """A project whose params.yaml names the tiny model and whose prepare output is two-vocabulary data, `flip_share`
+    of the train labels flipped; returns the flipped train rows."""
+    from ruamel.yaml import YAML
+
+    root.mkdir()
+    with (root / "params.yaml").open("w") as handle:
+        YAML().dump(tiny_params(tiny_model_dir), handle)
+    texts, labels, flipped = two_vocabularies(rows + 40, 0.0)
+    flipped = np.sort(np.random.default_rng(1).choice(rows, size=int(rows * flip_share), replace=False))
+    noisy = np.asarray(labels[:rows]).copy()
+    noisy[flipped] = 1 - noisy[flipped]
+    split = ArtifactPaths(root).split("train").parent
+    split.mkdir(parents=True)
+    pd.DataFrame({"text": texts[:rows], "label": noisy}).to_parquet(split / "train.parquet")
+    pd.DataFrame({"text": texts[rows:], "label": labels[rows:]}).to_parquet(split / "dev.parquet")
+    return flipped
+
+
+@pytest.mark.e2e
+def test_cli_label_issues_writes_the_cross_fitted_queue_and_prints_its_top_in_80_columns(tmp_path, tiny_model_dir,
+                                                                                        capsys):
+    from flows.cli import main
+
+    root = tmp_path / "project"
+    flipped = prepared_project(root, tiny_model_dir, rows=200, flip_share=0.1)
+    assert main(["label-issues", "--project", str(root)]) == 0
+    out = capsys.readouterr().out
+    queue = pd.read_csv(root / "artifacts" / "label_issues" / "finetuned+tfidf.csv")
+    assert list(queue.columns) == list(QUEUE_COLUMNS) and list(queue["rank"]) == list(range(1, len(queue) + 1))
+    assert queue["score"].is_monotonic_increasing and (queue["given_label"] != queue["suggested_label"]).all()
+    # TF-IDF separates the two vocabularies; the tiny random model adds noise but not enough to hide the flips.
+    train = pd.read_parquet(ArtifactPaths(root).split("train"))
+    top = queue["text"].head(len(flipped))
+    found = top.isin(train["text"].iloc[flipped]).mean()
+    assert found >= 0.6, queue.head(len(flipped))
+    assert f"of 200 train rows flagged" in out and "finetuned+tfidf.csv" in out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+
+
+def test_cli_label_issues_needs_the_prepared_split(tmp_path, tiny_model_dir, capsys):
+    from flows.cli import main
+
+    root = tmp_path / "project"
+    prepared_project(root, tiny_model_dir, rows=100, flip_share=0.0)
+    (ArtifactPaths(root).split("dev")).unlink()
+    assert main(["label-issues", "--project", str(root)]) == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "dev.parquet is missing" in err and "prepare" in err
+    assert not (root / "artifacts" / "label_issues").exists()

@@ -14,9 +14,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tasks.judging",),  # statistics, comparisons and the gate's report
     ("tasks.training", "tasks.registry", "tasks.tuning"),  # the torch training engine; the GTO registry; recipe search
     ("tasks.compression",),  # pruning, distillation, quantization
-    # The stage shells (one per dvc.yaml stage) and `tunegate validate`'s vetting, which runs two of them.
+    # The stage shells (one per dvc.yaml stage), `tunegate validate`'s vetting, which runs two of them, and the
+    # real model cross-fitted by the train stage's fit path (`tunegate label-issues`).
     ("tasks.validate", "tasks.prepare", "tasks.train", "tasks.distill", "tasks.evaluate", "tasks.export",
-     "tasks.quantize", "tasks.gate", "tasks.vet"),
+     "tasks.quantize", "tasks.gate", "tasks.vet", "tasks.crossfit"),
     ("tasks.serving", "tasks.monitoring"),  # the HTTP service; monitoring what it served
     ("flows",),  # Prefect flows and the CLI: wiring
 )

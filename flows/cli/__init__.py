@@ -2,7 +2,7 @@
 codes). Each command group's module holds its handlers beside the function that registers their parsers:
 pipeline (run, stage, data default, validate), scoring (predict, batch-score), serving (schedule, serve),
 promotion (ci pr/main, promote, rollback), registry (verify, history, models, card), monitoring (monitor run/history),
-shadow (shadow), tune (tune).
+label_queue (label-queue), label_issues (label-issues), shadow (shadow), tune (tune).
 
 `tunegate serve` builds this whole parser on the serving install: no module here imports a pipeline package
 (Prefect, torch, transformers, pandas, ...) at module level; handlers import what they need when they run."""
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import label_queue, monitoring, pipeline, promotion, registry, scoring, serving, shadow, tune
+from flows.cli import (label_issues, label_queue, monitoring, pipeline, promotion, registry, scoring, serving, shadow,
+                       tune)
 from flows.terminal import debugging, errors, report_error
 from tasks.core.errors import TunegateError
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_commands(sub, repository)
     monitoring.add_commands(sub)
     label_queue.add_commands(sub)
+    label_issues.add_commands(sub)
     shadow.add_commands(sub)
     tune.add_commands(sub)
     return parser

@@ -9,10 +9,11 @@ self-confidence (the out-of-sample probability of the given label), lowest first
 The probabilities come from a cross-fitted logistic regression on one of two feature sets
 (prepare.label_issues.features): `embeddings`, the base model's mean-pooled (attention-masked), L2-normalised
 sentence embeddings, or `tfidf`, word 1-2 gram TF-IDF fit on the other folds. Why a linear model on fixed features
-rather than the training dynamics of the real fine-tuning: the default run trains one epoch, so there are no
-per-example dynamics across epochs to read, and this costs one forward pass of the train split (embeddings) or
-seconds (TF-IDF) instead of a fine-tuning run per fold. How well each queue finds flipped labels is measured by
-`make bench-labels` (benchmarks/label_noise.py), which plants flips at known rows.
+rather than the real fine-tuning: the default run trains one epoch, so there are no per-example dynamics across
+epochs to read, and this costs seconds (TF-IDF) or one forward pass (embeddings) where cross-fitting the real model
+costs about a training run. That one (tasks/crossfit.py, `tunegate label-issues`) reuses find_label_issues and finds
+more flipped labels. How well each queue finds them is measured by `make bench-labels` (benchmarks/label_noise.py),
+which plants flips at known rows.
 """
 
 from __future__ import annotations
