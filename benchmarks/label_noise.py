@@ -48,8 +48,8 @@ from benchmarks._targets import judge, target_lines, with_targets  # noqa: E402
 from tasks.contracts.label_issues import (FEATURES, find_label_issues, out_of_sample_probabilities,  # noqa: E402
                                           sentence_embeddings)
 from tasks.core.config import PipelineConfig, load_config  # noqa: E402
-from tasks.crossfit import (DETECTORS, FINETUNED, FOLDS, detector_probabilities, fine_tuned_model,  # noqa: E402
-                            head_logits)
+from tasks.crossfit import (DETECTORS, FINETUNED, FOLDS, MissingSplitError, detector_probabilities,  # noqa: E402
+                            fine_tuned_model, head_logits, read_prepared_split)
 
 REPO = Path(__file__).resolve().parents[1]
 RATES = (0.02, 0.05, 0.10)
@@ -80,12 +80,11 @@ def top_k_scores(queue: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
 
 
 def read_split(project: Path, split: str) -> pd.DataFrame:
-    """A split of the default run's prepare stage, or a clear stop when prepare has not run."""
-    path = project / "artifacts" / "prepare" / f"{split}.parquet"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: run the pipeline's prepare stage first (`dvc repro prepare` or "
-                         "`make run`)")
-    return pd.read_parquet(path)
+    """A split of the default run's prepare stage, or a clear stop (no traceback) when prepare has not run."""
+    try:
+        return read_prepared_split(project, split)
+    except MissingSplitError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def read_train(project: Path) -> pd.DataFrame:

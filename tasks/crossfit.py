@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.core.errors import TunegateError
+
 if TYPE_CHECKING:  # `tunegate serve` builds the CLI, which names DETECTORS, on an install without pandas
     import pandas as pd
 
@@ -27,6 +29,23 @@ FOLDS = 2  # two fine-tunings on half the rows each: about the cost of one train
 # model alone, and its probabilities averaged with TF-IDF's (both out of sample, so their mean is too).
 FINETUNED, ENSEMBLE = "finetuned", "finetuned+tfidf"
 DETECTORS = (FINETUNED, ENSEMBLE)
+
+
+class MissingSplitError(TunegateError):
+    """A split prepare writes is not there: prepare has not run in this project."""
+
+
+def read_prepared_split(project: Path, split: str) -> pd.DataFrame:
+    """One of prepare's splits (artifacts/prepare/<split>.parquet), or MissingSplitError naming how to make it."""
+    import pandas as pd
+
+    from tasks.core.paths import ArtifactPaths
+
+    path = ArtifactPaths(project).split(split)
+    if not path.is_file():
+        raise MissingSplitError(f"{path} is missing: run the prepare stage first (`dvc repro prepare`, "
+                                "`tunegate run` or `make run`)")
+    return pd.read_parquet(path)
 
 
 def fine_tuned_model(rows: pd.DataFrame, dev: pd.DataFrame, cfg: PipelineConfig, project: Path,

@@ -16,23 +16,11 @@ TEXT_WIDTH = 44  # characters of a text in the printed table (80 columns in all)
 
 
 class LabelIssuesError(TunegateError):
-    """The project cannot be scored: no prepared split, or a bad setting."""
+    """The train split cannot be cross-fitted (too few rows, or a class too small for the folds)."""
 
 
 def default_out(root: Path, detector: str) -> Path:
     return root / "artifacts" / "label_issues" / f"{detector}.csv"
-
-
-def read_prepared(root: Path, split: str):
-    import pandas as pd
-
-    from tasks.core.paths import ArtifactPaths
-
-    path = ArtifactPaths(root).split(split)
-    if not path.is_file():
-        raise LabelIssuesError(f"{path} is missing: run the prepare stage first (`dvc repro prepare` or "
-                               "`tunegate run`)")
-    return pd.read_parquet(path)
 
 
 def queue_lines(queue, rows: int, seconds: float, detector: str, out: Path) -> list[str]:
@@ -54,11 +42,11 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     from tasks.contracts.label_issues import QUEUE_COLUMNS, find_label_issues, issue_table, skip_reason
     from tasks.core.config import load_config
     from tasks.core.io import atomic_file
-    from tasks.crossfit import FOLDS, detector_probabilities
+    from tasks.crossfit import FOLDS, detector_probabilities, read_prepared_split
 
     root = Path(args.project).resolve()
     cfg = load_config(root / "params.yaml")
-    train, dev = read_prepared(root, "train"), read_prepared(root, "dev")
+    train, dev = read_prepared_split(root, "train"), read_prepared_split(root, "dev")
     labels = train["label"].to_numpy()
     reason = skip_reason(labels, len(cfg.data.labels), max(FOLDS, cfg.prepare.label_issues.folds))
     if reason:
