@@ -279,7 +279,7 @@ def test_a_student_within_the_bounds_ships_and_the_shipped_folder_is_the_student
                                                "min_agreement": cfg.distill.min_agreement}
     assert json.loads((student_run.int8_dir / "config.json").read_text())["num_hidden_layers"] == 1
     graph = onnx.load(str(student_run.int8_dir / "model.onnx")).graph
-    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 6  # the student's one layer: Q, K, V, out, FFN x2
+    assert sum(node.op_type == "MatMulIntegerToFloat" for node in graph.node) == 6  # one layer: Q, K, V, out, FFN x2
     models = report["models"]
     assert report["rungs"][1]["params"] == models["student"]["params"] < models["teacher"]["params"]
     assert report["size_ratio"] < models["student"]["fp32_mb"] / models["teacher"]["fp32_mb"] < 1

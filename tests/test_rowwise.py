@@ -59,9 +59,41 @@ def test_rowwise_graph_has_no_fp32_matmul_of_a_weight(quantized_pair):
     graph = onnx.load(str(quantized_pair / "rowwise.onnx")).graph
     weights = {init.name for init in graph.initializer}
     ops = [node.op_type for node in graph.node]
-    assert ops.count("MatMulInteger") == 12  # 2 layers x (Q, K, V, out, FFN in, FFN out)
+    assert ops.count("MatMulIntegerToFloat") == 12  # 2 layers x (Q, K, V, out, FFN in, FFN out)
+    assert ops.count("QuantizeLinear") == 8  # 2 layers x (Q, K and V's input, out's, FFN in's, FFN out's)
     assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert "DynamicQuantizeLinear" not in ops
+
+
+def test_a_rowwise_product_is_the_formula_of_the_module_docstring_to_the_bit(tmp_path):
+    """One MatMul of a [2, 5, 16] activation (one all-zero row, one with a half-way value) by a [16, 8] weight:
+    onnxruntime's rewritten graph gives exactly scale_row = max|x_row| / 127, x_q = round half to even of
+    x / scale_row, (x_q . W_q) * w_scale * scale_row, each step in float32 as numpy takes it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    x[0, 1] = 0.0
+    x[1, 2, :2] = [127.0, 0.5]  # scale 1: 0.5 lies half way and rounds to 0
+    weight = rng.normal(size=(16, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 8])],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "mm.onnx"))
+    quantize_rowwise(tmp_path / "mm.onnx", tmp_path / "rowwise.onnx", external=False)
+    session = ort.InferenceSession(str(tmp_path / "rowwise.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x})
+
+    peak = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.finfo(np.float32).tiny)
+    scale = peak / np.float32(127)
+    steps = np.round(x / scale).astype(np.int64)  # numpy rounds half to even
+    w_q, w_scale = quantized_weight(weight)
+    expected = ((steps @ w_q.astype(np.int64)).astype(np.float32) * w_scale) * scale
+    assert steps[1, 2, 1] == 0 and not got[0, 1].any()
+    assert got.shape == (2, 5, 8) and np.array_equal(got, expected)
 
 
 def test_rowwise_answers_do_not_depend_on_batch_mates(quantized_pair, stress_texts):
@@ -108,7 +140,9 @@ def test_rowwise_refuses_a_graph_without_weights_to_quantize(tmp_path):
 def test_the_largest_products_the_rowwise_graph_can_form_are_exact_in_onnxruntime():
     """Every activation at its extreme (uint8 255 or 1: +-127 around the zero point 128) times 7-bit weights at
     +-63, summed over 384 inputs: onnxruntime's integer product equals numpy's exactly (no int16 saturation on AVX2's
-    u8s8 kernel, none on VNNI/AMX), so the integer part of the model is the same on every x86 host."""
+    u8s8 kernel, none on VNNI/AMX), so the integer part of the model is the same on every x86 host: in
+    MatMulInteger, and in MatMulIntegerToFloat (which the row-wise graph uses) at unit scales, as float32 (exact
+    below 2^24)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -126,8 +160,20 @@ def test_the_largest_products_the_rowwise_graph_can_form_are_exact_in_onnxruntim
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"a": a})
     expected = (a.astype(np.int64) - ZERO_POINT) @ w.astype(np.int64)
-    assert expected[0, 0] == 384 * 127 * WEIGHT_MAX
+    assert expected[0, 0] == 384 * 127 * WEIGHT_MAX < 2**24
     assert np.array_equal(got, expected)
+
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    ones = numpy_helper.from_array(np.ones(16, np.float32), "ones")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "ones", "zp"], ["y"], domain="com.microsoft")],
+        "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 384])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "zp"), one, ones])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"a": a})
+    assert np.array_equal(got, expected.astype(np.float32))
 
 
 def test_the_service_answers_32_concurrent_clients_as_it_answers_one_text_at_a_time(quantized_pair, stress_texts,
