@@ -583,11 +583,11 @@ def test_app_after_the_longest_allowed_text_a_one_sentence_request_on_the_idle_s
             answers = []
             for texts in (["a fine film"], [longest], ["one short sentence"], [longest] * 64, ["and another"]):
                 answers.append(await client.post("/v1/predict", json={"texts": texts}))
-            return answers, app.state.service.batcher.seconds_per_token
+            return answers, app.state.service.batcher.rates
 
-    answers, seconds_per_token = run(go())
+    answers, rates = run(go())
     assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers if a.status_code != 200]
-    assert seconds_per_token is not None and seconds_per_token > 0
+    assert rates is not None and rates.per_token > 0
 
 
 def test_app_eight_clients_sending_long_reviews_back_to_back_are_not_refused_while_the_wait_is_under_the_bound(

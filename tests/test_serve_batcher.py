@@ -307,7 +307,7 @@ def test_batcher_admits_a_request_with_nothing_ahead_however_large_and_however_s
         model = SlowModel(seconds_per_token=0.001, gate=gate)
         batcher = await started(max_batch_size=8, max_wait_ms=0, max_queue_texts=64, max_queue_wait_ms=10)
         longest = await batcher.score(model, ["x" * 300])  # >= 300 ms for one text: the longest allowed, say
-        learned = batcher.seconds_per_token
+        learned = batcher.rates.per_token
         model.seconds_per_token = 0.0  # the next texts are quick; the estimate still says >= 1 ms per token
         sentence = await batcher.score(model, ["one short sentence"])
         largest = await batcher.score(model, ["y" * 300] * 64)  # >= 19 s of work at the estimate: its own, not ahead
@@ -319,14 +319,47 @@ def test_batcher_admits_a_request_with_nothing_ahead_however_large_and_however_s
     assert len(longest) == len(sentence) == 1 and len(largest) == 64
 
 
-def test_batcher_learns_time_per_token_and_one_outlier_batch_moves_it_less_than_twofold():
-    from tasks.serving.batcher import RATE_CLIP, RATE_SMOOTHING, next_rate
+def test_batch_cost_learns_a_fixed_part_per_call_and_prices_a_long_text_by_its_tokens():
+    """Calls of 1 ms + 0.03 ms a token, mostly short sentences: a 256-token review is priced near its 8.7 ms, not at
+    the sentences' ratio of seconds to tokens (what a price per token alone would charge: about 3x)."""
+    from tasks.serving.batch_cost import BatchCost
 
-    assert next_rate(None, 0.002) == 0.002, "the first batch sets it"
-    assert next_rate(0.001, 1.0) == pytest.approx(0.001 * (1 + RATE_SMOOTHING * (RATE_CLIP - 1)))
-    assert next_rate(0.001, 0.0) == pytest.approx(0.001 * (1 - RATE_SMOOTHING * (1 - 1 / RATE_CLIP)))
-    rate = next_rate(0.001, 1.0)
-    for _ in range(20):  # ordinary batches bring it back
-        rate = next_rate(rate, 0.001)
-    assert rate == pytest.approx(0.001, rel=0.01)
+    cost = BatchCost()
+    sizes = [8, 12, 20, 9, 30, 15, 256, 10, 18, 25]
+    for tokens in sizes * 3:
+        rates = cost.observe(tokens, 0.001 + 0.00003 * tokens)
+    assert rates.per_batch == pytest.approx(0.001, rel=1e-6) and rates.per_token == pytest.approx(0.00003, rel=1e-6)
+    assert rates.seconds(1, 256) == pytest.approx(0.00868)
+    sentences_ratio = (0.001 + 0.00003 * 15) / 15  # seconds per token of a 15-token sentence
+    assert sentences_ratio * 256 > 2.8 * rates.seconds(1, 256)
 
+
+def test_batch_cost_prices_per_token_until_call_sizes_spread_and_never_a_negative_part():
+    from tasks.serving.batch_cost import MEMORY, BatchCost
+
+    cost = BatchCost()
+    first = cost.observe(50, 0.05)
+    assert (first.per_batch, first.per_token) == (0.0, pytest.approx(0.001)), "the first call sets a rate per token"
+    for _ in range(5):
+        same = cost.observe(50, 0.05)  # one size only: a fixed part cannot be told apart
+    assert same.per_batch == 0.0 and same.per_token == pytest.approx(0.001)
+    cost = BatchCost()
+    calls = (10, 100, 10, 100)
+    for tokens in calls:
+        line = cost.observe(tokens, 0.001 * tokens - 0.005)  # the best line has a negative fixed part
+    weights = [MEMORY ** (len(calls) - 1 - i) for i in range(len(calls))]
+    ratio = sum(w * (0.001 * t - 0.005) for w, t in zip(weights, calls)) / sum(w * t for w, t in zip(weights, calls))
+    assert line.per_batch == 0.0 and line.per_token == pytest.approx(ratio)
+
+
+def test_batch_cost_moves_less_than_twofold_on_one_outlier_call_and_comes_back():
+    from tasks.serving.batch_cost import CLIP, MEMORY, BatchCost
+
+    cost = BatchCost()
+    for _ in range(30):
+        steady = cost.observe(100, 0.1)
+    outlier = cost.observe(100, 100.0)  # a 1000x slower call counts as CLIP x the prediction
+    assert 1.0 < outlier.seconds(1, 100) / steady.seconds(1, 100) < 1 + (CLIP - 1) * (1 - MEMORY) * 1.5 < 2
+    for _ in range(40):
+        back = cost.observe(100, 0.1)
+    assert back.seconds(1, 100) == pytest.approx(0.1, rel=0.01)

@@ -3,7 +3,8 @@
 Admission counts model work, not texts: a request's texts are read (tokenised, cut into the windows the long_text
 rule reads) before they are queued, and each costs the tokens of its windows (a sentence ~20, a 20,000-character
 review up to 64 windows x max_length). A request waits for the work AHEAD of it (the queued texts and what is left of
-the batch in the model, priced at a learned time per token); its own work is not waiting, so a request with nothing
+the batch in the model, priced at learned times per model call and per token: tasks.serving.batch_cost); its own
+work is not waiting, so a request with nothing
 ahead of it is always admitted (within serve.max_texts and serve.max_text_chars)."""
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tasks.core.errors import TunegateError
+from tasks.serving.batch_cost import BatchCost, Rates
 from tasks.serving.scoring import ReadText, ServedModel, TextScore
 
 log = logging.getLogger(__name__)
 
-# Weight of the newest batch in the running seconds-per-token estimate that work ahead is priced at.
-RATE_SMOOTHING = 0.3
-# One batch's seconds per token counts as at most this factor above (or below) the estimate: a GC pause or a noisy
-# neighbour moves the estimate by at most x1.9 (1 + RATE_SMOOTHING * 3), and later batches bring it back.
-RATE_CLIP = 4.0
 MIN_RETRY_AFTER_S = 1.0  # Retry-After is whole seconds; 0 would invite an immediate retry storm
 # Requests of at most this many characters are read on the event loop (~0.1 ms of tokenising, less than a hop to a
 # thread); longer ones in a worker thread (64 texts of 20,000 characters take ~1 s), so the loop keeps answering.
@@ -89,15 +86,6 @@ def retry_after(wait_s: float) -> float:
     return max(MIN_RETRY_AFTER_S, float(math.ceil(wait_s)))
 
 
-def next_rate(old: float | None, observed: float) -> float:
-    """The seconds-per-token estimate after one batch that took `observed` seconds per token: smoothed, and the
-    observation clipped to RATE_CLIP times the old estimate either way (one outlier cannot wedge admission)."""
-    if old is None:
-        return observed
-    clipped = min(max(observed, old / RATE_CLIP), old * RATE_CLIP)
-    return RATE_SMOOTHING * clipped + (1 - RATE_SMOOTHING) * old
-
-
 class MicroBatcher:
     """Collects texts for up to max_wait_ms (or until max_batch_size texts of one version are waiting) and
     scores them in one worker thread, one batch at a time. Texts of a request are scored by the model the
@@ -106,7 +94,7 @@ class MicroBatcher:
     def __init__(self, *, max_batch_size: int, max_wait_ms: float, max_queue_texts: int,
                  max_queue_wait_ms: float | None = None, observer: BatchObserver | None = None):
         """max_queue_wait_ms: refuse a request when the model work ahead of it (queued texts and the rest of the
-        batch in the model, priced at the learned time per token) would take longer; None = max_queue_texts alone."""
+        batch in the model, priced at the learned rates) would take longer; None = max_queue_texts alone."""
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_texts = max_queue_texts
@@ -119,7 +107,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
-        self._seconds_per_token: float | None = None  # wall time per model token while busy (see _consume)
+        self._cost = BatchCost()  # wall time per model call and per token while busy (see _consume)
         self._in_model = 0  # texts of the batch being scored
         self._in_model_tokens = 0  # and their cost
         self._in_model_since = 0.0  # perf_counter when that batch went to the model
@@ -165,9 +153,9 @@ class MicroBatcher:
         return time.monotonic() - self._last_work
 
     @property
-    def seconds_per_token(self) -> float | None:
-        """The learned model time per token (None before the first batch)."""
-        return self._seconds_per_token
+    def rates(self) -> Rates | None:
+        """The learned model time per call and per token (None before the first batch)."""
+        return self._cost.rates
 
     async def score(self, model: ServedModel, texts: list[str]) -> list[TextScore]:
         """Scores in input order. QueueFull at once when the queue cannot take len(texts) more or the work ahead is
@@ -208,16 +196,18 @@ class MicroBatcher:
         return await asyncio.to_thread(model.read, texts)
 
     def wait_ahead_s(self) -> float:
-        """Seconds of model work ahead of a request arriving now: the queued texts' tokens plus what is left of the
-        batch in the model, at the learned seconds per token. 0 when nothing is ahead, whatever the estimate (an
-        idle service admits every request), and 0 before the first batch."""
-        rate = self._seconds_per_token
-        if rate is None:
+        """Seconds of model work ahead of a request arriving now: the queued texts (in calls of up to
+        max_batch_size texts) plus what is left of the batch in the model, at the learned rates. 0 when nothing is
+        ahead, whatever the estimate (an idle service admits every request), and 0 before the first batch."""
+        rates = self._cost.rates
+        if rates is None:
             return 0.0
         in_model_left = 0.0
         if self._in_model_tokens:
-            in_model_left = max(0.0, self._in_model_tokens * rate - (time.perf_counter() - self._in_model_since))
-        return self._queued_tokens * rate + in_model_left
+            elapsed = time.perf_counter() - self._in_model_since
+            in_model_left = max(0.0, rates.seconds(1, self._in_model_tokens) - elapsed)
+        calls = math.ceil(self._queued / self.max_batch_size)
+        return rates.seconds(calls, self._queued_tokens) + in_model_left
 
     def refusal(self, texts: int) -> QueueFull | None:
         """Why a request of `texts` texts would be refused now, or None: the texts held would exceed
@@ -338,8 +328,9 @@ class MicroBatcher:
             # While busy, the time from one answer to the next is what queued work really waits per token ahead of
             # it: the model call plus the event loop's work on the same cores (parsing, reading, answering, refusing).
             busy_cycle = done - self._last_done if self._last_done is not None else seconds
-            # Per token, not per text: a 20,000-character review is ~200 sentences of work, and prices as such.
-            self._seconds_per_token = next_rate(self._seconds_per_token, max(seconds, busy_cycle) / max(1, tokens))
+            # Per call and per token, not per text: a 20,000-character review is ~200 sentences of work, and prices as
+            # such; the call's fixed part is not charged to each token of a short sentence (tasks.serving.batch_cost).
+            self._cost.observe(tokens, max(seconds, busy_cycle))
             self._last_done = done if self._pending else None
             self._observe("on_batch", batch.model.info.version, len(items), seconds)
             self._resolve(batch, scores)
