@@ -123,7 +123,7 @@ bench-long: setup  ## long reviews: accuracy on 1,000 unseen IMDB reviews + RT t
 bench-invariance: setup  ## batch invariance: row-wise vs per-tensor dynamic INT8 of the shipped model, alone vs batches of 2-64; accuracy, texts/s
 	$(BIN)/python benchmarks/batch_invariance.py $(ARGS)
 
-bench-distill: setup  ## distillation recipes on the finished run: each student's dev drop and agreement vs the teacher, by distill's bounds (~25 min on 2 cores; ARGS=--recipes default,former)
+bench-distill: setup  ## distillation recipes on the finished run: each student's dev drop and agreement vs the teacher, by distill's bounds (~28 min on 2 cores, 7 recipes; ARGS=--recipes default,former)
 	$(BIN)/python benchmarks/distill_recipes.py $(ARGS)
 
 bench-data: setup  ## data contracts (raw + split) on 100k / 300k / 1M synthetic rows: time and peak memory
