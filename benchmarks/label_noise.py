@@ -87,32 +87,26 @@ def read_split(project: Path, split: str) -> pd.DataFrame:
         raise SystemExit(str(exc)) from None
 
 
-def read_train(project: Path) -> pd.DataFrame:
-    return read_split(project, "train")
-
-
 def measure_rate(train: pd.DataFrame, cfg: PipelineConfig, rate: float, name: str, project: Path,
-                 embeddings: np.ndarray | None = None,
-                 fine_tuned: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+                 embeddings: np.ndarray | None, fine_tuned: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     """One rate, one detector: flip, score every row out of sample, flag, score the top k. Returns the figures, the
     flipped labels and the queue. `fine_tuned` caches the cross-fitted model's probabilities per rate (both of
     tasks.crossfit's detectors read them; the seconds of each include the fine-tunings)."""
     n_classes = len(cfg.data.labels)
     noisy, flipped = flip_labels(train["label"].to_numpy(), n_classes, rate, cfg.seed)
-    texts, folds = train["text"].tolist(), cfg.prepare.label_issues.folds
     started = time.perf_counter()
     if name in DETECTORS:
-        cache = fine_tuned if fine_tuned is not None else {}
         rows = train.assign(label=noisy)
-        if rate in cache:  # fine-tuned for the other detector: its seconds count here too
-            reused, fitting_seconds = cache[rate]
+        if rate in fine_tuned:  # fine-tuned for the other detector: its seconds count here too
+            reused, fitting_seconds = fine_tuned[rate]
             started -= fitting_seconds
         else:
             reused = detector_probabilities(FINETUNED, rows, read_split(project, "dev"), cfg, project)
-            cache[rate] = (reused, time.perf_counter() - started)
+            fine_tuned[rate] = (reused, time.perf_counter() - started)
         probabilities = detector_probabilities(name, rows, None, cfg, project, reused)
     else:
-        probabilities = out_of_sample_probabilities(texts, noisy, n_classes, folds, cfg.seed,
+        probabilities = out_of_sample_probabilities(train["text"].tolist(), noisy, n_classes,
+                                                    cfg.prepare.label_issues.folds, cfg.seed,
                                                     embeddings if name == "embeddings" else None)
     issues = find_label_issues(probabilities, noisy)
     seconds = time.perf_counter() - started
@@ -195,7 +189,7 @@ def judged_detector(configured: str, names: list[str], asked: str | None) -> str
 
 def run(project: Path, rates: list[float], train_models: bool, features: list[str] | str = "both",
         chosen_judge: str | None = None) -> dict:
-    train = read_train(project)
+    train = read_split(project, "train")
     cfg = load_config(project / "params.yaml")
     asked = [features] if isinstance(features, str) else features
     names = list(dict.fromkeys(n for name in asked for n in (FEATURES if name == "both" else [name])))

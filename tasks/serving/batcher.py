@@ -4,8 +4,8 @@ Admission counts model work, not texts: a request's texts are read (tokenised, c
 rule reads) before they are queued, and each costs the tokens of its windows (a sentence ~20, a 20,000-character
 review up to 64 windows x max_length). A request waits for the work AHEAD of it (the queued texts and what is left of
 the batch in the model, priced at learned times per model call and per token: tasks.serving.batch_cost); its own
-work is not waiting, so a request with nothing
-ahead of it is always admitted (within serve.max_texts and serve.max_text_chars)."""
+work is not waiting, so a request with nothing ahead of it is always admitted (within serve.max_texts and
+serve.max_text_chars)."""
 
 from __future__ import annotations
 
