@@ -39,7 +39,7 @@ def test_setup_on_a_gpu_host_installs_the_gpu_lock_with_no_pip_config(tmp_path):
     # match that pin and fail its hash, so pip sees no config file and no find-links.
     assert install.startswith("env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null ")
     assert "-r requirements/lock/gpu.txt" in install and "--no-deps" in install and "--index-url" not in install
-    assert any(c.endswith("pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | "
+    assert any(c.endswith("pip install --quiet --disable-pip-version-check --no-compile --no-deps -e . 2>&1 | "
                           "{ grep -v \"^WARNING: Location 'file:\" || true; }") for c in commands)
     assert any(c.endswith("gpu_check.py --setup-report --expect-gpu") for c in commands), "fails loudly"
 
@@ -49,6 +49,16 @@ def test_setup_on_a_cpu_host_installs_the_cpu_lock(tmp_path):
     install = lock_install(commands)
     assert "PIP_CONFIG_FILE" not in install and "-r requirements/lock/cpu.txt" in install
     assert any(c.endswith("gpu_check.py --setup-report") for c in commands)
+
+
+@pytest.mark.parametrize("has_gpu, locked", [("", "yes"), ("yes", "yes"), ("", "no"), ("yes", "no")])
+def test_setup_installs_without_compiling_then_compiles_the_venv_once_every_package_is_in(tmp_path, has_gpu, locked):
+    """pip's byte-compiling runs one file at a time; the venv is compiled after the installs, a process per core."""
+    commands = setup_commands(tmp_path, has_gpu, f"LOCKED={locked}")
+    installs = [i for i, c in enumerate(commands) if " install " in c and "--upgrade pip" not in c]
+    assert installs and all("--no-compile" in commands[i] for i in installs)
+    (compiled,) = [i for i, c in enumerate(commands) if " -m compileall " in c]
+    assert compiled > max(installs) and f"-j 0 {tmp_path / 'venv'}/lib" in commands[compiled]
 
 
 @pytest.mark.parametrize("has_gpu, extra", [("yes", "gpu"), ("", "cpu")])
