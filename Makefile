@@ -68,7 +68,7 @@ setup: $(INSTALLED)  ## create .venv and install tunegate (CPU or GPU build chos
 $(INSTALLED): pyproject.toml $(if $(filter yes,$(LOCKED)),$(LOCK))
 	@echo "setup: $(if $(HAS_GPU),GPU host: CUDA torch + onnxruntime-gpu,CPU-only host: CPU torch + onnxruntime)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) --upgrade pip $(PIP_FILTER)
+	$(PIP_INSTALL) --upgrade pip $(PIP_FILTER)
 ifeq ($(LOCKED),yes)
 	$(BIN)/python -c '$(LOCK_PLATFORM)'
 	$(PIP_ENV) $(PIP_INSTALL) --require-hashes --no-deps $(TORCH_INDEX) -r $(LOCK) $(PIP_FILTER)
