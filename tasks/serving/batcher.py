@@ -325,8 +325,8 @@ class MicroBatcher:
                 self._last_work = time.monotonic()
             done = time.perf_counter()
             seconds = done - started
-            # While busy, the time from one answer to the next is what queued work really waits per token ahead of
-            # it: the model call plus the event loop's work on the same cores (parsing, reading, answering, refusing).
+            # While busy, the time from one answer to the next is what a call of queued work really costs: the model
+            # call plus the event loop's work on the same cores (parsing, reading, answering, refusing).
             busy_cycle = done - self._last_done if self._last_done is not None else seconds
             # Per call and per token, not per text: a 20,000-character review is ~200 sentences of work, and prices as
             # such; the call's fixed part is not charged to each token of a short sentence (tasks.serving.batch_cost).
