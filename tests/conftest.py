@@ -248,14 +248,15 @@ def repro_output(root: Path) -> str:
 
 
 def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reproduced: bool,
-                     folders: dict[str, Path], dvc_remote: str | None = None) -> Path:
+                     folders: dict[str, Path], dvc_remote: str | None = None, in_process: bool = False) -> Path:
     """The shared built project for this data, these params and these folders copied in (e.g. a base model at a
     relative path; they are left untracked), named by their hash. `dvc_remote`: the default remote's URL, set
-    before anything is committed."""
+    before anything is committed. `in_process`: reproduced by `reproduce_in_process`, not `dvc repro` (for
+    projects whose tests are not about `dvc repro` itself)."""
     import hashlib
     import json
 
-    key = hashlib.sha256(json.dumps([params, folders, dvc_remote], sort_keys=True, default=str).encode()
+    key = hashlib.sha256(json.dumps([params, folders, dvc_remote, in_process], sort_keys=True, default=str).encode()
                          + frame.to_csv(index=False).encode()).hexdigest()[:16]
 
     def build(root: Path) -> None:
@@ -265,18 +266,35 @@ def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reprod
         for inside, source in folders.items():
             shutil.copytree(source, root / inside)
         if reproduced:
-            repro_log(root).write_text(reproduce_and_commit(root, "reproduced", untracked=folders).stdout)
+            done = reproduce_and_commit(root, "reproduced", untracked=folders, in_process=in_process)
+            repro_log(root).write_text(done if in_process else done.stdout)
 
     return shared_folder(tmp_path_factory, f"project-{key}{'-reproduced' if reproduced else ''}", build)
 
 
-def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = ()) -> subprocess.CompletedProcess:
-    """`dvc repro`, then commit everything it and earlier steps changed, except the paths in `untracked`; returns
-    the finished `dvc repro`."""
-    done = run([str(BIN / "dvc"), "repro"], root)
+def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = (),
+                         in_process: bool = False) -> subprocess.CompletedProcess | str:
+    """`dvc repro` (or `reproduce_in_process`), then commit everything it and earlier steps changed, except the
+    paths in `untracked`; returns the finished `dvc repro` (or the in-process run's outcomes, a line a stage)."""
+    done = reproduce_in_process(root) if in_process else run([str(BIN / "dvc"), "repro"], root)
     run(["git", "add", "-A", "--", ".", *(f":(exclude){path}" for path in untracked)], root)
     run(["git", "commit", "-q", "-m", message], root)
     return done
+
+
+def reproduce_in_process(root: Path) -> str:
+    """What `dvc repro` does to the project, done by the training_pipeline flow in this process (as `tunegate run`
+    does): each stage DVC finds stale runs and is recorded in dvc.lock, its outputs committed to the DVC cache.
+    Needs the session's Prefect API (the prefect_api fixture). A `tunegate stage` process per stage pays 1-4 s of
+    imports (torch, transformers, GX) that a test worker has paid already: a tiny pipeline costs about twice the
+    CPU under `dvc repro`. Tests whose subject is `dvc repro` (test_pipeline, test_reproducible) reproduce with it;
+    the flow and DVC agreeing on dvc.lock is what test_pipeline's flow tests hold. Returns a line per stage: its
+    name and outcome."""
+    from flows.pipeline import training_pipeline
+
+    outcomes = training_pipeline(project=str(root))
+    assert all(o.status in ("completed", "skipped") for o in outcomes), outcomes  # recorded, or up to date
+    return "".join(f"{o.stage}: {o.status}\n" for o in outcomes)
 
 
 @pytest.fixture(scope="session")
@@ -376,9 +394,10 @@ def latest_artifact(key: str):
 
 
 @pytest.fixture(scope="session")
-def registry_template(tmp_path_factory, tiny_model_dir) -> Path:
-    """The registry_project as built (once a run): keyword data, `dvc repro` run once, dvc.lock committed. Its DVC
-    remote is `dvc-remote` beside the project folder (a relative URL), so every copy has a remote of its own."""
+def registry_template(tmp_path_factory, tiny_model_dir, prefect_api) -> Path:
+    """The registry_project as built (once a run): keyword data, reproduced once (by the flow, in process) and
+    dvc.lock committed. Its DVC remote is `dvc-remote` beside the project folder (a relative URL), so every copy has
+    a remote of its own."""
     params = tiny_params(tiny_model_dir)
     params["gate"].update(LENIENT_GATE)
     params["train"].update(epochs=6, learning_rate=1.0e-3)  # 400 rows: accuracy 1.0; 100 rows: 0.5 (chance)
@@ -387,23 +406,24 @@ def registry_template(tmp_path_factory, tiny_model_dir) -> Path:
     params["prepare"]["max_train_rows"] = 400
 
     return project_template(tmp_path_factory, keyword_reviews(1000), params, reproduced=True, folders={},
-                            dvc_remote="../dvc-remote")
+                            dvc_remote="../dvc-remote", in_process=True)
 
 
 @pytest.fixture
-def registry_project(registry_template, tmp_path) -> Path:
-    """A git + DVC project on keyword data with a local DVC remote (`tmp_path/dvc-remote`, empty), `dvc repro` run
-    once and dvc.lock committed: a first model ready for `tunegate promote`. Build another model with
-    `retrain(root, max_train_rows=N)`."""
+def registry_project(registry_template, tmp_path, prefect_api) -> Path:
+    """A git + DVC project on keyword data with a local DVC remote (`tmp_path/dvc-remote`, empty), reproduced once
+    and dvc.lock committed: a first model ready for `tunegate promote`. Build another model with
+    `retrain(root, max_train_rows=N)` (by the flow, on the session's Prefect API)."""
     return copy_project(registry_template, tmp_path / "registry-project")
 
 
 def retrain(root: Path, **prepare) -> None:
-    """Change prepare's settings (e.g. max_train_rows), reproduce, and commit: the next model version."""
+    """Change prepare's settings (e.g. max_train_rows), reproduce (by the flow, in process: see
+    reproduce_in_process), and commit: the next model version."""
     from tasks.core.config import write_overrides
 
     write_overrides(root / "params.yaml", [f"prepare.{key}={value}" for key, value in prepare.items()])
-    reproduce_and_commit(root, f"model with {prepare}")
+    reproduce_and_commit(root, f"model with {prepare}", in_process=True)
 
 
 SERVED_LABELS = ["negative", "positive"]

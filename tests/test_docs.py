@@ -290,8 +290,8 @@ def test_marked_blocks_are_found_where_they_are(tmp_path):
 
 @pytest.fixture
 def reproduced_project(registry_template, tmp_path) -> Path:
-    """A copy of the reproduced tiny-model project (git + DVC, `dvc repro` run and committed, a DVC remote of its
-    own, the gate's verdict PROMOTE): what a user has after `make run`."""
+    """A copy of the reproduced tiny-model project (git + DVC, reproduced by the flow and committed, a DVC remote of
+    its own, the gate's verdict PROMOTE): what a user has after `make run`."""
     return copy_project(registry_template, tmp_path / "project")
 
 
