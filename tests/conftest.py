@@ -236,6 +236,16 @@ def make_project(tmp_path, tmp_path_factory, tiny_model_dir, reviews_frame):
     return build
 
 
+def default_run_project(make_project, tiny_model_dir, name: str = "project", reproduced: bool = True) -> Path:
+    """A project shaped like the default run, shrunk: long reviews and distillation on, a gate any model passes
+    (a random tiny model sits near 50% accuracy), the base model inside the project at a relative path (nothing in
+    it names its absolute location). `reproduced`: `dvc repro` ran once in the shared template, which
+    test_pipeline and test_reproducible both copy."""
+    params = tiny_params(Path("models/tiny"), long_reviews=True, distill=True)
+    params["gate"].update(LENIENT_GATE)
+    return make_project(params=params, name=name, reproduced=reproduced, folders={"models/tiny": tiny_model_dir})
+
+
 def repro_log(root: Path) -> Path:
     """Where a reproduced project's first `dvc repro` output is kept: beside the project folder, not in it."""
     return root.parent / f"{root.name}.repro-stdout.txt"

@@ -12,7 +12,7 @@ from tasks.core.host import cpu_facts, same_numerics
 from tasks.core.lock_cpu import lock_cpus_on_disk, record_lock_cpu
 from tasks.core.paths import ArtifactPaths
 from tasks.validate import DataValidationError
-from tests.conftest import BIN, LENIENT_GATE, latest_artifact, repro_output, run, tiny_params
+from tests.conftest import BIN, default_run_project, latest_artifact, repro_output, run
 
 pytestmark = pytest.mark.e2e  # whole flows and `dvc repro` on a project copy
 
@@ -21,19 +21,11 @@ def dvc(root, *args, check=True):
     return run([str(BIN / "dvc"), *args], root, check=check)
 
 
-def promoting_params(tiny_model_dir) -> dict:
-    """Tiny params whose gate lets any model through (a random tiny model sits near 50% accuracy); long reviews and
-    distillation on, as in the default run."""
-    params = tiny_params(tiny_model_dir, long_reviews=True, distill=True)
-    params["gate"].update(LENIENT_GATE)
-    return params
-
-
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(make_project, tiny_model_dir):
     # The first `dvc repro` ran once in the shared template (the flow tests below start from it too); this copy
     # holds what it made, and its output.
-    root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
+    root = default_run_project(make_project, tiny_model_dir)
     first_stdout = repro_output(root)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first_stdout
@@ -67,7 +59,7 @@ def test_flow_runs_stages_records_them_in_dvc_and_skips_them_next_time(make_proj
 
 @pytest.mark.slow
 def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, tiny_model_dir):
-    root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
+    root = default_run_project(make_project, tiny_model_dir)
     assert json.loads((root / "artifacts" / "gate" / "decision.json").read_text())["decision"] == "PROMOTE"
     outcomes = training_pipeline(overrides=["gate.min_accuracy=0.99"], project=str(root))
     status = {o.stage: o.status for o in outcomes}
@@ -79,7 +71,7 @@ def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, ti
 
 def test_flow_judges_a_candidate_against_a_champion_named_by_override(make_project, prefect_api, tiny_model_dir,
                                                                       tmp_path):
-    root = make_project(params=promoting_params(tiny_model_dir), reproduced=True)
+    root = default_run_project(make_project, tiny_model_dir)
     champion = tmp_path / "production"
     shutil.copytree(root / "artifacts" / "gate" / "release", champion)  # the model now in production
     outcomes = training_pipeline(overrides=[f"gate.champion={champion}"], project=str(root))

@@ -19,7 +19,7 @@ from tasks.core.io import current_umask
 from tasks.core.paths import ArtifactPaths
 from tasks.core.stage import load_stage
 from tasks.core.stamp import portable_provenance, project_path
-from tests.conftest import BIN, REPO, run, tiny_params
+from tests.conftest import BIN, REPO, default_run_project, run, tiny_params
 
 # Words of JSON keys that would hold a clock reading, a machine's identity or the code's revision.
 RUN_SPECIFIC_WORDS = {"seconds", "ms", "time", "timestamp", "elapsed", "host", "hostname", "platform", "git",
@@ -149,16 +149,10 @@ def lock(root: Path) -> dict:
     return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 
 
-def relocatable(make_project, tiny_model_dir, name: str, reproduced: bool) -> Path:
-    """A project whose base model is inside it at a relative path: nothing in it names its absolute location."""
-    return make_project(params=tiny_params(Path("models/tiny")), name=name, reproduced=reproduced,
-                        folders={"models/tiny": tiny_model_dir})
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_forcing_every_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_rerun(make_project, tiny_model_dir):
-    root = relocatable(make_project, tiny_model_dir, "project", reproduced=True)  # reproduced elsewhere, copied
+    root = default_run_project(make_project, tiny_model_dir)  # reproduced elsewhere, copied
     reference = (root / "dvc.lock").read_bytes()
     # One `dvc repro --force` reruns every stage in order on the outputs the stage before it rewrote: one DVC
     # start-up, not one a stage. A stage whose bytes changed changes dvc.lock at its own entry first.
@@ -176,8 +170,8 @@ def test_forcing_every_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_reru
 def test_two_copies_in_different_folders_record_the_same_hashes_for_every_stage(make_project, tiny_model_dir):
     # One reproduced in the shared template folder (then copied here), one here: the base model inside each
     # project, so its absolute location differs too.
-    first = relocatable(make_project, tiny_model_dir, "first", reproduced=True)
-    second = relocatable(make_project, tiny_model_dir, "second", reproduced=False)
+    first = default_run_project(make_project, tiny_model_dir, "first")
+    second = default_run_project(make_project, tiny_model_dir, "second", reproduced=False)
     dvc(second, "repro")
     first, second = lock(first), lock(second)
     assert set(first) == set(STAGES)
