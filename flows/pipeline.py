@@ -69,9 +69,12 @@ def _warn(message: str) -> None:
         logging.getLogger(__name__).warning(message)
 
 
-def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcStageCache) -> StageOutcome:
+def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcStageCache,
+              stale: set[str] | None = None) -> StageOutcome:
     """Run one stage unless DVC says it is up to date; record it in dvc.lock when it ran on the deps
     and params it started with (a change while it ran leaves it unrecorded, so the next run reruns it).
+    `stale`: what one `dvc status` of the whole pipeline reported, while it still holds (no stage has run since);
+    None asks DVC about this stage alone.
 
     Transient failures (flows/reliability.py) of the stage and of each DVC call are retried on their own
     (a busy dvc.lock after train must not rerun train); each attempt of the stage has its time limit."""
@@ -89,7 +92,8 @@ def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcSt
     moved = champion_moved(paths, cfg.gate.champion) if name == "gate" else None
     if moved:
         _warn(f"gate: rerun although DVC has it up to date: {moved}")
-    if not moved and retried(f"{name} (DVC status)", lambda: cache.is_up_to_date(name)):
+    if not moved and (name not in stale if stale is not None
+                      else retried(f"{name} (DVC status)", lambda: cache.is_up_to_date(name))):
         report_skipped(name)
         clear_failure_report(paths, name)
         previous = read_result(paths, name)
@@ -151,15 +155,22 @@ def _run_pipeline(paths: ArtifactPaths, overrides: list[str] | None) -> list[Sta
     if overrides:
         write_overrides(paths.params, overrides)
     cfg = load_config(paths.params)
+    # One `dvc status` for every stage while nothing has run: a run with nothing to do (a scheduled one, a CI job on
+    # a commit whose dvc.lock is current) asks DVC once. Once a stage has run, its outputs may make the stages after
+    # it stale, so each of those asks DVC about itself.
+    orchestration = cfg.orchestration
+    stale: set[str] | None = call_with_retries("DVC status", cache.stale, orchestration.retries,
+                                               orchestration.retry_delay_seconds, _warn)
     outcomes: list[StageOutcome] = []
     for name in STAGES:
         started = time.perf_counter()
         try:
-            outcomes.append(run_stage(name, cfg, paths, cache))
+            outcomes.append(run_stage(name, cfg, paths, cache, stale))
         except Exception as exc:
             outcomes.append(StageOutcome(name, "failed", time.perf_counter() - started, type(exc).__name__))
             publish_report(name, paths, exc)  # a failed contract's report is the one people need
             raise PipelineFailed(outcomes, exc) from exc
         if outcomes[-1].status in ("completed", "unrecorded"):
+            stale = None
             publish_report(name, paths)
     return outcomes

@@ -69,6 +69,29 @@ def test_flow_override_reruns_only_affected_stages(make_project, prefect_api, ti
     assert json.loads((root / "artifacts" / "gate" / "decision.json").read_text())["decision"] == "REJECT"
 
 
+def test_flow_asks_dvc_once_until_a_stage_runs_then_stage_by_stage(make_project, prefect_api, tiny_model_dir,
+                                                                   monkeypatch):
+    from tasks.core.dvc_cache import DvcStageCache
+
+    root = default_run_project(make_project, tiny_model_dir)
+    asked, whole = [], []
+    one_stage, every_stage = DvcStageCache.is_up_to_date, DvcStageCache.stale
+    monkeypatch.setattr(DvcStageCache, "is_up_to_date",
+                        lambda self, stage: asked.append(stage) or one_stage(self, stage))
+    monkeypatch.setattr(DvcStageCache, "stale", lambda self: whole.append(1) or every_stage(self))
+    # Nothing to do: one `dvc status` answers for every stage.
+    assert {o.status for o in training_pipeline(project=str(root))} == {"skipped"}
+    assert (whole, asked) == ([1], [])
+    # Only quantize's params changed: the stages before it are answered by the one status; quantize runs, and what
+    # it wrote may make the gate stale although it was not before, so the gate asks for itself.
+    whole.clear()
+    outcomes = {o.stage: o.status for o in training_pipeline(overrides=["quantize.latency_rows=3"], project=str(root))}
+    assert [outcomes[s] for s in STAGES[:-2]] == ["skipped"] * (len(STAGES) - 2)
+    assert outcomes["quantize"] == "completed" and STAGES[-1] == "gate"
+    assert (whole, asked) == ([1], ["gate"])
+    assert dvc(root, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
 def test_flow_judges_a_candidate_against_a_champion_named_by_override(make_project, prefect_api, tiny_model_dir,
                                                                       tmp_path):
     root = default_run_project(make_project, tiny_model_dir)
