@@ -69,6 +69,12 @@ def _warn(message: str) -> None:
         logging.getLogger(__name__).warning(message)
 
 
+def _retried(cfg: PipelineConfig, label: str, call: Callable[[], Any]) -> Any:
+    """call(), retried on transient failures with params.yaml's `orchestration` backoff (flows/reliability.py)."""
+    orchestration = cfg.orchestration
+    return call_with_retries(label, call, orchestration.retries, orchestration.retry_delay_seconds, _warn)
+
+
 def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcStageCache,
               stale: set[str] | None = None) -> StageOutcome:
     """Run one stage unless DVC says it is up to date; record it in dvc.lock when it ran on the deps
@@ -79,30 +85,30 @@ def run_stage(name: str, cfg: PipelineConfig, paths: ArtifactPaths, cache: DvcSt
     Transient failures (flows/reliability.py) of the stage and of each DVC call are retried on their own
     (a busy dvc.lock after train must not rerun train); each attempt of the stage has its time limit."""
     started = time.perf_counter()
-    orchestration = cfg.orchestration
-
-    def retried(label: str, call: Callable[[], Any]) -> Any:
-        return call_with_retries(label, call, orchestration.retries, orchestration.retry_delay_seconds, _warn)
 
     def attempt() -> Any:
-        with stage_deadline(name, orchestration.stage_timeout_minutes[name]):
+        with stage_deadline(name, cfg.orchestration.stage_timeout_minutes[name]):
             return load_stage(name)(cfg, paths)
 
     # The gate's champion is the registry's prod version: a git tag that DVC does not see move.
     moved = champion_moved(paths, cfg.gate.champion) if name == "gate" else None
     if moved:
         _warn(f"gate: rerun although DVC has it up to date: {moved}")
-    if not moved and (name not in stale if stale is not None
-                      else retried(f"{name} (DVC status)", lambda: cache.is_up_to_date(name))):
+        up_to_date = False
+    elif stale is not None:
+        up_to_date = name not in stale
+    else:
+        up_to_date = _retried(cfg, f"{name} (DVC status)", lambda: cache.is_up_to_date(name))
+    if up_to_date:
         report_skipped(name)
         clear_failure_report(paths, name)
         previous = read_result(paths, name)
         return StageOutcome(name, "skipped", time.perf_counter() - started,
                             previous.key_figure if previous else "")
-    deps_before = retried(f"{name} (DVC dep hashes)", lambda: cache.dep_hashes(name))
-    result = retried(name, attempt)
+    deps_before = _retried(cfg, f"{name} (DVC dep hashes)", lambda: cache.dep_hashes(name))
+    result = _retried(cfg, name, attempt)
     clear_failure_report(paths, name)
-    changes = retried(f"{name} (dvc.lock record)", lambda: cache.record(name, deps_before, cfg.dump()))
+    changes = _retried(cfg, f"{name} (dvc.lock record)", lambda: cache.record(name, deps_before, cfg.dump()))
     if changes:
         note = f"not recorded in dvc.lock: {'; '.join(changes)}. The next run reruns {name}."
         _warn(f"{name}: {note}")
@@ -158,9 +164,7 @@ def _run_pipeline(paths: ArtifactPaths, overrides: list[str] | None) -> list[Sta
     # One `dvc status` for every stage while nothing has run: a run with nothing to do (a scheduled one, a CI job on
     # a commit whose dvc.lock is current) asks DVC once. Once a stage has run, its outputs may make the stages after
     # it stale, so each of those asks DVC about itself.
-    orchestration = cfg.orchestration
-    stale: set[str] | None = call_with_retries("DVC status", cache.stale, orchestration.retries,
-                                               orchestration.retry_delay_seconds, _warn)
+    stale: set[str] | None = _retried(cfg, "DVC status", cache.stale)
     outcomes: list[StageOutcome] = []
     for name in STAGES:
         started = time.perf_counter()

@@ -276,17 +276,16 @@ def project_template(tmp_path_factory, frame: pd.DataFrame, params: dict, reprod
         for inside, source in folders.items():
             shutil.copytree(source, root / inside)
         if reproduced:
-            done = reproduce_and_commit(root, "reproduced", untracked=folders, in_process=in_process)
-            repro_log(root).write_text(done if in_process else done.stdout)
+            repro_log(root).write_text(reproduce_and_commit(root, "reproduced", untracked=folders,
+                                                            in_process=in_process))
 
     return shared_folder(tmp_path_factory, f"project-{key}{'-reproduced' if reproduced else ''}", build)
 
 
-def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = (),
-                         in_process: bool = False) -> subprocess.CompletedProcess | str:
+def reproduce_and_commit(root: Path, message: str, untracked: Iterable[str] = (), in_process: bool = False) -> str:
     """`dvc repro` (or `reproduce_in_process`), then commit everything it and earlier steps changed, except the
-    paths in `untracked`; returns the finished `dvc repro` (or the in-process run's outcomes, a line a stage)."""
-    done = reproduce_in_process(root) if in_process else run([str(BIN / "dvc"), "repro"], root)
+    paths in `untracked`; returns what it printed (or the in-process run's outcomes, a line a stage)."""
+    done = reproduce_in_process(root) if in_process else run([str(BIN / "dvc"), "repro"], root).stdout
     run(["git", "add", "-A", "--", ".", *(f":(exclude){path}" for path in untracked)], root)
     run(["git", "commit", "-q", "-m", message], root)
     return done

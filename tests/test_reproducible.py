@@ -158,8 +158,8 @@ def test_forcing_every_stage_again_leaves_dvc_lock_unchanged_and_nothing_to_reru
     # start-up, not one a stage. A stage whose bytes changed changes dvc.lock at its own entry first.
     forced = dvc(root, "repro", "--force")
     assert [stage for stage in STAGES if f"Running stage '{stage}'" not in forced.stdout] == []
-    changed = [name for name, entry in lock(root).items()
-               if entry["outs"] != yaml.safe_load(reference)["stages"][name]["outs"]]
+    reference_stages = yaml.safe_load(reference)["stages"]
+    changed = [name for name, entry in lock(root).items() if entry["outs"] != reference_stages[name]["outs"]]
     assert changed == [], f"rerunning changed the outputs of {changed} (the first one named is the culprit)"
     assert (root / "dvc.lock").read_bytes() == reference, "rerunning changed dvc.lock"
     assert dvc(root, "status").stdout.strip().endswith("Data and pipelines are up to date.")
