@@ -26,7 +26,8 @@ Prints tables, then one JSON line (also written to --out):
    "speedup_vs_hf_pipeline_equal_reading": ..., "speedup_basis": ..., "overload_served_share": ...,
    "overload_p99_ms": ..., "overload_timeouts": ..., "overload_5xx": ..., "long_review_refusals": ...,
    "long_review_alone_refusals": ..., "long_review_p99_ms": ..., "loadgen_ceiling_rps": ...,
-   "batched_label_agreement": ..., "targets": {key: {"target", "value", "pass", "note"}}, "all_targets_pass": ...,
+   "batched_label_agreement": ..., "targets": {key: {"target", "value", "verdict", "pass", "note"}},
+   "all_targets_pass": ...,
    "contenders": {...}, ...}
 speedup_vs_hf_pipeline is tunegate_batched's max_rps_at_p99_100ms over hf_pipeline's (shipped reading);
 speedup_vs_hf_pipeline_equal_reading the same with tunegate_batched_heads as numerator. Only tunegate_batched runs the

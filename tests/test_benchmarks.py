@@ -38,6 +38,7 @@ def test_interleaved_timing_gives_every_contender_its_runs_in_rotating_order():
     calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
     figures = time_interleaved(calls, runs=6, rounds=3)
     assert set(figures) == {"a", "b", "c"} and all(f["p50_ms"] >= 0 for f in figures.values())
+    assert all(len(f["round_p50_ms"]) == 3 for f in figures.values()), "each round's own p50, for paired ratios"
     rounds = order[3 * 3:]  # after 3 warm-up calls each: 3 rounds of (1 untimed + 2 timed) calls per contender
     assert len(rounds) == 3 * 3 * 3
     assert rounds[:9] == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
@@ -50,15 +51,31 @@ def test_targets_judge_each_bound_and_a_missing_value_fails():
     targets = (("speed", ">=", 8.0, "equal reading"), ("gap", "<=", 0.01), ("errors", "==", 0), ("absent", ">=", 1))
     summary = with_targets({"speed": 8.0, "gap": 0.02, "errors": 0, "absent": None}, targets)
     assert summary["targets"] == {
-        "speed": {"target": ">= 8", "value": 8.0, "pass": True, "note": "equal reading"},
-        "gap": {"target": "<= 0.01", "value": 0.02, "pass": False},
-        "errors": {"target": "== 0", "value": 0, "pass": True},
-        "absent": {"target": ">= 1", "value": None, "pass": False}}
+        "speed": {"target": ">= 8", "value": 8.0, "verdict": "PASS", "pass": True, "note": "equal reading"},
+        "gap": {"target": "<= 0.01", "value": 0.02, "verdict": "FAIL", "pass": False},
+        "errors": {"target": "== 0", "value": 0, "verdict": "PASS", "pass": True},
+        "absent": {"target": ">= 1", "value": None, "verdict": "FAIL", "pass": False}}
     assert summary["all_targets_pass"] is False
     assert with_targets({"speed": 9.5}, targets[:1])["all_targets_pass"] is True
     assert judge({}, targets[:1])["speed"]["pass"] is False, "a key the summary lacks fails"
     assert target_lines(summary["targets"])[:2] == ["  target speed >= 8 (equal reading): 8.0 -> PASS",
                                                     "  target gap <= 0.01: 0.02 -> FAIL"]
+
+
+def test_a_target_measured_in_rounds_passes_only_when_every_round_meets_it_and_fails_when_none_does():
+    from benchmarks._targets import target_lines, with_targets
+
+    targets = (("speed", ">=", 8.0),)
+    verdicts = {rounds: with_targets({"speed": 8.5, "speed_rounds": list(rounds)}, targets)["targets"]["speed"]
+                for rounds in ((8.1, 9.0, 8.4), (7.9, 9.0, 8.4), (7.1, 7.9, 6.0))}
+    assert [(v["verdict"], v["pass"]) for v in verdicts.values()] == [("PASS", True), ("INCONCLUSIVE", False),
+                                                                      ("FAIL", False)]
+    assert verdicts[(7.9, 9.0, 8.4)]["rounds"] == [7.9, 9.0, 8.4]
+    assert target_lines({"speed": verdicts[(7.9, 9.0, 8.4)]}) == [
+        "  target speed >= 8: 8.5 [3 rounds: 7.9-9.0] -> INCONCLUSIVE"]
+    summary = with_targets({"speed": None, "speed_rounds": None}, targets)
+    assert summary["targets"]["speed"]["verdict"] == "FAIL" and summary["all_targets_pass"] is False
+    assert with_targets({"speed": 9.0, "speed_rounds": [9.0]}, targets)["all_targets_pass"] is True
 
 
 def test_benchmark_targets_are_the_compression_targets():
@@ -87,12 +104,13 @@ def test_folder_reading_by_links_the_served_files_and_sets_only_the_long_text_ru
 
 
 def assert_targets(result: dict, expected: dict[str, str]) -> None:
-    """The JSON line judges exactly `expected` ({key: "OP BOUND"}): each with its value, a boolean pass (a null value
-    fails), and all_targets_pass is their conjunction."""
+    """The JSON line judges exactly `expected` ({key: "OP BOUND"}): each with its value, a verdict and a boolean pass
+    (true for PASS alone; a null value fails), and all_targets_pass is their conjunction."""
     targets = result["targets"]
     assert {key: check["target"] for key, check in targets.items()} == expected
     for key, check in targets.items():
         assert isinstance(check["pass"], bool) and check["value"] == result[key], key
+        assert check["pass"] is (check["verdict"] == "PASS") and check["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
         assert check["value"] is not None or check["pass"] is False, key
     assert result["all_targets_pass"] is all(check["pass"] for check in targets.values())
 
@@ -202,7 +220,8 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     assert set(result["int8_ceiling"]) == {"b1", "b32x128"}
     student_keys = ("student_speedup_b1", "student_speedup_b32x128", "student_accuracy_drop", "student_agreement")
     if student:
-        assert all(result[key] > 0 for key in ("student_speedup_b1", "student_speedup_b32x128"))
+        assert all(result[key] > 0 and result[f"{key}_rounds"] == [result[key]]
+                   for key in ("student_speedup_b1", "student_speedup_b32x128"))
         low, high = result["student_accuracy_drop_interval"]
         assert low <= result["student_accuracy_drop"] <= high and 0.0 <= result["student_agreement"] <= 1.0
         assert result["student_judged"]["rows"] == result["test_rows"] and result["student_judged"]["batch_size"] == 1
@@ -221,6 +240,8 @@ def test_inference_benchmark_smoke_run_on_a_finished_run_prints_its_json(staged_
     # The real workload: the test split + the 6 unseen reviews, by predict's code path and by the HF pipeline.
     per_s = result["workload_texts_per_s"]
     assert set(per_s) == {"tunegate_predict", "hf_pipeline"} and all(v > 0 for v in per_s.values())
+    # one round: the median of the rounds' paired ratios is the ratio of the texts/s
+    assert result["workload_speedup_vs_hf_pipeline_rounds"] == [result["workload_speedup_vs_hf_pipeline"]]
     assert result["workload_speedup_vs_hf_pipeline"] == pytest.approx(per_s["tunegate_predict"] / per_s["hf_pipeline"],
                                                                       rel=0.01)
     assert result["workload_rows"]["test"] == result["test_rows"] and result["workload_rows"]["imdb"] == 6
