@@ -15,7 +15,8 @@ target, then one JSON line:
    "imdb_teacher_texts_per_s": ..., "long_review_accuracy_gap": ..., "long_review_accuracy_gap_interval": [...],
    "long_text": "window(stride 31, mean_prob)", "rows": {...}, "targets": {...}, "all_targets_pass": ..., ...}
 Target: long_review_accuracy_gap (teacher - shipped accuracy on the unseen reviews) <= 0.01: the shipped model within
-1 point of the teacher's on long reviews.
+1 point of the teacher's on long reviews, decided on the gap's interval (benchmarks/_targets.py): PASS when all of it
+is within 1 point, FAIL when none of it is, else INCONCLUSIVE.
 """
 
 from __future__ import annotations

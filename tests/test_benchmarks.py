@@ -62,7 +62,7 @@ def test_targets_judge_each_bound_and_a_missing_value_fails():
                                                     "  target gap <= 0.01: 0.02 -> FAIL"]
 
 
-def test_a_target_measured_in_rounds_passes_only_when_every_round_meets_it_and_fails_when_none_does():
+def test_a_target_with_rounds_or_an_interval_passes_only_when_all_of_it_meets_the_bound():
     from benchmarks._targets import target_lines, with_targets
 
     targets = (("speed", ">=", 8.0),)
@@ -73,6 +73,12 @@ def test_a_target_measured_in_rounds_passes_only_when_every_round_meets_it_and_f
     assert verdicts[(7.9, 9.0, 8.4)]["rounds"] == [7.9, 9.0, 8.4]
     assert target_lines({"speed": verdicts[(7.9, 9.0, 8.4)]}) == [
         "  target speed >= 8: 8.5 [3 rounds: 7.9-9.0] -> INCONCLUSIVE"]
+    gaps = {(low, high): with_targets({"gap": round((low + high) / 2, 4), "gap_interval": [low, high]},
+                                      (("gap", "<=", 0.01),))["targets"]
+            for low, high in ((-0.004, 0.009), (-0.007, 0.022), (0.012, 0.03))}
+    assert [(t["gap"]["verdict"], t["gap"]["interval"]) for t in gaps.values()] == [
+        ("PASS", [-0.004, 0.009]), ("INCONCLUSIVE", [-0.007, 0.022]), ("FAIL", [0.012, 0.03])], "as the gate decides"
+    assert target_lines(gaps[(-0.007, 0.022)]) == ["  target gap <= 0.01: 0.0075 [interval -0.007, 0.022] -> INCONCLUSIVE"]
     summary = with_targets({"speed": None, "speed_rounds": None}, targets)
     assert summary["targets"]["speed"]["verdict"] == "FAIL" and summary["all_targets_pass"] is False
     assert with_targets({"speed": 9.0, "speed_rounds": [9.0]}, targets)["all_targets_pass"] is True
