@@ -2,7 +2,7 @@
 
 A benchmark declares TARGETS as (key, comparison, bound) or (key, comparison, bound, note) tuples on keys of its
 summary; `judge` checks them (a missing value fails), `with_targets` adds "targets" and "all_targets_pass" to the
-summary, `target_lines` gives the printed "target KEY OP BOUND: VALUE -> PASS/FAIL" lines.
+summary, `target_lines` gives the printed "target KEY OP BOUND: VALUE -> VERDICT" lines.
 
 A figure that varies from run to run is decided as the gate decides its checks: on all it can be, not on one value.
 The summary then holds, beside KEY, either KEY_interval ([low, high], e.g. a bootstrap interval of an accuracy gap)
@@ -49,10 +49,10 @@ def verdict(value: Any, spread: list, meets: Callable[[Any], bool]) -> str:
     missing or none of them does, else INCONCLUSIVE."""
     if value is None:
         return "FAIL"
-    met = [r is not None and bool(meets(r)) for r in [value, *spread]]
-    if all(met):
+    met = [r is not None and bool(meets(r)) for r in spread or [value]]
+    if all(met) and meets(value):
         return "PASS"
-    return "FAIL" if not any(met[1:] if spread else met) else "INCONCLUSIVE"
+    return "INCONCLUSIVE" if any(met) else "FAIL"
 
 
 def with_targets(summary: dict, targets: tuple) -> dict:
