@@ -641,11 +641,12 @@ def print_table(results: dict[str, dict | None], student: dict[str, Any]) -> Non
             print(f"{name:<28}{student['line']}")
             continue
         print(f"{name:<28}{r['b1']['p50_ms']:>10.2f}{r['b1']['p95_ms']:>8.2f}"
-              f"{eager['b1']['p50_ms'] / r['b1']['p50_ms']:>9.2f}{r['b32x128']['p50_ms']:>16.1f}"
-              f"{r['b32x128']['p95_ms']:>9.1f}{eager['b32x128']['p50_ms'] / r['b32x128']['p50_ms']:>9.2f}"
+              f"{ratio(eager, r, 'b1'):>9.2f}{r['b32x128']['p50_ms']:>16.1f}"
+              f"{r['b32x128']['p95_ms']:>9.1f}{ratio(eager, r, 'b32x128'):>9.2f}"
               f"{r['b32x128']['samples_per_s']:>11.1f}{r['mb']:>8.1f}{r['accuracy']:>10.4f}")
-    print(f"(p50/p95 over timed runs after {WARMUP} warm-up calls; x eager = the teacher's PyTorch eager p50 / this "
-          "p50; accuracy on the test split at 64 texts a call)")
+    print(f"(p50/p95 over timed runs after {WARMUP} warm-up calls; x eager = the median over the rounds of the "
+          "teacher's PyTorch eager p50 / this p50, as the summary's speedups; accuracy on the test split at 64 texts a "
+          "call)")
 
 
 def print_student(summary: dict) -> None:

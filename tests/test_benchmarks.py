@@ -78,7 +78,8 @@ def test_a_target_with_rounds_or_an_interval_passes_only_when_all_of_it_meets_th
             for low, high in ((-0.004, 0.009), (-0.007, 0.022), (0.012, 0.03))}
     assert [(t["gap"]["verdict"], t["gap"]["interval"]) for t in gaps.values()] == [
         ("PASS", [-0.004, 0.009]), ("INCONCLUSIVE", [-0.007, 0.022]), ("FAIL", [0.012, 0.03])], "as the gate decides"
-    assert target_lines(gaps[(-0.007, 0.022)]) == ["  target gap <= 0.01: 0.0075 [interval -0.007, 0.022] -> INCONCLUSIVE"]
+    assert target_lines(gaps[(-0.007, 0.022)]) == [
+        "  target gap <= 0.01: 0.0075 [interval -0.007, 0.022] -> INCONCLUSIVE"]
     summary = with_targets({"speed": None, "speed_rounds": None}, targets)
     assert summary["targets"]["speed"]["verdict"] == "FAIL" and summary["all_targets_pass"] is False
     assert with_targets({"speed": 9.0, "speed_rounds": [9.0]}, targets)["all_targets_pass"] is True
