@@ -118,8 +118,8 @@ PYTEST_PARALLEL := -n auto --dist loadscope --no-loadscope-reorder
 test: setup  ## set up, then run the whole test suite (offline, tiny models, one worker per core); what CI runs
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25
 
-test-fast: setup  ## the quick loop: every test but the end-to-end ones (marked e2e)
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not e2e"
+test-fast: setup  ## the quick loop: every test but the end-to-end and heavy ones (marked e2e, heavy)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not e2e and not heavy"
 
 bench: setup  ## inference benchmark: teacher + student, PyTorch vs onnxruntime FP32/INT8; reading rules; real workload vs an HF pipeline (needs a finished `make run`)
 	$(BIN)/python benchmarks/inference.py

@@ -190,6 +190,28 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("e2e") is None))
 
 
+# make test-fast (the quick loop) leaves out the tests marked e2e or heavy. A quick test whose own run (its fixtures'
+# set-up aside: those are shared) takes this long on a 2-core host is heavy; the quick loop's summary names any that
+# grew so, without failing on it (a loaded host is slow too).
+QUICK_TEST_SECONDS = 0.5
+_slow_quick_tests: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if (report.when == "call" and report.duration >= QUICK_TEST_SECONDS
+            and not {"e2e", "heavy"} & set(report.keywords)):
+        _slow_quick_tests.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if "not heavy" not in (config.option.markexpr or "") or not _slow_quick_tests:
+        return
+    terminalreporter.section(f"quick tests that ran {QUICK_TEST_SECONDS} s or more")
+    terminalreporter.line("Mark one heavy if it stays so; the first test to import a library pays for that import.")
+    for seconds, nodeid in sorted(_slow_quick_tests, reverse=True):
+        terminalreporter.line(f"{seconds:5.2f} s  {nodeid}")
+
+
 def build_project(root: Path, frame: pd.DataFrame, params: dict) -> Path:
     """A git + DVC project copy at `root` (created) with these params and this data, committed; returns `root`."""
     from ruamel.yaml import YAML

@@ -111,6 +111,7 @@ def test_predict_file_writes_a_small_file_byte_for_byte_as_a_whole_table_read_do
     assert (tmp_path / f"streamed{kind}").read_bytes() == (tmp_path / f"whole{kind}").read_bytes()
 
 
+@pytest.mark.heavy
 def test_predict_file_reads_a_csv_column_whose_values_change_type_after_the_first_block(model, reviews, tmp_path):
     reviews["id"] = reviews["id"].astype(str)
     reviews.loc[len(reviews) - 1, "id"] = "x-last"  # integers for hundreds of rows, then a word

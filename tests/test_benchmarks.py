@@ -650,6 +650,7 @@ def test_label_noise_benchmark_smoke_run_scores_the_queue_per_rate_and_prints_it
     assert all(e["seconds"] >= f["seconds"] for f, e in zip(finetuned, ensemble))
 
 
+@pytest.mark.heavy
 def test_label_noise_benchmark_stops_with_a_clear_message_without_a_train_split(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_noise.py"), "--project", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
@@ -794,6 +795,7 @@ def test_shadow_replay_benchmark_smoke_run_logs_prod_replays_the_candidate_and_p
     assert result["latency_ms_b1"]["rows"] == 16 and result["prod_version"].startswith("sha256:")
 
 
+@pytest.mark.heavy
 def test_label_budget_benchmark_smoke_run_on_a_synthetic_pool_prints_its_json(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     result = run_benchmark("label_budget.py", "--seeds", "2", "--synthetic-only", "--synthetic-rows", "1500",

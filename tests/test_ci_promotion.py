@@ -43,7 +43,8 @@ def github_api():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: a short poll ends each test at once, not half a second on.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     api.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield api

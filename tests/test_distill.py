@@ -183,6 +183,7 @@ def test_distill_stage_writes_a_pruned_student_that_loads_and_nears_the_teacher(
     assert json.loads(paths.result("distill").read_text())["key_figure"].startswith("student 1 layer x FFN 32")
 
 
+@pytest.mark.heavy
 def test_distill_takes_transfer_texts_from_rows_in_no_split_and_is_deterministic(staged_pipeline, tmp_path):
     cfg, staged = staged_pipeline
     # More IMDB reviews in the data than the splits hold: those rows lend transfer texts.

@@ -99,6 +99,7 @@ def prose(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # The site builds, strictly (broken links and anchors fail it), and its params reference is complete.
 
+@pytest.mark.heavy
 def test_site_builds_strictly_and_the_params_page_names_every_params_section(tmp_path):
     from ruamel.yaml import YAML
 

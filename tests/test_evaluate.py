@@ -93,6 +93,7 @@ def test_evaluate_stage_reports_figures_per_whole_text_length_and_the_rule_it_re
     assert by_length[f"1-{edges[0]}"]["accuracy"] == pytest.approx(right[short].mean())
 
 
+@pytest.mark.heavy
 def test_evaluate_reads_long_test_texts_by_the_rule_train_chose(staged_pipeline, tmp_path):
     from tasks.core.paths import ArtifactPaths
     from tasks.core.stage import load_stage

@@ -61,6 +61,7 @@ def test_export_stage_matches_pytorch_for_raw_and_optimised_graphs(staged_pipeli
     assert not report["external_data"]
 
 
+@pytest.mark.heavy
 def test_export_serves_the_rule_train_chose_and_checks_parity_reading_by_it(staged_pipeline, tmp_path):
     from tasks.training.reading import chosen_long_text, long_text_path, write_long_text
 
@@ -79,6 +80,7 @@ def test_export_serves_the_rule_train_chose_and_checks_parity_reading_by_it(stag
     assert len(served.read(texts).windows) > len(texts), "parity was checked on texts cut into windows"
 
 
+@pytest.mark.heavy
 def test_export_stage_exports_the_student_beside_the_teacher_with_its_own_parity(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     copy = student_project(staged_pipeline, tmp_path)
@@ -130,6 +132,7 @@ def test_cpu_sessions_keep_layer_norm_and_add_apart(staged_pipeline, tmp_path):
         assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops and "Attention" in ops
 
 
+@pytest.mark.heavy
 def test_sessions_on_one_shared_thread_pool_give_the_same_logits(staged_pipeline, tmp_path):
     _, paths = staged_pipeline
     texts = ["a gripping film", "dull and far too long", "fine"]
@@ -183,6 +186,7 @@ def test_exported_models_have_dynamic_batch_and_sequence_axes(staged_pipeline):
     assert OnnxClassifier(paths.onnx_dir).model_file == OPTIMIZED_FILE, "serving defaults to the optimised graph"
 
 
+@pytest.mark.heavy
 def test_large_models_use_external_data_and_still_run(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     model, tokenizer = load_classifier(paths.model_dir, torch.device("cpu"), attn_implementation="eager")

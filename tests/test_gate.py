@@ -347,6 +347,7 @@ def test_gate_report_names_skipped_models_and_rungs_that_did_not_build(staged_pi
     assert "- student: skipped (distill.enabled is false: no student was built)" in report
 
 
+@pytest.mark.heavy
 def test_gate_judges_a_shipped_student_against_the_teachers_pytorch_figures(staged_pipeline, tmp_path):
     from tests.test_export import student_project
 
@@ -406,6 +407,7 @@ def _spin(started, stop) -> None:
         pass
 
 
+@pytest.mark.heavy
 def test_gate_writes_the_same_decision_on_a_loaded_host_as_on_a_quiet_one(staged_pipeline, tmp_path):
     """Every core busy beside it, the gate still writes byte-identical decision.json, report.md and model card: no
     input of the decision is a timing."""
@@ -470,6 +472,7 @@ def test_gate_stage_against_itself_promotes_with_a_difference_of_zero(staged_pip
     assert comparison["champion"]["train_run"] == decision["candidate"]["train_run"]
 
 
+@pytest.mark.heavy
 def test_gate_compares_on_the_test_rows_both_models_were_judged_on(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     champion = tmp_path / "champion"
@@ -528,6 +531,7 @@ def test_a_model_trained_on_a_tenth_of_the_data_is_rejected_against_one_trained_
     assert json.loads(full.decision.read_text())["decision"] == PROMOTE
 
 
+@pytest.mark.heavy
 def test_gate_reweights_test_rows_toward_a_logged_stream_and_reports_it(staged_pipeline, tmp_path):
     from tasks.serving.predlog import PredictionLog
     from tasks.serving.scoring import load_served

@@ -71,6 +71,7 @@ def test_setup_unlocked_resolves_the_ranges_with_torch_first(tmp_path, has_gpu, 
     assert any(f"-e '.[{extra},dev]'" in c for c in commands)
 
 
+@pytest.mark.heavy
 def test_gpu_setup_install_sees_no_find_links_or_extra_index_from_env_or_config_files(tmp_path):
     # The very environment the GPU branch prefixes to pip, against find-links set both ways pip reads them.
     config = tmp_path / "pip.conf"

@@ -68,6 +68,7 @@ def undeclared(imports: dict[str, set[str]], allowed: set[str]) -> dict[str, str
             if not {distribution_key(d) for d in owners.get(module, [])} & allowed}
 
 
+@pytest.mark.heavy
 def test_every_third_party_import_of_the_code_is_a_declared_dependency():
     groups = declared()
     # onnxruntime comes from the cpu or the gpu extra (the two builds cannot be installed together).
@@ -75,6 +76,7 @@ def test_every_third_party_import_of_the_code_is_a_declared_dependency():
     assert undeclared(third_party_imports("tasks", "flows", "benchmarks"), allowed) == {}
 
 
+@pytest.mark.heavy
 def test_every_third_party_import_of_the_tests_is_declared_with_the_dev_extra():
     groups = declared()
     allowed = groups["main"] | groups["cpu"] | groups["gpu"] | groups["dev"]

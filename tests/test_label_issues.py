@@ -166,6 +166,7 @@ def _prepared_project(tmp_path, params, frame):
     return cfg, paths
 
 
+@pytest.mark.heavy
 def test_severity_warning_passes_prepare_with_the_warning_and_error_stops_it(tmp_path, tiny_model_dir,
                                                                             reviews_frame):
     params = tiny_params(tiny_model_dir)
@@ -179,6 +180,7 @@ def test_severity_warning_passes_prepare_with_the_warning_and_error_stops_it(tmp
         prepare.fn(parse_config(params), paths)
 
 
+@pytest.mark.heavy
 def test_prepare_writes_the_ranked_queue_with_label_names(tmp_path, tiny_model_dir, reviews_frame):
     params = tiny_params(tiny_model_dir)
     cfg, paths = _prepared_project(tmp_path, params, reviews_frame)

@@ -111,6 +111,7 @@ def first_settled(design: pd.DataFrame, ids, labels, cfg, step=10):
     return INCONCLUSIVE, len(ids)
 
 
+@pytest.mark.heavy
 def test_the_queue_settles_a_real_difference_with_fewer_labels_than_uniform_sampling():
     texts, truth, champion, candidate = pool(4000, 0.1, 0.65, seed=7)
     cfg = gate_config(bootstrap_samples=100)

@@ -92,6 +92,7 @@ def test_the_comparison_names_what_differs_from_the_lock():
     assert changed["not_in_lock"] == ["six"]
 
 
+@pytest.mark.heavy
 def test_the_environment_record_compares_with_what_pip_sees():
     """The record's view of the installed packages is pip's: same names, same versions."""
     listed = json.loads(subprocess.run([sys.executable, "-m", "pip", "list", "--format=json",

@@ -130,6 +130,7 @@ def dvc_project(root) -> ArtifactPaths:
     return paths
 
 
+@pytest.mark.heavy
 def test_the_flow_records_this_hosts_cpu_only_when_a_stages_dvc_lock_entry_changes(tmp_path):
     paths = dvc_project(tmp_path / "project")
     cache = DvcStageCache(paths.root)

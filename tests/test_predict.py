@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 from ruamel.yaml import YAML
 
 from flows.cli import build_parser, main
@@ -11,6 +12,7 @@ from tasks.runtime.onnx_model import CPU, OnnxClassifier
 from tests.conftest import REPO, tiny_params, tunegate_without_torch
 
 
+@pytest.mark.heavy
 def test_predict_texts_without_torch(staged_pipeline, tmp_path):
     _, paths = staged_pipeline
     done, attempted = tunegate_without_torch(["predict", "--model", str(paths.int8_dir), "a gripping, beautiful film",
@@ -21,6 +23,7 @@ def test_predict_texts_without_torch(staged_pipeline, tmp_path):
     assert sum(done.stdout.count(label) for label in ("negative", "positive")) >= 2
 
 
+@pytest.mark.heavy
 def test_predict_file_in_and_out_without_torch(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     source = tmp_path / "reviews.jsonl"

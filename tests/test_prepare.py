@@ -199,6 +199,7 @@ def test_rt_split_is_unchanged_when_a_capped_second_source_is_added(reviews_fram
     assert len(split_of(rt_alone)) == 400 and dropped["rows_moved_to_a_group_in_another_source"] == 0
 
 
+@pytest.mark.heavy
 def test_split_keeps_near_duplicates_across_sources_in_one_split(reviews_frame, tiny_model_dir):
     cfg = prepare_cfg(tiny_model_dir, sources=[])
     frame = canonical(reviews_frame, cfg, sources=())

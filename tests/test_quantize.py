@@ -76,6 +76,7 @@ def test_judging_rows_are_all_dev_rows_when_fewer_than_the_calibration_rows_rema
 
 
 @pytest.mark.parametrize("rung", [r for r in QUANTIZATION_RUNGS])
+@pytest.mark.heavy
 def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     cfg, paths = staged_pipeline
     work = tmp_path / "work"
@@ -88,6 +89,7 @@ def test_every_rung_builds_a_model_that_runs(staged_pipeline, tmp_path, rung):
     assert np.isfinite(logits).all()
 
 
+@pytest.mark.heavy
 def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline, tmp_path, monkeypatch):
     cfg, paths = staged_pipeline
     real_measure = stage.measure_rung
@@ -109,6 +111,7 @@ def test_ladder_falls_to_next_rung_when_a_rung_fails_its_limits(staged_pipeline,
     assert not tried[0]["passed"] and tried[1]["passed"] and chosen == "static_minmax.onnx"
 
 
+@pytest.mark.heavy
 def test_ladder_ends_at_fp32_when_no_quantized_rung_holds_accuracy(staged_pipeline, tmp_path, monkeypatch):
     cfg, paths = staged_pipeline
     real_measure = stage.measure_rung
@@ -288,6 +291,7 @@ def test_a_student_within_the_bounds_ships_and_the_shipped_folder_is_the_student
     assert timings["student:dynamic_per_row"]["latency_ms_b1"] > 0
 
 
+@pytest.mark.heavy
 def test_the_ladder_falls_back_to_the_teacher_when_the_student_misses_the_bound(staged_pipeline, tmp_path):
     from tests.test_export import student_project
 

@@ -122,6 +122,7 @@ def test_stage_deadline_stops_a_stage_past_its_limit_even_through_its_own_except
     assert swallowed == []
 
 
+@pytest.mark.heavy
 def test_stage_deadline_leaves_a_stage_that_finishes_in_time_alone():
     with stage_deadline("gate", 0.3 / 60):
         time.sleep(0.05)
@@ -211,6 +212,7 @@ def test_train_stage_out_of_memory_retrains_at_half_batch_and_stamps_what_it_use
     assert not list((root / ".tunegate" / "checkpoints" / "train").iterdir()), "no checkpoints kept after success"
 
 
+@pytest.mark.heavy
 def test_fit_at_half_batch_and_double_accumulation_trains_the_same_model_without_dropout(tiny_model_dir):
     from tasks.train import build_model, fit
     from tests.test_train import toy_split

@@ -121,6 +121,7 @@ def test_stage_outputs_are_readable_as_the_umask_allows(staged_pipeline):
     assert wrong == {}, f"umask {oct(umask)}"
 
 
+@pytest.mark.heavy
 def test_rerun_in_another_folder_with_a_warm_token_cache_writes_the_same_bytes(staged_pipeline, tmp_path):
     """train (model folder, stamp) and quantize (its report) were the outputs that changed on a rerun."""
     cfg, paths = staged_pipeline

@@ -96,6 +96,7 @@ def test_a_rowwise_product_is_the_formula_of_the_module_docstring_to_the_bit(tmp
     assert got.shape == (2, 5, 8) and np.array_equal(got, expected)
 
 
+@pytest.mark.heavy
 def test_rowwise_answers_do_not_depend_on_batch_mates(quantized_pair, stress_texts):
     alone = scored(quantized_pair, "rowwise.onnx", stress_texts, [[i] for i in range(len(stress_texts))])
     rng = np.random.default_rng(7)
@@ -107,6 +108,7 @@ def test_rowwise_answers_do_not_depend_on_batch_mates(quantized_pair, stress_tex
         assert np.abs(batched - alone).max() <= INVARIANCE_ATOL, size
 
 
+@pytest.mark.heavy
 def test_per_tensor_int8_answers_do_depend_on_batch_mates(quantized_pair, stress_texts):
     """What the row-wise rung fixes, seen by the check quantize applies to every rung."""
     for model_file, invariant in (("per_tensor.onnx", False), ("rowwise.onnx", True)):
@@ -116,6 +118,7 @@ def test_per_tensor_int8_answers_do_depend_on_batch_mates(quantized_pair, stress
         assert figures["batch_invariant"] is invariant, (model_file, figures)
 
 
+@pytest.mark.heavy
 def test_rowwise_stays_close_to_fp32(quantized_pair, stress_texts):
     groups = [[i] for i in range(len(stress_texts))]
     fp32 = scored(quantized_pair, "model.onnx", stress_texts, groups)
@@ -176,6 +179,7 @@ def test_the_largest_products_the_rowwise_graph_can_form_are_exact_in_onnxruntim
     assert np.array_equal(got, expected.astype(np.float32))
 
 
+@pytest.mark.heavy
 def test_the_service_answers_32_concurrent_clients_as_it_answers_one_text_at_a_time(quantized_pair, stress_texts,
                                                                                    tmp_path, monkeypatch):
     """A row-wise INT8 folder behind `tunegate serve`'s app, micro-batching on: the labels and probabilities 32

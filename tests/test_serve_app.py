@@ -421,6 +421,7 @@ async def disconnecting_call(app, body: bytes) -> list[dict]:
     return sent
 
 
+@pytest.mark.heavy
 def test_app_client_that_disconnects_before_scoring_costs_no_model_call(tmp_path, stand_in):
     # The batch waits 300 ms for company: long enough for the client to be gone before any model call.
     app = create_app(serve_settings(tmp_path, max_wait_ms=300), tmp_path, source=StandInSource())
@@ -486,6 +487,7 @@ def test_app_serves_a_real_folder_as_load_served_scores_it(tmp_path, served_fold
     assert [p["truncated"] for p in answer.json()["predictions"]] == [False, False, True]
 
 
+@pytest.mark.heavy
 def test_app_swap_under_200_concurrent_requests_fails_none_and_mixes_no_versions(tmp_path, served_folders,
                                                                                   monkeypatch):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
@@ -556,6 +558,7 @@ def windowed_folder(served_folders, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 def test_app_idle_service_serves_64_texts_of_the_longest_allowed_length(tmp_path, windowed_folder, monkeypatch):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
     settings = serve_settings(tmp_path, model=str(windowed_folder))
@@ -570,6 +573,7 @@ def test_app_idle_service_serves_64_texts_of_the_longest_allowed_length(tmp_path
     assert metric(metrics.text, "tunegate_queue_tokens") == 0
 
 
+@pytest.mark.heavy
 def test_app_after_the_longest_allowed_text_a_one_sentence_request_on_the_idle_service_is_served(
         tmp_path, windowed_folder, monkeypatch):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
@@ -590,6 +594,7 @@ def test_app_after_the_longest_allowed_text_a_one_sentence_request_on_the_idle_s
     assert rates is not None and rates.per_token > 0
 
 
+@pytest.mark.heavy
 def test_app_eight_clients_sending_long_reviews_back_to_back_are_not_refused_while_the_wait_is_under_the_bound(
         tmp_path, windowed_folder, monkeypatch, record_property):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)

@@ -34,6 +34,7 @@ def service_schema(served_folders, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])  # schemathesis's GenerationMode values
+@pytest.mark.heavy
 def test_serve_fuzz_no_5xx_and_answers_conform_to_the_schema(service_schema, mode):
     from schemathesis import GenerationMode
     from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,

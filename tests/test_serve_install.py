@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from tests.conftest import REPO
 from tests.test_imports import LOCAL_PACKAGES, distribution_key, installed_owners
 
@@ -97,6 +99,7 @@ def test_serve_closure_covers_every_serving_module():
     assert set(SERVE_ENTRY_MODULES) <= ours, f"missing serving modules: {set(SERVE_ENTRY_MODULES) - ours}"
 
 
+@pytest.mark.heavy
 def test_serve_install_provides_every_module_level_import_of_the_service():
     listed = {name.partition("[")[0] for name in serve_requirements()}
     owners = installed_owners()
@@ -150,6 +153,7 @@ print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
 """
 
 
+@pytest.mark.heavy
 def test_tunegate_serve_imports_none_of_the_pipeline_packages():
     done = subprocess.run([sys.executable, "-c", _IMPORT_SERVE], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

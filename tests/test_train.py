@@ -63,6 +63,7 @@ def verdict_at_the_end(n_per_class: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
+@pytest.mark.heavy
 def test_training_on_windows_learns_a_verdict_past_the_head_and_dev_chooses_a_rule_that_reads_it(tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, epochs=5, learning_rate=5.0e-3, early_stopping_patience=5)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
@@ -195,6 +196,7 @@ def test_build_model_loads_a_bf16_base_model_in_fp32(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.heavy
 def test_fit_trains_with_deterministic_algorithms_only_when_asked(tiny_model_dir, deterministic):
     cfg = tiny_train_cfg(tiny_model_dir, deterministic=deterministic)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)

@@ -49,6 +49,7 @@ def test_epoch_steps_are_a_function_of_seed_and_epoch_and_shard_evenly(tiny_mode
     assert not set(shards[0]) & set(shards[1])
 
 
+@pytest.mark.heavy
 def test_tokenize_caches_once_and_pads_each_batch_to_its_longest_text(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -100,6 +101,7 @@ def test_token_cache_keeps_the_most_recently_used_entries(tmp_path, tiny_model_d
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == sorted(f"{k}.npz" for k in (keys[0], keys[2]))
 
 
+@pytest.mark.heavy
 def test_fit_prunes_the_token_cache_to_train_token_cache_entries(tmp_path, tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, token_cache_entries=2)
     for name in ("old-a", "old-b", "old-c"):
@@ -210,6 +212,7 @@ def test_build_model_refuses_a_folder_with_only_pickled_weights(tmp_path, tiny_m
         build_model(str(tmp_path), ["negative", "positive"], 0)
 
 
+@pytest.mark.heavy
 def test_gradient_accumulation_takes_one_optimizer_step_per_group(tiny_model_dir):
     steps = {}
     for accum in (1, 2):
@@ -221,6 +224,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_group(tiny_model_dir
     assert steps == {1: 6, 2: 3}
 
 
+@pytest.mark.heavy
 def test_fit_appends_training_curves_while_it_runs(tmp_path, tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, batch_size=8, epochs=2, early_stopping_patience=2)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
@@ -242,6 +246,7 @@ def test_fit_appends_training_curves_while_it_runs(tmp_path, tiny_model_dir):
     assert list(summary) == ["train", "dev", "best_dev_accuracy", "best_epoch", "step"] and summary["step"] == 12
 
 
+@pytest.mark.heavy
 def test_fit_resumed_after_a_crash_writes_the_same_curves_as_an_uninterrupted_run(tmp_path, tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, batch_size=8, epochs=2, early_stopping_patience=2, checkpoint_every_steps=2)
 
@@ -309,6 +314,7 @@ def test_fit_resumes_after_sigkill_mid_epoch_with_the_same_final_weights(tmp_pat
     assert files_of(runs["killed"] / "live") == files_of(runs["uninterrupted"] / "live"), "curves, byte for byte"
 
 
+@pytest.mark.heavy
 def test_lora_trains_adapters_and_saves_a_plain_model_with_the_same_logits(tmp_path, tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, method="lora", learning_rate=1.0e-2)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)
@@ -346,6 +352,7 @@ def test_train_stage_writes_dvclive_logs_stamps_the_run_and_drops_its_checkpoint
     assert any(paths.token_cache.glob("*.npz"))
 
 
+@pytest.mark.heavy
 def test_train_stage_resumes_its_crashed_run_then_drops_checkpoints_of_abandoned_configurations(
         tmp_path, staged_pipeline, monkeypatch, capsys):
     cfg, paths = staged_pipeline

@@ -177,6 +177,7 @@ def fake_config(**tune):
     return parse_config(raw)
 
 
+@pytest.mark.heavy
 def test_a_trial_below_the_pruning_percentile_is_stopped_after_its_first_epoch(tmp_path):
     from tasks.tuning.study import open_study
 
@@ -199,6 +200,7 @@ def test_a_trial_below_the_pruning_percentile_is_stopped_after_its_first_epoch(t
     assert any(line.startswith("tune: trial 2 pruned") for line in said)
 
 
+@pytest.mark.heavy
 def test_trial_0_runs_the_params_yaml_recipe(tmp_path):
     said = []
     record = run_search(fake_config(trials=1), committed(tmp_path / "p"), said.append, runner_type=FakeTrial)
@@ -206,6 +208,7 @@ def test_trial_0_runs_the_params_yaml_recipe(tmp_path):
     assert said[0] == "tune: trial 0 (fake-0) started: learning_rate 0.0002"
 
 
+@pytest.mark.heavy
 def test_a_second_call_continues_the_study_until_tune_trials_in_all(tmp_path):
     paths = committed(tmp_path / "p")
     run_search(fake_config(trials=2), paths, lambda _: None, runner_type=FakeTrial)
@@ -216,6 +219,7 @@ def test_a_second_call_continues_the_study_until_tune_trials_in_all(tmp_path):
     assert "already holds 3 finished trials" in said[0]
 
 
+@pytest.mark.heavy
 def test_a_changed_space_refuses_to_join_the_old_study(tmp_path):
     from tasks.tuning.study import TuneError
 
@@ -231,6 +235,7 @@ class SlowTrial(FakeTrial):
     seconds = 30.0
 
 
+@pytest.mark.heavy
 def test_the_time_budget_stops_a_running_trial_and_no_process_is_left(tmp_path):
     import time
 
@@ -249,6 +254,7 @@ class FailingTrial(FakeTrial):
     exit_code = 3
 
 
+@pytest.mark.heavy
 def test_a_failed_trial_is_recorded_with_the_end_of_its_log_and_the_search_goes_on(tmp_path):
     paths = committed(tmp_path / "p")
     runner = FailingTrial(paths.root, "fake", "train", None, print)
@@ -293,6 +299,7 @@ def test_tune_runs_trials_as_dvc_experiments_and_apply_writes_only_the_chosen_va
     assert read_selection(root / "tuning.json")["search"]["best"] == best
 
 
+@pytest.mark.heavy
 def test_two_hosts_share_one_study_through_a_database_url(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first, second = committed(tmp_path / "host-a"), committed(tmp_path / "host-b")
@@ -331,6 +338,7 @@ def test_pruning_percentile_is_the_share_stopped_not_the_share_kept(tmp_path):
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
+@pytest.mark.heavy
 def test_trials_stop_at_sigint_even_when_the_search_was_started_with_sigint_ignored(tmp_path):
     """A CI runner or `nohup ... &` starts the search with SIGINT ignored; its trials must still stop at SIGINT
     (DVC cleans its temporary workspace up then), not only at SIGTERM after the grace period."""

@@ -162,6 +162,7 @@ def write_params_yaml(root, cfg, comment=""):
         YAML().dump(cfg.dump(), handle)
 
 
+@pytest.mark.heavy
 def test_cli_validate_applies_overrides_in_memory_only(project, reviews_frame, monkeypatch, capsys):
     from flows.cli import main
 

@@ -120,12 +120,12 @@ def _validate(tables: dict[str, pd.DataFrame], expectations: dict[str, list[dict
     source = context.data_sources.add_pandas("input")
     results: list[tuple[str, Any]] = []
     for table_name, frame in tables.items():
-        batch = source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole")
-        name = f"{suite_name}.{table_name}"
-        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations[table_name]))
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        outcome = definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
-                                 result_format={"result_format": "COMPLETE"})
+        batch = (source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole")
+                 .get_batch(batch_parameters={"dataframe": frame}))
+        # The suite is validated on the batch as it is, not added to the context's stores with a validation
+        # definition: nothing reads those back, and serialising them cost about a sixth of each validation.
+        suite = gx.ExpectationSuite(name=f"{suite_name}.{table_name}", expectations=expectations[table_name])
+        outcome = batch.validate(suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
         results += [(table_name, r) for r in outcome.results]
     return results
 
