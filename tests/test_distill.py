@@ -122,6 +122,7 @@ def test_concat_tokens_keeps_both_stores_rows_in_order(tiny_model_dir):
 # --- the stage ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_distillation_lowers_the_students_kl_to_the_teacher_on_training_rows(tiny_model_dir, reviews_frame,
                                                                               tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification

@@ -103,6 +103,7 @@ def test_export_stage_exports_the_student_beside_the_teacher_with_its_own_parity
     assert "student exported too" in json.loads(copy.result("export").read_text())["key_figure"]
 
 
+@pytest.mark.heavy
 def test_export_without_a_student_records_why(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     copy = ArtifactPaths(tmp_path)

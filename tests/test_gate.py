@@ -455,6 +455,7 @@ def judged_leniently(cfg, **gate):
     return cfg.model_copy(update={"gate": cfg.gate.model_copy(update={**LENIENT_GATE, **gate})})
 
 
+@pytest.mark.heavy
 def test_gate_stage_against_itself_promotes_with_a_difference_of_zero(staged_pipeline, tmp_path):
     cfg, paths = staged_pipeline
     champion = tmp_path / "champion"

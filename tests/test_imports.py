@@ -83,6 +83,7 @@ def test_every_third_party_import_of_the_tests_is_declared_with_the_dev_extra():
     assert undeclared(third_party_imports("tests"), allowed) == {}
 
 
+@pytest.mark.heavy
 def test_every_declared_dependency_is_imported_or_loaded_by_name():
     owners = installed_owners()
     imported = {distribution_key(d) for module in third_party_imports("tasks", "flows", "benchmarks")

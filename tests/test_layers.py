@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -33,6 +34,7 @@ def module_names() -> dict[str, Path]:
     return found
 
 
+@functools.cache  # the code parsed once a test run; callers only read the answer
 def import_graph() -> dict[str, set[str]]:
     """Module -> the modules of ours it imports, anywhere in its body."""
     modules = module_names()

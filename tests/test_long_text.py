@@ -363,6 +363,7 @@ def onnx_logits_before_rules(classifier: OnnxClassifier, texts: list[str], batch
     return out
 
 
+@pytest.mark.heavy
 def test_short_texts_get_todays_inputs_and_logits_and_head_todays_logits_for_every_text(folders):
     """Texts within one window: the padded inputs `encode` (plain truncation) gives, in the batches they had, so
     bit-identical logits (an INT8 model's answers depend on the batch, too); head: so for long texts as well."""

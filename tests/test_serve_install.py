@@ -110,6 +110,7 @@ def test_serve_install_provides_every_module_level_import_of_the_service():
     assert unprovided == {}
 
 
+@pytest.mark.heavy
 def test_serve_install_lists_no_pipeline_package():
     listed = {name.partition("[")[0] for name in serve_requirements()}
     owners = installed_owners()

@@ -34,6 +34,7 @@ def tiny_train_cfg(tiny_model_dir, **changes):
     return parse_config(raw)
 
 
+@pytest.mark.heavy
 def test_fit_learns_a_separable_task(tiny_model_dir):
     cfg = tiny_train_cfg(tiny_model_dir, epochs=3, learning_rate=3.0e-3, early_stopping_patience=3)
     model, tokenizer = build_model(str(tiny_model_dir), cfg.data.label_names, cfg.seed)

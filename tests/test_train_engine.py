@@ -67,6 +67,7 @@ def test_tokenize_caches_once_and_pads_each_batch_to_its_longest_text(tmp_path, 
     assert tokenize(tokenizer, texts, 32, tmp_path).key == first.key, "the same key after other calls"
 
 
+@pytest.mark.heavy
 def test_tokenize_cuts_a_long_text_into_windows_carrying_its_label_at_most_max_windows(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
