@@ -123,7 +123,7 @@ def _validate(tables: dict[str, pd.DataFrame], expectations: dict[str, list[dict
         batch = (source.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("whole")
                  .get_batch(batch_parameters={"dataframe": frame}))
         # The suite is validated on the batch as it is, not added to the context's stores with a validation
-        # definition: nothing reads those back, and serialising them cost about a sixth of each validation.
+        # definition: nothing reads those back, and storing them cost a few percent of each validation.
         suite = gx.ExpectationSuite(name=f"{suite_name}.{table_name}", expectations=expectations[table_name])
         outcome = batch.validate(suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"})
         results += [(table_name, r) for r in outcome.results]
